@@ -49,6 +49,27 @@ DEFAULT_ARGOCD_VERSION = "v2.13.3"
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
 FLANNEL_WIREGUARD_PORTS = frozenset({51820, 51821})
 
+# config.yaml keys that Space Harbor derives from other settings (components/render/k3s.py).
+MANAGED_K3S_FLAGS = frozenset(
+    f"--{name}"
+    for name in (
+        "server",
+        "node-name",
+        "node-ip",
+        "advertise-address",
+        "flannel-iface",
+        "flannel-backend",
+        "tls-san",
+        "cluster-cidr",
+        "service-cidr",
+        "disable",
+        "cluster-init",
+        "node-label",
+        "node-taint",
+        "write-kubeconfig-mode",
+    )
+)
+
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -261,8 +282,11 @@ class K3s(_Model):
         for arg in value:
             if not arg.startswith("--"):
                 raise ValueError(f"{arg!r} is not a flag; write it as --name=value")
-            if arg.split("=", 1)[0] in {"--token", "--agent-token", "--datastore-endpoint"}:
+            flag = arg.split("=", 1)[0]
+            if flag in {"--token", "--agent-token", "--datastore-endpoint"}:
                 raise ValueError(f"{arg!r} would put a secret on the command line; use k3s.token")
+            if flag in MANAGED_K3S_FLAGS:
+                raise ValueError(f"{flag} is set by Space Harbor from other keys; remove it from extraArgs")
         return value
 
     @property
@@ -478,7 +502,9 @@ class HarborConfig(_Model):
             seen[node.name] = f"nodes[{self.nodes.index(node)}]"
         for i, operator in enumerate(self.mesh.operators):
             if operator.name in seen:
-                raise ValueError(f"mesh.operators[{i}].name: {operator.name!r} is already used by {seen[operator.name]}")
+                raise ValueError(
+                    f"mesh.operators[{i}].name: {operator.name!r} is already used by {seen[operator.name]}"
+                )
             seen[operator.name] = f"mesh.operators[{i}]"
         hosts: dict[tuple[str, int], int] = {}
         for i, node in enumerate(self.nodes):

@@ -1,0 +1,81 @@
+"""Shared stack configs for the tests: small, realistic, and every secret a unique marker."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Unique markers: a leak test searches for them anywhere they must not be.
+SSH_KEY_MARKER = "MARKER-SSH-KEY-6f1c"
+GIT_KEY_MARKER = "MARKER-GIT-KEY-93ab"
+TOKEN_MARKER = "MARKER-K3S-TOKEN-2d7e"
+OVERRIDE_KEY_MARKER = "MARKER-NODE-KEY-51aa"
+EXAMPLE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def fake_private_key(marker: str) -> str:
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def base_config(agents: int = 0) -> dict[str, Any]:
+    """One server plus `agents` agents, mesh and firewall on, every required key set."""
+    nodes = [{"name": "server-1", "role": "server", "host": "192.0.2.10", "meshAddress": "10.160.0.1"}]
+    nodes += [
+        {"name": f"agent-{i}", "role": "agent", "host": f"192.0.2.{20 + i}", "meshAddress": f"10.160.1.{i}"}
+        for i in range(1, agents + 1)
+    ]
+    return {
+        "domain": "example.org",
+        "sshPrivateKey": fake_private_key(SSH_KEY_MARKER),
+        "nodes": nodes,
+        "gitops": {
+            "repoUrl": "git@git.example.org:ops/cluster.git",
+            "sshPrivateKey": fake_private_key(GIT_KEY_MARKER),
+            "knownHosts": f"git.example.org {EXAMPLE_HOST_KEY}",
+        },
+        "components": {
+            "traefik": {"acmeEmail": "ops@example.org"},
+            "infracheck": {"host": "health.example.org"},
+        },
+    }
+
+
+def etcd_config() -> dict[str, Any]:
+    config = base_config(agents=1)
+    config["nodes"] = [
+        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
+        for i in range(1, 4)
+    ] + config["nodes"][1:]
+    config["k3s"] = {"datastore": "etcd"}
+    return config
+
+
+def mesh_off_config() -> dict[str, Any]:
+    config = base_config(agents=2)
+    for i, node in enumerate(config["nodes"]):
+        del node["meshAddress"]
+        node["privateAddress"] = f"172.16.0.{10 + i}"
+    config["mesh"] = {"enabled": False}
+    config["k3s"] = {"flannelBackend": "wireguard-native"}
+    return config
+
+
+STACKS = {
+    "single": lambda: base_config(agents=0),
+    "server-3-agents": lambda: base_config(agents=3),
+    "mesh-off": mesh_off_config,
+    "etcd-3-servers": etcd_config,
+}
+
+
+@pytest.fixture
+def config_dict() -> dict[str, Any]:
+    return copy.deepcopy(base_config(agents=1))

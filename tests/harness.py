@@ -1,0 +1,277 @@
+"""Run `__main__.py` under Pulumi mocks and record the resource graph it registers.
+
+The recording monitor keeps what `MockResourceArgs` drops: parents, dependencies, resource
+options and which inputs arrived secret. In preview mode the mocks return no outputs for
+commands and keys, so they stay unknown, as they would before a real `pulumi up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import runpy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from google.protobuf import json_format
+from pulumi.runtime import mocks, settings
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_in_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAM = ROOT / "__main__.py"
+PROJECT = "space-harbor"
+STACK = "test"
+# How the engine wire format marks a secret and an unknown value.
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+FAKE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+users:
+- name: default
+  user:
+    client-certificate-data: {ca}
+    client-key-data: {key}
+"""
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    urn: str
+    parent: str | None
+    inputs: dict[str, Any]
+    secret_inputs: set[str]
+    dependencies: set[str]
+    delete_before_replace: bool
+    additional_secret_outputs: list[str]
+    custom: bool
+    raw_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def public_text(self) -> str:
+        """The inputs as JSON with every secret-wrapped value cut out: what a non-secret reader sees."""
+        return json.dumps(_strip_secrets(self.raw_inputs), sort_keys=True)
+
+
+@dataclass
+class ProgramRun:
+    resources: list[Registered]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, type_: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r}: {[r.name for r in self.resources]}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registered:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def commands(self) -> list[Registered]:
+        return self.of_type("command:remote:Command")
+
+    def depends_on(self, dependent: Registered, dependency: Registered) -> bool:
+        """Whether `dependent` waits for `dependency`, directly or through other resources."""
+        seen: set[str] = set()
+        stack = list(dependent.dependencies)
+        while stack:
+            urn = stack.pop()
+            if urn == dependency.urn:
+                return True
+            if urn in seen:
+                continue
+            seen.add(urn)
+            known = [r for r in self.resources if r.urn == urn]
+            if known:
+                stack.extend(known[0].dependencies)
+                # A dependency on a component means a dependency on all of its children.
+                stack.extend(r.urn for r in self.resources if r.parent == urn)
+        return False
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return _unwrap(value.get("value"))
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def _strip_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return "[secret]"
+        return {k: _strip_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_secrets(v) for v in value]
+    return value
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    def __init__(self, mocks_: mocks.Mocks) -> None:
+        super().__init__(mocks_)
+        self.registered: list[Registered] = []
+        self.stack_outputs: dict[str, Any] = {}
+        self.stack_urn: str | None = None
+
+    def RegisterResource(self, request: Any) -> Any:
+        raw = json_format.MessageToDict(request.object)
+        deps = set(request.dependencies)
+        for prop_deps in request.propertyDependencies.values():
+            deps.update(prop_deps.urns)
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            self.stack_urn = response.urn
+            return response
+        self.registered.append(
+            Registered(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent or None,
+                inputs=_unwrap(raw),
+                secret_inputs={k for k, v in raw.items() if _is_secret(v)},
+                dependencies=deps,
+                delete_before_replace=request.deleteBeforeReplace,
+                additional_secret_outputs=list(request.additionalSecretOutputs),
+                custom=request.custom,
+                raw_inputs=raw,
+            )
+        )
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        if request.urn == self.stack_urn:
+            self.stack_outputs = json_format.MessageToDict(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
+def _fake_pem(label: str, seed: str) -> str:
+    body = base64.b64encode(hashlib.sha256(seed.encode()).digest() * 4).decode()
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
+class HarborMocks(mocks.Mocks):
+    """Plays the providers: keys get random-looking values, commands echo their inputs."""
+
+    def __init__(self, preview: bool) -> None:
+        self.preview = preview
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        digest = hashlib.sha256(f"{args.typ}:{args.name}".encode()).digest()
+        if self.preview:
+            # Before `pulumi up`, a provider's computed outputs are unknown: return only inputs.
+            return ("", outputs) if args.custom else (f"{args.name}-id", outputs)
+        if args.typ == "random:index/randomBytes:RandomBytes":
+            outputs |= {"base64": base64.b64encode(digest).decode(), "hex": digest.hex()}
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            outputs |= {"result": base64.urlsafe_b64encode(digest).decode().rstrip("=")}
+        elif args.typ == "command:remote:Command":
+            create = str(args.inputs.get("create", ""))
+            stdout = ""
+            if create.endswith(" kubeconfig"):
+                stdout = FAKE_KUBECONFIG.format(
+                    ca=base64.b64encode(_fake_pem("CERTIFICATE", args.name).encode()).decode(),
+                    key=base64.b64encode(_fake_pem("EC PRIVATE KEY", args.name).encode()).decode(),
+                )
+            outputs |= {"stdout": stdout, "stderr": ""}
+        elif args.typ.startswith("tls:"):
+            outputs |= {
+                "privateKeyPem": _fake_pem("PRIVATE KEY", args.name),
+                "publicKeyOpenssh": "ssh-ed25519 AAAA" + digest.hex()[:40],
+                "certPem": _fake_pem("CERTIFICATE", args.name),
+            }
+        return f"{args.name}-id", outputs
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def config_values(config: dict[str, Any]) -> dict[str, str]:
+    """Stack config as Pulumi hands it to a program: namespaced keys, objects as JSON text."""
+    return {f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+
+
+def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
+    """Evaluate `__main__.py` once with `config` and return everything it registered.
+
+    An exception from the program propagates; the monitor's record is attached to it as
+    `error.program_run`, so a test can check that nothing was registered before the refusal.
+    """
+    monitor = RecordingMonitor(HarborMocks(preview))
+    settings.reset_options(project=PROJECT, stack=STACK, preview=preview)
+    set_all_config(config_values(config), [f"{PROJECT}:{key}" for key in SECRET_KEYS if key in config])
+    mocks.set_mocks(HarborMocks(preview), project=PROJECT, stack=STACK, preview=preview, monitor=monitor)
+    settings.set_root_resource(None)  # type: ignore[arg-type]
+
+    def program() -> None:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+
+    loop = asyncio.new_event_loop()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(run_in_stack(program))
+    except BaseException as error:
+        error.program_run = ProgramRun(monitor.registered, {}, set())  # type: ignore[attr-defined]
+        raise
+    finally:
+        os.chdir(cwd)
+        loop.close()
+        asyncio.set_event_loop(None)
+    raw_outputs = monitor.stack_outputs
+    return ProgramRun(
+        resources=monitor.registered,
+        outputs={k: _unwrap(v) for k, v in raw_outputs.items()},
+        secret_outputs={k for k, v in raw_outputs.items() if _is_secret(v)},
+    )
+
+
+# Top-level keys that users set with `pulumi config set --secret`.
+SECRET_KEYS = ("sshPrivateKey", "gitops", "k3s", "components")
+
+
+def walk_strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from walk_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk_strings(item)
+
+
+__all__ = ["UNKNOWN", "ProgramRun", "Registered", "pulumi", "run_program", "walk_strings"]

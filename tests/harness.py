@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pulumi
 from google.protobuf import json_format
@@ -66,6 +67,7 @@ class Registered:
     delete_before_replace: bool
     additional_secret_outputs: list[str]
     custom: bool
+    provider: str | None = None  # urn of the explicit provider, if any
     raw_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def public_text(self) -> str:
@@ -78,12 +80,15 @@ class ProgramRun:
     resources: list[Registered]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    # (target, local port) of every API tunnel the program asked for; none is really opened
+    tunnels: list[tuple[Any, int]] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_]
 
     def named(self, name: str) -> Registered:
-        found = [r for r in self.resources if r.name == name]
+        """The custom resource (command, key, k8s object) called `name`; components share names."""
+        found = [r for r in self.resources if r.name == name and r.custom]
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r}: {[r.name for r in self.resources]}")
         return found[0]
@@ -97,7 +102,8 @@ class ProgramRun:
     def depends_on(self, dependent: Registered, dependency: Registered) -> bool:
         """Whether `dependent` waits for `dependency`, directly or through other resources."""
         seen: set[str] = set()
-        stack = list(dependent.dependencies)
+        # A resource waits for its provider, and the provider for whatever its config came from.
+        stack = [*dependent.dependencies, *([dependent.provider] if dependent.provider else [])]
         while stack:
             urn = stack.pop()
             if urn == dependency.urn:
@@ -108,6 +114,8 @@ class ProgramRun:
             known = [r for r in self.resources if r.urn == urn]
             if known:
                 stack.extend(known[0].dependencies)
+                if known[0].provider:
+                    stack.append(known[0].provider)
                 # A dependency on a component means a dependency on all of its children.
                 stack.extend(r.urn for r in self.resources if r.parent == urn)
         return False
@@ -165,6 +173,8 @@ class RecordingMonitor(mocks.MockMonitor):
                 delete_before_replace=request.deleteBeforeReplace,
                 additional_secret_outputs=list(request.additionalSecretOutputs),
                 custom=request.custom,
+                # a provider reference is "<urn>::<id>"
+                provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
                 raw_inputs=raw,
             )
         )
@@ -229,20 +239,28 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
     An exception from the program propagates; the monitor's record is attached to it as
     `error.program_run`, so a test can check that nothing was registered before the refusal.
     """
+    # Every task of this run must live on one fresh loop, created before the runtime is set up.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     monitor = RecordingMonitor(HarborMocks(preview))
     settings.reset_options(project=PROJECT, stack=STACK, preview=preview)
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
     set_all_config(config_values(config), [f"{PROJECT}:{key}" for key in SECRET_KEYS if key in config])
+    settings.set_root_resource(None)  # type: ignore[arg-type]
     mocks.set_mocks(HarborMocks(preview), project=PROJECT, stack=STACK, preview=preview, monitor=monitor)
     settings.set_root_resource(None)  # type: ignore[arg-type]
 
-    def program() -> None:
-        runpy.run_path(str(PROGRAM), run_name="__main__")
+    tunnels: list[tuple[Any, int]] = []
 
-    loop = asyncio.new_event_loop()
+    def program() -> None:
+        # Tests never open the SSH tunnel; they record that the program asked for it.
+        with mock.patch("components.tunnel.ensure_tunnel", lambda target, port: tunnels.append((target, port))):
+            runpy.run_path(str(PROGRAM), run_name="__main__")
+
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        asyncio.set_event_loop(loop)
         loop.run_until_complete(run_in_stack(program))
     except BaseException as error:
         error.program_run = ProgramRun(monitor.registered, {}, set())  # type: ignore[attr-defined]
@@ -256,6 +274,7 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
         resources=monitor.registered,
         outputs={k: _unwrap(v) for k, v in raw_outputs.items()},
         secret_outputs={k for k, v in raw_outputs.items() if _is_secret(v)},
+        tunnels=tunnels,
     )
 
 

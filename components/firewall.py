@@ -1,0 +1,30 @@
+"""NodeFirewall: an nftables table of Space Harbor's own on one node."""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.config import HarborConfig, Node
+from components.remote import node_command
+from components.render.nftables import TABLE_NAME, render_nftables
+
+
+class NodeFirewall(pulumi.ComponentResource):
+    """Keeps the API, kubelet, etcd and flannel private; never closes SSH."""
+
+    applied: pulumi.Resource
+
+    def __init__(self, name: str, config: HarborConfig, node: Node, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("space-harbor:index:NodeFirewall", name, None, opts)
+        self.applied = node_command(
+            f"{node.name}-firewall",
+            config,
+            node,
+            "firewall.sh",
+            create="apply",
+            delete="remove",
+            env={"HARBOR_NFT_TABLE": TABLE_NAME, "HARBOR_NFT_RULESET": render_nftables(config, node)},
+            secret=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({})

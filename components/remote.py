@@ -1,0 +1,66 @@
+"""Build the `remote.Command` resources that run node scripts: one connection and stdin recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from components.config import HarborConfig, Node
+from components.render.remote import action_command, node_script, script_payload
+
+# Retry SSH dials for about a minute: a VPS that is rebooting or briefly unreachable should not
+# fail the whole `pulumi up`, and a dead one should fail it within bounded time.
+DIAL_ERROR_LIMIT = 6
+PER_DIAL_TIMEOUT = 10
+
+
+def connection(config: HarborConfig, node: Node) -> remote.ConnectionArgs:
+    """How pulumi-command reaches `node`; the key is a secret, the host key pinned when given."""
+    return remote.ConnectionArgs(
+        host=node.host,
+        port=config.ssh_port(node),
+        user=config.ssh_user(node),
+        private_key=pulumi.Output.secret(config.ssh_key(node).get_secret_value()),
+        host_key=node.ssh_host_key,
+        dial_error_limit=DIAL_ERROR_LIMIT,
+        per_dial_timeout=PER_DIAL_TIMEOUT,
+    )
+
+
+def node_command(
+    name: str,
+    config: HarborConfig,
+    node: Node,
+    script: str,
+    *,
+    create: str,
+    delete: str | None,
+    env: Mapping[str, pulumi.Input[str]],
+    secret: bool,
+    opts: pulumi.ResourceOptions,
+    prints_secret: bool = False,
+    triggers: Sequence[pulumi.Input[object]] | None = None,
+) -> remote.Command:
+    """A Command that runs `script` on `node`, parameters and body on stdin.
+
+    `secret` marks the stdin secret when `env` carries key material or tokens. `prints_secret`
+    is for commands whose stdout is a secret (a kubeconfig): it is kept out of logs and state
+    in plain text.
+    """
+    payload = pulumi.Output.all(**env).apply(lambda values: script_payload(node_script(script), values))
+    user = config.ssh_user(node)
+    options = opts
+    if prints_secret:
+        options = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"]))
+    return remote.Command(
+        name,
+        connection=connection(config, node),
+        create=action_command(create, user),
+        delete=action_command(delete, user) if delete else None,
+        stdin=pulumi.Output.secret(payload) if secret else payload,
+        logging=remote.Logging.NONE if prints_secret else remote.Logging.STDOUT_AND_STDERR,
+        triggers=triggers,
+        opts=options,
+    )

@@ -1,0 +1,145 @@
+"""Malformed stack config is refused by the program itself: one error naming the key path,
+and not a single resource registered before it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, base_config
+from tests.harness import run_program
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    """Set a dotted path like `mesh.listenPort` or `nodes.1.meshAddress`."""
+
+    def mutate(config: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = config
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+        if isinstance(target, list):
+            target[int(last)] = value
+        else:
+            target[last] = value
+
+    return mutate
+
+
+def _drop(path: str) -> Mutation:
+    def mutate(config: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = config
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        del target[last]
+
+    return mutate
+
+
+def _add_server(config: dict[str, Any]) -> None:
+    config["nodes"].append({"name": "server-2", "role": "server", "host": "192.0.2.50", "meshAddress": "10.160.0.2"})
+
+
+def _etcd_two_servers(config: dict[str, Any]) -> None:
+    _add_server(config)
+    config["k3s"] = {"datastore": "etcd"}
+
+
+def _mesh_off_api_via_mesh(config: dict[str, Any]) -> None:
+    for node in config["nodes"]:
+        del node["meshAddress"]
+    config["mesh"] = {"enabled": False}
+    config["k3s"] = {"apiAccess": "mesh"}
+
+
+def _https_without_password(config: dict[str, Any]) -> None:
+    config["gitops"] = {"repoUrl": "https://git.example.org/ops/cluster.git", "username": "bot"}
+
+
+CASES: list[tuple[str, Mutation, str]] = [
+    ("no ssh key", _drop("sshPrivateKey"), "sshPrivateKey: is required"),
+    ("no nodes", _set("nodes", []), "nodes: List should have at least 1 item"),
+    ("nodes not a list", _set("nodes", "server-1"), "nodes: Input should be a valid list"),
+    ("node without name", _drop("nodes.1.name"), "nodes[1].name: is required"),
+    ("node name not DNS-1123", _set("nodes.1.name", "Agent_1"), "nodes[1].name: 'Agent_1' is not a DNS-1123"),
+    ("duplicate node name", _set("nodes.1.name", "server-1"), "nodes[1].name: 'server-1' is already used"),
+    ("unknown role", _set("nodes.1.role", "master"), "nodes[1].role: Input should be 'server' or 'agent'"),
+    ("bad host", _set("nodes.1.host", "not a host!"), "nodes[1].host: 'not a host!' is neither"),
+    ("duplicate host", _set("nodes.1.host", "192.0.2.10"), "nodes[1].host: 192.0.2.10:22 is already nodes[0]"),
+    ("mesh address outside cidr", _set("nodes.1.meshAddress", "10.9.0.1"), "nodes[1].meshAddress: 10.9.0.1 is outside mesh.cidr 10.160.0.0/12"),
+    ("duplicate mesh address", _set("nodes.1.meshAddress", "10.160.0.1"), "nodes[1].meshAddress: 10.160.0.1 is already used by nodes[0]"),
+    ("mesh address not an IP", _set("nodes.1.meshAddress", "10.160.0.300"), "nodes[1].meshAddress: Input is not a valid IPv4 address"),
+    ("mesh address missing", _drop("nodes.1.meshAddress"), "nodes[1].meshAddress: is required while mesh.enabled is true"),
+    ("mesh network address", _set("nodes.1.meshAddress", "10.160.0.0"), "nodes[1].meshAddress: 10.160.0.0 is the network or broadcast"),
+    ("bad mesh cidr", _set("mesh.cidr", "10.160.0.0/33"), "mesh.cidr: Input is not a valid IPv4 network"),
+    ("flannel's port", _set("mesh.listenPort", 51820), "mesh.listenPort: 51820 is taken by flannel"),
+    ("port out of range", _set("mesh.listenPort", 70000), "mesh.listenPort: 70000 is not a port"),
+    ("interface name too long", _set("mesh.interface", "wireguard-harbor0"), "mesh.interface: 'wireguard-harbor0' is not an interface name"),
+    ("negative keepalive", _set("mesh.persistentKeepalive", -1), "mesh.persistentKeepalive: Input should be greater than or equal to 0"),
+    ("typo in a nested key", _set("mesh.listenport", 51871), "mesh.listenport: is not a known key"),
+    ("unknown top-level key", _set("meshh", {}), "meshh: is not a known key of space-harbor"),
+    ("operator outside cidr", _set("mesh.operators", [{"name": "laptop", "meshAddress": "192.168.1.5"}]), "mesh.operators[0].meshAddress: 192.168.1.5 is outside mesh.cidr"),
+    ("operator key not 32 bytes", _set("mesh.operators", [{"name": "laptop", "meshAddress": "10.175.0.1", "publicKey": "c2hvcnQ="}]), "mesh.operators[0].publicKey: decodes to 5 bytes"),
+    ("cluster cidr overlaps mesh", _set("k3s.clusterCidr", "10.160.0.0/16"), "k3s.clusterCidr: 10.160.0.0/16 overlaps mesh.cidr 10.160.0.0/12"),
+    ("service cidr overlaps cluster cidr", _set("k3s.serviceCidr", "10.42.128.0/17"), "k3s.clusterCidr: 10.42.0.0/16 overlaps k3s.serviceCidr 10.42.128.0/17"),
+    ("two servers on sqlite", _add_server, "nodes: k3s.datastore sqlite needs exactly one server, found 2"),
+    ("two etcd servers", _etcd_two_servers, "nodes: embedded etcd needs 1, 3 or 5 servers for quorum, found 2"),
+    ("k3s version format", _set("k3s.version", "latest"), "k3s.version: 'latest' is not a k3s release"),
+    ("unknown flannel backend", _set("k3s.flannelBackend", "calico"), "k3s.flannelBackend: Input should be 'vxlan', 'host-gw' or 'wireguard-native'"),
+    ("wireguard-native inside the mesh", _set("k3s.flannelBackend", "wireguard-native"), "k3s.flannelBackend: wireguard-native would tunnel inside the mesh"),
+    ("api over a mesh that is off", _mesh_off_api_via_mesh, "k3s.apiAccess: mesh needs mesh.enabled true"),
+    ("token on the command line", _set("k3s.extraArgs", ["--token=abc"]), "k3s.extraArgs: '--token=abc' would put a secret on the command line"),
+    ("managed flag in extra args", _set("k3s.extraArgs", ["--node-ip=1.2.3.4"]), "k3s.extraArgs: --node-ip is set by Space Harbor"),
+    ("tunnel port privileged", _set("k3s.tunnelPort", 443), "k3s.tunnelPort: Input should be greater than or equal to 1024"),
+    ("argocd version format", _set("argocd.version", "2.13"), "argocd.version: '2.13' is not an Argo CD release"),
+    ("public port zero", _set("firewall.publicTcpPorts", [80, 0]), "firewall.publicTcpPorts[1]: 0 is not a port"),
+    ("public port twice", _set("firewall.publicTcpPorts", [443, 443]), "firewall.publicTcpPorts: [443, 443] lists a port twice"),
+    ("ssh port not a number", _set("ssh.port", "ssh"), "ssh.port: Input should be a valid integer"),
+    ("no gitops", _drop("gitops"), "gitops: is required"),
+    ("git url", _set("gitops.repoUrl", "ftp://example.org/repo"), "gitops.repoUrl: 'ftp://example.org/repo' is not"),
+    ("ssh url without key", _drop("gitops.sshPrivateKey"), "gitops.sshPrivateKey: is required for the SSH URL"),
+    ("https url without password", _https_without_password, "gitops.username and gitops.password: are required for the HTTPS URL"),
+    ("gitops path escapes", _set("gitops.path", "../etc"), "gitops.path: '../etc' must be a relative folder"),
+    ("traefik without e-mail", _drop("components.traefik.acmeEmail"), "components.traefik.acmeEmail: is required for Let's Encrypt"),
+    ("traefik e-mail malformed", _set("components.traefik.acmeEmail", "ops"), "components.traefik.acmeEmail: 'ops' is not an e-mail address"),
+    ("no domain", _drop("domain"), "domain: is required while components.traefik is enabled"),
+    ("infracheck without host", _drop("components.infracheck.host"), "components.infracheck.host: is required while infracheck is enabled"),
+    ("telegraf without certs", _set("components.telegraf", {"enabled": True, "centralAddress": "metrics.example.org:8094"}), "components.telegraf.caCert: is required while telegraf is enabled"),
+    ("smtp without relay", _set("components.smtp", {"enabled": True}), "components.smtp.relayHost: is required while smtp is enabled"),
+    ("bad taint", _set("nodes.1.taints", ["gpu"]), "nodes[1].taints: 'gpu' is not key[=value]:NoSchedule"),
+    ("bad label key", _set("nodes.1.labels", {"bad key": "x"}), "nodes[1].labels: 'bad key' is not a valid label key"),
+    ("secret of the wrong type", _set("gitops.sshPrivateKey", 12345), "gitops.sshPrivateKey: Input should be a valid string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_refused_with_key_path_before_any_resource(mutate: Mutation, expected: str) -> None:
+    config = copy.deepcopy(base_config(agents=1))
+    mutate(config)
+    with pytest.raises(pulumi.RunError) as refused:
+        run_program(config, preview=True)
+    message = str(refused.value)
+    assert expected in message
+    # Exactly the one problem this case introduced, and no secret echoed back.
+    assert message.count("\n  ") == 1, message
+    assert SSH_KEY_MARKER not in message
+    assert GIT_KEY_MARKER not in message
+    assert refused.value.program_run.resources == []  # type: ignore[attr-defined]
+
+
+def test_there_are_at_least_25_cases() -> None:
+    assert len(CASES) >= 25
+    assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_good_config_is_accepted() -> None:
+    # The control for the cases above: without a mutation, the same config registers resources.
+    run = run_program(base_config(agents=1), preview=True)
+    assert run.resources

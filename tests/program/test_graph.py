@@ -1,0 +1,259 @@
+"""The resource graph `__main__.py` registers, under mocks, in preview and up mode."""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import json
+import shlex
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, STACKS, TOKEN_MARKER
+from tests.harness import UNKNOWN, ProgramRun, Registered, run_program
+
+MODES = {"preview": True, "up": False}
+COMMAND = "command:remote:Command"
+
+
+def _run(stack: str, mode: str, mutate=None) -> tuple[dict[str, Any], ProgramRun]:
+    config = copy.deepcopy(STACKS[stack]())
+    if mutate:
+        mutate(config)
+    return config, run_program(config, preview=MODES[mode])
+
+
+@pytest.fixture(params=[(s, m) for s in STACKS for m in MODES], ids=lambda p: f"{p[0]}-{p[1]}")
+def stack_run(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ProgramRun, str]:
+    stack, mode = request.param
+    config, run = _run(stack, mode)
+    return config, run, mode
+
+
+def _env(command: Registered) -> dict[str, str]:
+    """Parameters of a node command, read back from the `export` lines ahead of its script."""
+    exports = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
+    assert exports[::2] == ["export"] * (len(exports) // 2)
+    return dict(item.split("=", 1) for item in exports[1::2])
+
+
+def test_every_node_gets_mesh_firewall_and_k3s(stack_run) -> None:
+    config, run, _ = stack_run
+    names = {c.name for c in run.commands()}
+    mesh_on = config.get("mesh", {}).get("enabled", True)
+    for node in config["nodes"]:
+        assert f"{node['name']}-firewall" in names
+        assert f"{node['name']}-k3s" in names
+        assert (f"{node['name']}-mesh" in names) == mesh_on
+
+
+def test_commands_carry_the_real_scripts_and_their_actions(stack_run) -> None:
+    _, run, mode = stack_run
+    first = run.named("server-1-k3s")
+    assert first.inputs["create"] == "bash -s -- install"
+    assert first.inputs["delete"] == "bash -s -- uninstall"
+    if mode == "up":
+        script = (run.named("server-1-k3s").inputs["stdin"]).split("__harbor_main() {", 1)[1]
+        assert "set -euo pipefail" in script
+        assert "k3s" in script
+
+
+def test_connections_use_the_node_address_and_a_secret_key(stack_run) -> None:
+    config, run, _ = stack_run
+    hosts = {node["name"]: node["host"] for node in config["nodes"]}
+    for command in run.commands():
+        connection = command.inputs["connection"]
+        assert connection["user"] == "root"
+        assert connection["port"] == 22
+        assert SSH_KEY_MARKER in connection["privateKey"]
+        # The SDK marks the whole connection secret once the key inside it is.
+        assert "connection" in command.secret_inputs, f"{command.name}: the SSH key is not secret"
+        node = command.name.rsplit("-", 1)[0]
+        if command.name.endswith(("-node-object", "-registered")):
+            # Drain and delete run on the first server, not on the node being removed.
+            assert connection["host"] == hosts["server-1"]
+        elif node in hosts:
+            assert connection["host"] == hosts[node]
+
+
+def test_agents_join_the_first_server_and_wait_for_it(stack_run) -> None:
+    config, run, mode = stack_run
+    server = run.named("server-1-k3s")
+    for node in config["nodes"][1:]:
+        install = run.named(f"{node['name']}-k3s")
+        assert run.depends_on(install, server), f"{node['name']} install does not wait for the server"
+        if config.get("mesh", {}).get("enabled", True):
+            assert run.depends_on(install, run.named(f"{node['name']}-mesh"))
+            assert run.depends_on(install, run.named("server-1-mesh"))
+        if mode == "up":
+            settings = yaml.safe_load(_env(install)["HARBOR_K3S_CONFIG"])
+            first = config["nodes"][0]
+            address = first.get("meshAddress") or first.get("privateAddress")
+            assert settings["server"] == f"https://{address}:6443"
+            assert settings["token"]
+
+
+def test_decommission_order_is_drain_uninstall_delete_node(stack_run) -> None:
+    config, run, _ = stack_run
+    for node in config["nodes"][1:]:
+        name = node["name"]
+        node_object, install, registered = (
+            run.named(f"{name}-{kind}") for kind in ("node-object", "k3s", "registered")
+        )
+        assert node_object.inputs["delete"] == "bash -s -- delete-node"
+        assert registered.inputs["delete"] == "bash -s -- drain"
+        # Pulumi deletes dependents first: registered (drain), then install (uninstall), then node-object.
+        assert run.depends_on(registered, install)
+        assert run.depends_on(install, node_object)
+        assert not run.depends_on(node_object, install)
+        assert install.delete_before_replace
+
+
+@pytest.mark.parametrize("stack", [s for s in STACKS if s != "mesh-off"])
+def test_mesh_configs_list_exactly_the_other_members(stack: str) -> None:
+    # Mesh files are rendered from keys that exist only after `up`, so this is an up-mode check.
+    config, run = _run(stack, "up")
+    members = {node["name"]: node for node in config["nodes"]}
+    keys = run.outputs["meshPublicKeys"]
+    for name in members:
+        parser = configparser.ConfigParser(strict=False)
+        text = _env(run.named(f"{name}-mesh"))["HARBOR_WG_CONFIG"]
+        # configparser merges repeated [Peer] sections; count them from the text instead.
+        peers = [block for block in text.split("[Peer]")[1:]]
+        expected = {f"{m['meshAddress']}/32": m for other, m in members.items() if other != name}
+        assert len(peers) == len(expected)
+        for block in peers:
+            fields = dict(line.split(" = ", 1) for line in block.strip().splitlines() if " = " in line)
+            peer = expected.pop(fields["AllowedIPs"])
+            assert fields["Endpoint"] == f"{peer['host']}:51871"
+            assert fields["PublicKey"] == keys[peer["name"]]
+        assert expected == {}
+        parser.read_string(text.split("[Peer]")[0])
+        assert parser["Interface"]["ListenPort"] == "51871"
+
+
+def test_k8s_provider_and_resources_depend_on_the_server(stack_run) -> None:
+    _, run, _ = stack_run
+    server = run.named("server-1-k3s")
+    provider = run.named("cluster")
+    assert provider.type == "pulumi:providers:kubernetes"
+    assert run.depends_on(provider, server)
+    k8s = [r for r in run.resources if r.type.startswith("kubernetes:")]
+    assert {r.name for r in k8s} >= {"argocd-namespace", "argocd-core", "argocd-repository", "argocd-root-application"}
+    for resource in k8s:
+        assert run.depends_on(resource, server) or resource.inputs.get("provider", "").startswith(provider.urn), (
+            resource.name
+        )
+
+
+def test_config_secrets_never_reach_a_non_secret_input(stack_run) -> None:
+    _, run, _ = stack_run
+    for resource in run.resources:
+        text = resource.public_text()
+        for marker in (SSH_KEY_MARKER, GIT_KEY_MARKER):
+            assert marker not in text, f"{marker} is readable in {resource.type} {resource.name}"
+
+
+def test_given_token_stays_secret_everywhere() -> None:
+    def with_token(config: dict[str, Any]) -> None:
+        config["k3s"] = {"token": TOKEN_MARKER}
+
+    _, run = _run("server-3-agents", "up", with_token)
+    installs = [c for c in run.commands() if c.name.endswith("-k3s")]
+    assert len(installs) == 4
+    for install in installs:
+        assert "stdin" in install.secret_inputs
+        assert TOKEN_MARKER in install.inputs["stdin"]
+    assert not any(r.type == "random:index/randomPassword:RandomPassword" for r in run.resources)
+    for resource in run.resources:
+        assert TOKEN_MARKER not in resource.public_text(), resource.name
+
+
+def test_generated_token_comes_from_pulumi_random() -> None:
+    _, run = _run("single", "up")
+    token = run.named("k3s-token")
+    assert token.type == "random:index/randomPassword:RandomPassword"
+    assert run.depends_on(run.named("server-1-k3s"), token)
+
+
+def test_preview_registers_the_whole_graph_with_unknown_outputs() -> None:
+    _, preview = _run("server-3-agents", "preview")
+    _, up = _run("server-3-agents", "up")
+    assert sorted((r.type, r.name) for r in preview.resources) == sorted((r.type, r.name) for r in up.resources)
+    # Before `up`, nothing computed is known: the mesh file waits for its key.
+    assert UNKNOWN in json.dumps(preview.named("agent-1-mesh").inputs.get("stdin", UNKNOWN))
+
+
+def test_four_node_stack_registers_the_full_graph() -> None:
+    _, run = _run("server-3-agents", "up")
+    by_type: dict[str, int] = {}
+    for resource in run.resources:
+        by_type[resource.type] = by_type.get(resource.type, 0) + 1
+    # mesh, firewall and k3s per node; the kubeconfig read; node-object and registered per agent
+    assert by_type[COMMAND] == 4 * 3 + 1 + 3 * 2
+    assert by_type["random:index/randomBytes:RandomBytes"] == 4
+    assert by_type["space-harbor:index:K3sAgent"] == 3
+    assert by_type["space-harbor:index:NodeFirewall"] == 4
+    assert by_type["space-harbor:index:WireGuardMesh"] == 1
+
+
+def test_components_are_parents_of_their_commands() -> None:
+    _, run = _run("server-3-agents", "up")
+    mesh = run.of_type("space-harbor:index:WireGuardMesh")[0]
+    assert run.named("agent-2-mesh").parent == mesh.urn
+    agent = next(r for r in run.of_type("space-harbor:index:K3sAgent") if r.name == "agent-2-agent")
+    for kind in ("node-object", "k3s", "registered"):
+        assert run.named(f"agent-2-{kind}").parent == agent.urn
+
+
+def test_stack_outputs() -> None:
+    def with_operator(config: dict[str, Any]) -> None:
+        config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.175.0.1"}]}
+
+    _, run = _run("server-3-agents", "up", with_operator)
+    assert {"kubeconfig", "operatorConfigs"} <= run.secret_outputs
+    assert "nodes" not in run.secret_outputs
+    assert run.outputs["nodes"][1] == {"name": "agent-1", "role": "agent", "meshAddress": "10.160.1.1"}
+    kubeconfig = yaml.safe_load(run.outputs["kubeconfig"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:16443"
+    laptop = run.outputs["operatorConfigs"]["laptop"]
+    assert "Address = 10.175.0.1/32" in laptop
+    assert laptop.count("[Peer]") == 4
+    assert "ssh -fN -L 16443:127.0.0.1:6443 -p 22 root@192.0.2.10" in run.outputs["argocdDashboard"]
+    # The provider's kubeconfig names the tunnel, which the program opens to the first server.
+    [(target, port)] = run.tunnels
+    assert (target.host, target.port, target.user, port) == ("192.0.2.10", 22, "root", 16443)
+    assert SSH_KEY_MARKER in target.private_key
+    assert "argocd admin dashboard --core" in run.outputs["argocdDashboard"]
+
+
+def test_api_access_mesh_points_kubeconfig_at_the_mesh_address() -> None:
+    def via_mesh(config: dict[str, Any]) -> None:
+        config["k3s"] = {"apiAccess": "mesh"}
+
+    _, run = _run("single", "up", via_mesh)
+    kubeconfig = yaml.safe_load(run.outputs["kubeconfig"])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://10.160.0.1:6443"
+    assert run.tunnels == []
+
+
+def test_operator_with_own_public_key_gets_no_generated_key() -> None:
+    own_key = "bG9uZ2Vub3VnaGtleWZvcndpcmVndWFyZDMyYnl0ZXM="
+
+    def with_operator(config: dict[str, Any]) -> None:
+        config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.175.0.1", "publicKey": own_key}]}
+
+    _, run = _run("single", "up", with_operator)
+    assert [r.name for r in run.of_type("random:index/randomBytes:RandomBytes")] == ["server-1-wg-key"]
+    assert own_key in _env(run.named("server-1-mesh"))["HARBOR_WG_CONFIG"]
+    assert "<your private key" in run.outputs["operatorConfigs"]["laptop"]
+
+
+def test_firewall_disabled_registers_no_firewall() -> None:
+    def no_firewall(config: dict[str, Any]) -> None:
+        config["firewall"] = {"enabled": False}
+
+    _, run = _run("server-3-agents", "up", no_firewall)
+    assert not [c for c in run.commands() if c.name.endswith("-firewall")]

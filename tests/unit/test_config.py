@@ -1,0 +1,91 @@
+"""The config model beyond refusals: defaults, the example stack, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, load_config
+from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, base_config, etcd_config, fake_private_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_follow_the_design_table() -> None:
+    config = load_config(base_config())
+    assert (config.ssh.user, config.ssh.port) == ("root", 22)
+    assert str(config.mesh.cidr) == "10.160.0.0/12"
+    assert config.mesh.listen_port == 51871
+    assert config.mesh.interface == "wg-harbor"
+    assert config.mesh.persistent_keepalive == 25
+    assert config.k3s.flannel_backend == "vxlan"
+    assert (str(config.k3s.cluster_cidr), str(config.k3s.service_cidr)) == ("10.42.0.0/16", "10.43.0.0/16")
+    assert config.k3s.datastore == "sqlite"
+    assert config.k3s.api_access == "ssh-tunnel"
+    assert config.k3s.tunnel_port == 16443
+    assert config.firewall.enabled and config.firewall.public_tcp_ports == [80, 443]
+    assert (config.gitops.branch, config.gitops.path, config.gitops.auto_sync) == ("main", "cluster", False)
+    enabled = {name for name, comp in config.components if comp.enabled}
+    assert enabled == {"traefik", "sealed_secrets", "infracheck"}
+
+
+def test_example_stack_is_valid_once_its_secrets_are_set() -> None:
+    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    raw["sshPrivateKey"] = fake_private_key("x")
+    raw["gitops"]["sshPrivateKey"] = fake_private_key("y")
+    config = load_config(raw)
+    assert [n.role for n in config.nodes] == ["server", "agent", "agent"]
+    assert config.ssh_port(config.nodes[2]) == 2222
+    assert config.mesh.operators[0].name == "alice-laptop"
+
+
+def test_example_stack_without_secrets_names_them() -> None:
+    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    with pytest.raises(ConfigError) as refused:
+        load_config(raw)
+    assert "sshPrivateKey: is required" in str(refused.value)
+    assert "gitops.sshPrivateKey: is required" in str(refused.value)
+
+
+def test_node_overrides_win_over_defaults() -> None:
+    raw = base_config(agents=1)
+    raw["ssh"] = {"user": "admin", "port": 2200}
+    raw["nodes"][1] |= {"sshUser": "debian", "sshPort": 22, "sshPrivateKey": fake_private_key("node")}
+    config = load_config(raw)
+    server, agent = config.nodes
+    assert (config.ssh_user(server), config.ssh_port(server)) == ("admin", 2200)
+    assert (config.ssh_user(agent), config.ssh_port(agent)) == ("debian", 22)
+    assert "node" in config.ssh_key(agent).get_secret_value()
+    assert SSH_KEY_MARKER in config.ssh_key(server).get_secret_value()
+
+
+def test_secrets_are_hidden_in_reprs_and_listed_for_leak_checks() -> None:
+    config = load_config(base_config())
+    assert SSH_KEY_MARKER not in repr(config)
+    values = config.secret_values()
+    assert any(SSH_KEY_MARKER in v for v in values)
+    assert any(GIT_KEY_MARKER in v for v in values)
+
+
+def test_json_text_values_are_accepted_as_pulumi_hands_them_over() -> None:
+    import json
+
+    raw = {key: json.dumps(value) if not isinstance(value, str) else value for key, value in etcd_config().items()}
+    config = load_config(raw)
+    assert [n.name for n in config.servers] == ["server-1", "server-2", "server-3"]
+    assert config.first_server.name == "server-1"
+
+
+def test_several_problems_are_reported_together() -> None:
+    raw = base_config(agents=1)
+    raw["mesh"] = {"listenPort": 51821, "interface": "x" * 16}
+    with pytest.raises(ConfigError) as refused:
+        load_config(raw)
+    lines = str(refused.value).splitlines()[1:]
+    assert len(lines) == 2
+    assert lines[0].strip().startswith("mesh.listenPort:")
+    assert lines[1].strip().startswith("mesh.interface:")

@@ -567,6 +567,17 @@ class HarborConfig(_Model):
                 "k3s.flannelBackend: wireguard-native would tunnel inside the mesh; "
                 "use vxlan with the mesh, or set mesh.enabled to false"
             )
+        if self.firewall.enabled and not self.mesh.enabled:
+            # nftables resolves names once at load time and fails the whole table if DNS is down.
+            for i, node in enumerate(self.nodes):
+                try:
+                    ipaddress.ip_address(node.cluster_address)
+                except ValueError:
+                    key = "privateAddress" if node.private_address else "host"
+                    raise ValueError(
+                        f"nodes[{i}].{key}: {node.cluster_address!r} is a DNS name, but with mesh.enabled false "
+                        "the firewall admits cluster traffic by IP address; set privateAddress to an IP"
+                    ) from None
         if self.k3s.api_access == "mesh" and not self.mesh.enabled:
             raise ValueError("k3s.apiAccess: mesh needs mesh.enabled true; use ssh-tunnel")
         return self

@@ -59,6 +59,13 @@ def _mesh_off_api_via_mesh(config: dict[str, Any]) -> None:
     config["k3s"] = {"apiAccess": "mesh"}
 
 
+def _mesh_off_named_host(config: dict[str, Any]) -> None:
+    for node in config["nodes"]:
+        del node["meshAddress"]
+    config["mesh"] = {"enabled": False}
+    config["nodes"][1]["host"] = "agent-1.example.org"
+
+
 def _https_without_password(config: dict[str, Any]) -> None:
     config["gitops"] = {"repoUrl": "https://git.example.org/ops/cluster.git", "username": "bot"}
 
@@ -115,6 +122,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("smtp without relay", _set("components.smtp", {"enabled": True}), "components.smtp.relayHost: is required while smtp is enabled"),
     ("bad taint", _set("nodes.1.taints", ["gpu"]), "nodes[1].taints: 'gpu' is not key[=value]:NoSchedule"),
     ("bad label key", _set("nodes.1.labels", {"bad key": "x"}), "nodes[1].labels: 'bad key' is not a valid label key"),
+    ("mesh off, firewall on, peer by name", _mesh_off_named_host, "nodes[1].host: 'agent-1.example.org' is a DNS name"),
     ("secret of the wrong type", _set("gitops.sshPrivateKey", 12345), "gitops.sshPrivateKey: Input should be a valid string"),
 ]  # fmt: skip
 

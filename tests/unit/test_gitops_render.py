@@ -1,0 +1,229 @@
+"""The app-of-apps tree and the Argo CD objects pointing at it (components/render/gitops.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from components.config import HarborConfig, load_config
+from components.render.gitops import (
+    child_sync_policy,
+    create_only_paths,
+    render_known_hosts_configmap,
+    render_repository_secret,
+    render_root_application,
+    render_tree,
+)
+from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, base_config
+
+KUBERNETES = "1.31"
+PASSWORD = "MARKER-GIT-PASSWORD-1d9e"
+
+
+def ssh_config(**gitops: Any) -> HarborConfig:
+    raw = base_config()
+    raw["gitops"] |= gitops
+    return load_config(raw)
+
+
+def https_config(**gitops: Any) -> HarborConfig:
+    raw = base_config()
+    raw["gitops"] = {
+        "repoUrl": "https://git.example.org/ops/cluster.git",
+        "username": "harbor-bot",
+        "password": PASSWORD,
+    } | gitops
+    return load_config(raw)
+
+
+def projects(config: HarborConfig) -> dict[str, dict[str, Any]]:
+    tree = render_tree(config)
+    path = config.gitops.path
+    return {
+        name: yaml.safe_load(tree[f"{path}/apps/projects/{name}.yaml"]) for name in ("infrastructure", "applications")
+    }
+
+
+# --- the tree ----------------------------------------------------------------------------------
+
+
+def test_tree_has_the_documented_layout() -> None:
+    assert sorted(render_tree(ssh_config())) == [
+        "cluster/README.md",
+        "cluster/apps/projects/applications.yaml",
+        "cluster/apps/projects/infrastructure.yaml",
+        "cluster/apps/user/README.md",
+    ]
+    assert create_only_paths(ssh_config()) == {"cluster/apps/user/README.md"}
+
+
+def test_tree_follows_gitops_path() -> None:
+    config = ssh_config(path="platform/harbor/")
+    tree = render_tree(config)
+    assert all(path.startswith("platform/harbor/") for path in tree)
+    assert create_only_paths(config) <= set(tree)
+    assert "`platform/harbor/apps/user/`" in tree["platform/harbor/README.md"]
+
+
+@pytest.mark.parametrize("make", [ssh_config, https_config])
+def test_every_yaml_file_parses_and_every_file_is_text(make) -> None:
+    tree = render_tree(make())
+    for path, content in tree.items():
+        assert isinstance(content, str) and content.endswith("\n"), path
+        if path.endswith(".yaml"):
+            documents = [doc for doc in yaml.safe_load_all(content) if doc is not None]
+            assert len(documents) == 1, path
+            assert documents[0]["apiVersion"] == "argoproj.io/v1alpha1"
+            assert documents[0]["metadata"]["namespace"] == "argocd"
+            assert content.startswith("# Managed by Space Harbor")
+
+
+def test_readme_lists_exactly_the_owned_files() -> None:
+    config = ssh_config()
+    tree = render_tree(config)
+    readme = tree["cluster/README.md"]
+    listed = {line[3:-1] for line in readme.splitlines() if line.startswith("- `")}
+    assert listed == set(tree) - create_only_paths(config)
+    assert "gitops.overwriteManualChanges" in readme
+    assert "branch `main`" in readme
+
+
+def test_tree_is_deterministic_and_holds_no_secret() -> None:
+    for make in (ssh_config, https_config):
+        assert render_tree(make()) == render_tree(make())
+        text = "".join(render_tree(make()).values())
+        assert GIT_KEY_MARKER not in text and PASSWORD not in text
+
+
+def test_user_readme_example_fits_the_applications_project() -> None:
+    readme = render_tree(ssh_config())["cluster/apps/user/README.md"]
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    namespace, application = yaml.safe_load_all(example)
+    assert namespace["kind"] == "Namespace"
+    assert application["spec"]["project"] == "applications"
+    assert "CreateNamespace=true" not in str(application.get("spec", {}).get("syncPolicy"))
+
+
+def test_sync_note_follows_auto_sync() -> None:
+    assert "sync on click" in render_tree(ssh_config())["cluster/README.md"]
+    assert "sync automatically too" in render_tree(ssh_config(autoSync=True))["cluster/README.md"]
+    assert child_sync_policy(ssh_config()) == {}
+    assert child_sync_policy(ssh_config(autoSync=True)) == {"automated": {"prune": True, "selfHeal": True}}
+
+
+# --- the projects ------------------------------------------------------------------------------
+
+
+def test_infrastructure_project_may_do_anything_in_cluster() -> None:
+    spec = projects(ssh_config())["infrastructure"]["spec"]
+    assert spec["clusterResourceWhitelist"] == [{"group": "*", "kind": "*"}]
+    assert spec["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "*"}]
+    assert "namespaceResourceBlacklist" not in spec
+
+
+def test_applications_project_is_namespaced_and_fenced() -> None:
+    project = projects(ssh_config())["applications"]
+    assert project["metadata"]["name"] == "applications"
+    spec = project["spec"]
+    # no cluster-scoped resource at all, Namespaces included
+    assert spec["clusterResourceWhitelist"] == []
+    assert "clusterResourceBlacklist" not in spec
+    blacklist = {(item["group"], item["kind"]) for item in spec["namespaceResourceBlacklist"]}
+    assert blacklist == {("", "ResourceQuota"), ("", "LimitRange"), ("networking.k8s.io", "NetworkPolicy")}
+    assert "namespaceResourceWhitelist" not in spec
+    namespaces = [d["namespace"] for d in spec["destinations"]]
+    assert namespaces[-1] == "*"
+    assert {"!kube-system", "!kube-public", "!kube-node-lease", "!argocd"} <= set(namespaces)
+    assert all(d["server"] == "https://kubernetes.default.svc" for d in spec["destinations"])
+
+
+# --- root Application --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("make", "url"), [(ssh_config, "git@git.example.org:ops/cluster.git"), (https_config, None)])
+def test_root_application_reads_apps_recursively(make, url) -> None:
+    config = make(branch="production", path="k8s/harbor")
+    app = render_root_application(config)
+    assert (app["apiVersion"], app["kind"]) == ("argoproj.io/v1alpha1", "Application")
+    assert app["metadata"]["namespace"] == "argocd"
+    assert app["spec"]["project"] == "default"
+    assert app["spec"]["source"] == {
+        "repoURL": url or "https://git.example.org/ops/cluster.git",
+        "targetRevision": "production",
+        "path": "k8s/harbor/apps",
+        "directory": {"recurse": True},
+    }
+    assert app["spec"]["destination"] == {"server": "https://kubernetes.default.svc", "namespace": "argocd"}
+    assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    # the root follows git by itself whatever autoSync says; autoSync is for the children
+    assert render_root_application(make(autoSync=True))["spec"]["syncPolicy"] == app["spec"]["syncPolicy"]
+
+
+def test_root_application_is_fresh_each_call() -> None:
+    first = render_root_application(ssh_config())
+    first["spec"]["source"]["path"] = "mutated"
+    assert render_root_application(ssh_config())["spec"]["source"]["path"] == "cluster/apps"
+
+
+# --- repository Secret and known hosts ---------------------------------------------------------
+
+
+def test_repository_secret_for_ssh() -> None:
+    secret = render_repository_secret(ssh_config())
+    assert secret["metadata"]["namespace"] == "argocd"
+    assert secret["metadata"]["labels"]["argocd.argoproj.io/secret-type"] == "repository"
+    data = secret["stringData"]
+    assert data["type"] == "git"
+    assert data["url"] == "git@git.example.org:ops/cluster.git"
+    assert GIT_KEY_MARKER in data["sshPrivateKey"] and data["sshPrivateKey"].endswith("\n")
+    assert "username" not in data and "password" not in data
+    assert "data" not in secret
+    kubernetes_validate.validate(secret, KUBERNETES, strict=True)
+
+
+def test_repository_secret_for_https() -> None:
+    secret = render_repository_secret(https_config())
+    data = secret["stringData"]
+    assert (data["type"], data["url"]) == ("git", "https://git.example.org/ops/cluster.git")
+    assert (data["username"], data["password"]) == ("harbor-bot", PASSWORD)
+    assert "sshPrivateKey" not in data
+    kubernetes_validate.validate(secret, KUBERNETES, strict=True)
+
+
+def test_secret_values_appear_only_under_string_data() -> None:
+    for make in (ssh_config, https_config):
+        secret = copy.deepcopy(render_repository_secret(make()))
+        del secret["stringData"]
+        assert GIT_KEY_MARKER not in str(secret) and PASSWORD not in str(secret)
+
+
+def test_known_hosts_configmap() -> None:
+    lines = f"  git.example.org {EXAMPLE_HOST_KEY}\n\n[git.example.org]:2222 {EXAMPLE_HOST_KEY}  "
+    configmap = render_known_hosts_configmap(ssh_config(knownHosts=lines))
+    assert configmap is not None
+    assert configmap["metadata"] == {
+        "name": "argocd-ssh-known-hosts-cm",
+        "namespace": "argocd",
+        "labels": {"app.kubernetes.io/name": "argocd-ssh-known-hosts-cm", "app.kubernetes.io/part-of": "argocd"},
+    }
+    assert configmap["data"] == {
+        "ssh_known_hosts": f"git.example.org {EXAMPLE_HOST_KEY}\n[git.example.org]:2222 {EXAMPLE_HOST_KEY}\n"
+    }
+    kubernetes_validate.validate(configmap, KUBERNETES, strict=True)
+
+
+def test_no_known_hosts_no_configmap() -> None:
+    assert render_known_hosts_configmap(https_config()) is None
+    assert render_known_hosts_configmap(ssh_config(knownHosts="  \n")) is None
+
+
+def test_kubernetes_validate_catches_a_broken_secret() -> None:
+    """The schema check above is real: a wrong shape fails it."""
+    secret = render_repository_secret(ssh_config())
+    secret["stringData"]["port"] = 22
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(secret, KUBERNETES, strict=True)

@@ -363,6 +363,11 @@ class GitOps(_Model):
         if self.uses_ssh:
             if self.ssh_private_key is None:
                 raise ValueError(f"gitops.sshPrivateKey: is required for the SSH URL {self.repo_url}")
+            if not (self.known_hosts or "").strip():
+                raise ValueError(
+                    "gitops.knownHosts: is required for an SSH URL, to pin the git server's host key "
+                    "(the output of `ssh-keyscan <host>`)"
+                )
         elif self.username is None or self.password is None:
             raise ValueError(f"gitops.username and gitops.password: are required for the HTTPS URL {self.repo_url}")
         return self

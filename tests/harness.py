@@ -240,6 +240,10 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
     `error.program_run`, so a test can check that nothing was registered before the refusal.
     """
     # Every task of this run must live on one fresh loop, created before the runtime is set up.
+    try:
+        previous_loop: asyncio.AbstractEventLoop | None = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        previous_loop = None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     monitor = RecordingMonitor(HarborMocks(preview))
@@ -268,7 +272,8 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
     finally:
         os.chdir(cwd)
         loop.close()
-        asyncio.set_event_loop(None)
+        # Leave the thread as we found it, for tests that use pulumi's own mocks afterwards.
+        asyncio.set_event_loop(previous_loop if previous_loop is not None else asyncio.new_event_loop())
     raw_outputs = monitor.stack_outputs
     return ProgramRun(
         resources=monitor.registered,

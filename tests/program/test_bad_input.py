@@ -112,6 +112,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("no gitops", _drop("gitops"), "gitops: is required"),
     ("git url", _set("gitops.repoUrl", "ftp://example.org/repo"), "gitops.repoUrl: 'ftp://example.org/repo' is not"),
     ("ssh url without key", _drop("gitops.sshPrivateKey"), "gitops.sshPrivateKey: is required for the SSH URL"),
+    ("ssh url without host key", _drop("gitops.knownHosts"), "gitops.knownHosts: is required for an SSH URL"),
     ("https url without password", _https_without_password, "gitops.username and gitops.password: are required for the HTTPS URL"),
     ("gitops path escapes", _set("gitops.path", "../etc"), "gitops.path: '../etc' must be a relative folder"),
     ("traefik without e-mail", _drop("components.traefik.acmeEmail"), "components.traefik.acmeEmail: is required for Let's Encrypt"),

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Space Harbor node firewall: one nftables table of our own, applied atomically, kept across reboots.
+#
+#   firewall.sh apply   install nftables if missing, store the ruleset, validate it, then replace
+#                       our table (and only it) in one nft transaction; a oneshot unit reloads it
+#                       at boot when systemd runs
+#   firewall.sh remove  delete our table, its boot unit and its file
+#
+# Parameters (environment):
+#   HARBOR_NFT_TABLE    name of our `table inet`, e.g. space_harbor
+#   HARBOR_NFT_RULESET  the full text `table inet <name> { ... }` (components/render/nftables.py)
+#
+# The whole ruleset is never flushed and /etc/nftables.conf is never touched: k3s, Docker or the
+# admin may own other tables. The last line of output is `space-harbor: firewall.sh <action>: ...`.
+set -euo pipefail
+
+fw_action="${1:-}"
+fw_table="${HARBOR_NFT_TABLE:-}"
+fw_dir=/etc/space-harbor
+fw_file="$fw_dir/firewall.nft"
+fw_unit=space-harbor-firewall.service
+fw_unit_file="/etc/systemd/system/$fw_unit"
+fw_changed=false
+fw_tmp_files=()
+
+fw_cleanup() {
+    if [ "${#fw_tmp_files[@]}" -gt 0 ]; then
+        rm -f -- "${fw_tmp_files[@]}"
+    fi
+}
+trap fw_cleanup EXIT
+
+fw_fail() {
+    echo "space-harbor: firewall.sh ${fw_action:-?}: error: $*" >&2
+    exit 1
+}
+
+fw_log() {
+    echo "space-harbor: firewall.sh $fw_action: $*" >&2
+}
+
+# sd_booted(3): systemd is PID 1 exactly when this directory exists.
+fw_has_systemd() {
+    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+fw_apt_install() {
+    fw_log "installing $*"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
+        # A fresh image may have no package lists yet.
+        DEBIAN_FRONTEND=noninteractive apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
+    fi
+    fw_changed=true
+}
+
+fw_table_live() {
+    nft list table inet "$fw_table" >/dev/null 2>&1
+}
+
+# The stored file is one transaction: create-if-missing, delete, then the new table. So it loads
+# the same way on a live system and at boot, and the old table is replaced without a gap.
+fw_transaction() {
+    printf '# Space Harbor: replaces table inet %s atomically; nothing else.\n' "$fw_table"
+    printf 'table inet %s {}\n' "$fw_table"
+    printf 'delete table inet %s\n' "$fw_table"
+    printf '%s\n' "${HARBOR_NFT_RULESET%$'\n'}"
+}
+
+fw_check_ruleset() {
+    [ -n "${HARBOR_NFT_RULESET:-}" ] || fw_fail "HARBOR_NFT_RULESET is empty"
+    # Only our table may appear: this script must not be able to replace anybody else's.
+    local tables
+    tables=$(printf '%s\n' "$HARBOR_NFT_RULESET" | grep -E '^[[:space:]]*table[[:space:]]' || true)
+    if [ "$(printf '%s\n' "$tables" | grep -c .)" -ne 1 ] ||
+        ! printf '%s\n' "$tables" | grep -Eq "^[[:space:]]*table[[:space:]]+inet[[:space:]]+${fw_table}[[:space:]]*\{"; then
+        fw_fail "HARBOR_NFT_RULESET must declare exactly one table, 'table inet $fw_table { ... }'"
+    fi
+}
+
+fw_unit_text() {
+    local nft_bin
+    nft_bin=$(command -v nft)
+    cat <<EOF
+# Managed by Space Harbor. Loads table inet $fw_table at boot, and again after nftables.service
+# (whose /etc/nftables.conf usually starts with "flush ruleset") starts, restarts or reloads.
+[Unit]
+Description=Space Harbor node firewall (nftables table inet $fw_table)
+DefaultDependencies=no
+Wants=network-pre.target
+Before=network-pre.target shutdown.target
+After=nftables.service
+PartOf=nftables.service
+ReloadPropagatedFrom=nftables.service
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=$nft_bin -f $fw_file
+ExecReload=$nft_bin -f $fw_file
+
+[Install]
+WantedBy=sysinit.target
+EOF
+}
+
+# Writes stdin to $1 (mode $2) through a temp file and mv, only when the bytes differ; sets
+# fw_wrote to true or false. (Not a condition-style function: `set -e` is off inside those.)
+fw_wrote=false
+fw_write_if_changed() {
+    local target=$1 mode=$2 tmp
+    fw_wrote=false
+    tmp=$(mktemp "$(dirname "$target")/.$(basename "$target").XXXXXX")
+    fw_tmp_files+=("$tmp")
+    cat >"$tmp"
+    chmod "$mode" "$tmp"
+    if [ -f "$target" ] && cmp -s "$tmp" "$target"; then
+        rm -f "$tmp"
+        chmod "$mode" "$target"
+        return 0
+    fi
+    mv -f "$tmp" "$target"
+    fw_wrote=true
+}
+
+fw_apply() {
+    fw_check_ruleset
+    command -v nft >/dev/null 2>&1 || fw_apt_install nftables
+
+    umask 077
+    mkdir -p "$fw_dir"
+    chmod 700 "$fw_dir"
+
+    # Validate before anything is stored or live: a bad ruleset must leave the old one in force.
+    local candidate
+    candidate=$(mktemp "$fw_dir/.candidate.XXXXXX")
+    fw_tmp_files+=("$candidate")
+    fw_transaction >"$candidate"
+    if ! nft -c -f "$candidate" >&2; then
+        fw_fail "nft rejected the ruleset for table inet $fw_table; the live firewall is unchanged"
+    fi
+
+    fw_write_if_changed "$fw_file" 600 <"$candidate"
+    if [ "$fw_wrote" = true ] || ! fw_table_live; then
+        nft -f "$fw_file" >&2 || fw_fail "loading $fw_file failed; table inet $fw_table is unchanged"
+        fw_log "table inet $fw_table loaded"
+        fw_changed=true
+    fi
+
+    if fw_has_systemd; then
+        fw_write_if_changed "$fw_unit_file" 644 <<<"$(fw_unit_text)"
+        if [ "$fw_wrote" = true ]; then
+            systemctl daemon-reload
+            fw_changed=true
+        fi
+        if ! systemctl is-enabled --quiet "$fw_unit" 2>/dev/null; then
+            systemctl enable --quiet "$fw_unit"
+            fw_changed=true
+        fi
+        # Active, so that a restart of nftables.service re-applies our table (PartOf).
+        if ! systemctl is-active --quiet "$fw_unit"; then
+            systemctl start "$fw_unit"
+            fw_changed=true
+        fi
+    else
+        fw_log "systemd is not running: table inet $fw_table is live but not reloaded at boot"
+    fi
+}
+
+fw_remove() {
+    if command -v nft >/dev/null 2>&1 && fw_table_live; then
+        nft delete table inet "$fw_table"
+        fw_changed=true
+    fi
+    if fw_has_systemd; then
+        if systemctl is-enabled --quiet "$fw_unit" 2>/dev/null; then
+            systemctl disable --quiet "$fw_unit"
+            fw_changed=true
+        fi
+        # The unit has no ExecStop: stopping it only marks it inactive; the table is gone above.
+        if systemctl is-active --quiet "$fw_unit"; then
+            systemctl stop "$fw_unit"
+            fw_changed=true
+        fi
+    fi
+    if [ -e "$fw_unit_file" ]; then
+        rm -f "$fw_unit_file"
+        if fw_has_systemd; then
+            systemctl daemon-reload
+        fi
+        fw_changed=true
+    fi
+    if [ -e "$fw_file" ]; then
+        rm -f "$fw_file"
+        fw_changed=true
+    fi
+    if [ -d "$fw_dir" ]; then
+        rmdir "$fw_dir" 2>/dev/null || true
+    fi
+}
+
+if ! [[ "$fw_table" =~ ^[A-Za-z][A-Za-z0-9_]{0,63}$ ]]; then
+    fw_fail "HARBOR_NFT_TABLE must be a table name like space_harbor (got '${fw_table}')"
+fi
+case "$fw_action" in
+apply) fw_apply ;;
+remove) fw_remove ;;
+*) fw_fail "unknown action '${fw_action}'; use apply or remove" ;;
+esac
+
+if [ "$fw_changed" = true ]; then
+    echo "space-harbor: firewall.sh $fw_action: changed"
+else
+    echo "space-harbor: firewall.sh $fw_action: unchanged"
+fi

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Space Harbor k3s node: install/upgrade from config.yaml, uninstall, read the kubeconfig.
+#
+#   k3s.sh install     write /etc/rancher/k3s/config.yaml; run the k3s installer (then restart
+#                      the service) when the pinned version is not the one installed and running
+#                      or the service is missing, else restart the service only when
+#                      config.yaml changed; then wait (bounded) until the service is active and,
+#                      on a server, until the kubeconfig exists
+#   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml
+#   k3s.sh kubeconfig  print /etc/rancher/k3s/k3s.yaml on stdout and nothing else; the status
+#                      line goes to stderr so that stdout parses as YAML
+#
+# Parameters (environment):
+#   HARBOR_K3S_ROLE            server | agent
+#   HARBOR_K3S_VERSION         e.g. v1.31.4+k3s1
+#   HARBOR_K3S_CONFIG          config.yaml text (holds the token: written 0600, never on argv)
+#   HARBOR_K3S_AIRGAP          true: use the binary already at /usr/local/bin/k3s
+#                              (INSTALL_K3S_SKIP_DOWNLOAD) and the installer script below
+#   HARBOR_K3S_INSTALL_SCRIPT  air-gap installer, default /usr/local/share/space-harbor/k3s-install.sh
+#   HARBOR_K3S_WAIT_TIMEOUT    optional, seconds to wait for the service (default 180)
+#
+# Every setting, the token and (for joining nodes) the `server:` URL live in config.yaml, never
+# in installer flags, which a later re-run of the installer would silently drop. The upstream
+# installer (get.k3s.io) takes the first word of INSTALL_K3S_EXEC as the k3s command and only
+# falls back to K3S_URL/K3S_TOKEN to guess "agent" when no command is given, so
+# INSTALL_K3S_EXEC=agent alone makes a k3s-agent.service, and `k3s agent` then reads `server`
+# and `token` from config.yaml. K3S_URL/K3S_TOKEN are therefore not passed (nor written into the
+# unit's env file).
+set -euo pipefail
+
+k3s_action="${1:-}"
+k3s_role="${HARBOR_K3S_ROLE:-}"
+k3s_version="${HARBOR_K3S_VERSION:-}"
+k3s_airgap="${HARBOR_K3S_AIRGAP:-false}"
+k3s_install_script="${HARBOR_K3S_INSTALL_SCRIPT:-/usr/local/share/space-harbor/k3s-install.sh}"
+k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
+k3s_bin=/usr/local/bin/k3s
+k3s_config_dir=/etc/rancher/k3s
+k3s_config="$k3s_config_dir/config.yaml"
+k3s_kubeconfig="$k3s_config_dir/k3s.yaml"
+# "<role> <version>" that this script last installed and started. The binary's own version is not
+# enough: after an air-gap upgrade the new binary is on disk while the old one still runs.
+k3s_record="$k3s_config_dir/.space-harbor-installed"
+k3s_changed=false
+k3s_tmp_files=()
+
+k3s_cleanup() {
+    if [ "${#k3s_tmp_files[@]}" -gt 0 ]; then
+        rm -f -- "${k3s_tmp_files[@]}"
+    fi
+}
+trap k3s_cleanup EXIT
+
+k3s_fail() {
+    echo "space-harbor: k3s.sh ${k3s_action:-?}: error: $*" >&2
+    exit 1
+}
+
+k3s_log() {
+    echo "space-harbor: k3s.sh $k3s_action: $*" >&2
+}
+
+k3s_has_systemd() {
+    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+k3s_unit() {
+    if [ "$k3s_role" = server ]; then echo k3s; else echo k3s-agent; fi
+}
+
+k3s_check_role() {
+    case "$k3s_role" in
+    server | agent) ;;
+    *) k3s_fail "HARBOR_K3S_ROLE must be server or agent (got '${k3s_role}')" ;;
+    esac
+}
+
+k3s_apt_install() {
+    k3s_log "installing $*"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
+        DEBIAN_FRONTEND=noninteractive apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
+    fi
+}
+
+# The version the installed binary reports, e.g. "k3s version v1.31.4+k3s1 (a1b2c3d4)"; empty
+# when there is no binary.
+k3s_installed_version() {
+    if [ -x "$k3s_bin" ]; then
+        "$k3s_bin" --version 2>/dev/null | head -n 1 || true
+    fi
+}
+
+k3s_version_matches() {
+    # A whole word, so v1.31.4+k3s1 never matches v1.31.4+k3s10.
+    k3s_installed_version | awk -v want="$k3s_version" '{ for (i = 1; i <= NF; i++) if ($i == want) found = 1 } END { exit !found }'
+}
+
+k3s_write_config() {
+    local tmp
+    k3s_config_changed=false
+    umask 077
+    mkdir -p "$k3s_config_dir"
+    tmp=$(mktemp "$k3s_config_dir/.config.yaml.XXXXXX")
+    k3s_tmp_files+=("$tmp")
+    printf '%s\n' "${HARBOR_K3S_CONFIG%$'\n'}" >"$tmp"
+    chmod 600 "$tmp"
+    if [ -f "$k3s_config" ] && cmp -s "$tmp" "$k3s_config"; then
+        rm -f "$tmp"
+        chmod 600 "$k3s_config"
+        return 0
+    fi
+    mv -f "$tmp" "$k3s_config"
+    k3s_log "$k3s_config written"
+    k3s_config_changed=true
+    k3s_changed=true
+}
+
+# The installer script to run: the staged one for air-gap installs, else get.k3s.io.
+k3s_fetch_installer() {
+    if [ "$k3s_airgap" = true ]; then
+        [ -x "$k3s_bin" ] || k3s_fail "air-gap install: $k3s_bin is missing; place the k3s $k3s_version binary there first"
+        if ! k3s_version_matches; then
+            k3s_fail "air-gap install: $k3s_bin reports '$(k3s_installed_version)', the stack wants $k3s_version; place that binary first"
+        fi
+        [ -f "$k3s_install_script" ] || k3s_fail "air-gap install: the installer script $k3s_install_script is missing (HARBOR_K3S_INSTALL_SCRIPT)"
+        k3s_installer="$k3s_install_script"
+        return 0
+    fi
+    command -v curl >/dev/null 2>&1 || k3s_apt_install curl ca-certificates
+    k3s_installer=$(mktemp /tmp/k3s-install.XXXXXX)
+    k3s_tmp_files+=("$k3s_installer")
+    curl -sfL --retry 3 --connect-timeout 20 --max-time 300 https://get.k3s.io -o "$k3s_installer" ||
+        k3s_fail "downloading the k3s installer from https://get.k3s.io failed"
+}
+
+k3s_run_installer() {
+    local unit
+    unit=$(k3s_unit)
+    k3s_fetch_installer
+    k3s_log "installing k3s $k3s_version as $k3s_role ($unit.service)"
+    # INSTALL_K3S_SKIP_START: the installer's own restart waits without a bound (TimeoutStartSec=0);
+    # the restart below is bounded. K3S_* from the caller's environment must not reach the unit.
+    local -a env_args=(
+        -u K3S_URL -u K3S_TOKEN -u K3S_TOKEN_FILE -u K3S_AGENT_TOKEN
+        INSTALL_K3S_VERSION="$k3s_version"
+        INSTALL_K3S_EXEC="$k3s_role"
+        INSTALL_K3S_SKIP_START=true
+    )
+    if [ "$k3s_airgap" = true ]; then
+        env_args+=(INSTALL_K3S_SKIP_DOWNLOAD=true)
+    fi
+    env "${env_args[@]}" sh "$k3s_installer" >&2 || k3s_fail "the k3s installer failed for $k3s_role $k3s_version"
+    k3s_restart "$unit"
+    k3s_changed=true
+}
+
+# systemctl restart waits for k3s' sd_notify READY; bound it so a node that cannot join fails
+# this step instead of hanging `pulumi up`.
+k3s_restart() {
+    local unit=$1
+    if ! timeout "$k3s_wait" systemctl restart "$unit"; then
+        k3s_fail "$unit.service did not become active within ${k3s_wait}s; see journalctl -u $unit"
+    fi
+}
+
+k3s_wait_for() {
+    local what=$1 deadline=$((SECONDS + k3s_wait))
+    shift
+    until "$@"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            k3s_fail "timed out after ${k3s_wait}s waiting for $what"
+        fi
+        sleep 2
+    done
+}
+
+k3s_unit_active() {
+    systemctl is-active --quiet "$(k3s_unit)"
+}
+
+k3s_kubeconfig_ready() {
+    [ -s "$k3s_kubeconfig" ]
+}
+
+k3s_install() {
+    k3s_check_role
+    [[ "$k3s_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
+        k3s_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${k3s_version}')"
+    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
+    [[ "$k3s_wait" =~ ^[0-9]+$ ]] || k3s_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
+    k3s_has_systemd || k3s_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
+
+    local unit
+    unit=$(k3s_unit)
+    k3s_write_config
+
+    if k3s_version_matches && [ "$(cat "$k3s_record" 2>/dev/null || true)" = "$k3s_role $k3s_version" ] &&
+        [ -n "$(systemctl list-unit-files --no-legend "$unit.service" 2>/dev/null)" ] &&
+        systemctl is-enabled --quiet "$unit"; then
+        if [ "$k3s_config_changed" = true ]; then
+            k3s_log "config.yaml changed: restarting $unit"
+            k3s_restart "$unit"
+        elif ! k3s_unit_active; then
+            k3s_log "$unit is not running: starting it"
+            k3s_restart "$unit"
+            k3s_changed=true
+        fi
+    else
+        k3s_run_installer
+        printf '%s %s\n' "$k3s_role" "$k3s_version" >"$k3s_record"
+    fi
+
+    k3s_wait_for "$unit.service to be active" k3s_unit_active
+    if [ "$k3s_role" = server ]; then
+        k3s_wait_for "$k3s_kubeconfig" k3s_kubeconfig_ready
+    fi
+}
+
+k3s_uninstall() {
+    k3s_check_role
+    local script=/usr/local/bin/k3s-uninstall.sh
+    if [ "$k3s_role" = agent ]; then
+        script=/usr/local/bin/k3s-agent-uninstall.sh
+    fi
+    if [ -x "$script" ]; then
+        k3s_log "running $script"
+        "$script" >&2 || k3s_fail "$script failed"
+        k3s_changed=true
+    fi
+    if [ -e "$k3s_config" ]; then
+        rm -f "$k3s_config"
+        k3s_changed=true
+    fi
+    rm -f "$k3s_record"
+}
+
+k3s_print_kubeconfig() {
+    [[ "$k3s_wait" =~ ^[0-9]+$ ]] || k3s_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
+    k3s_wait_for "$k3s_kubeconfig (is the k3s server running?)" k3s_kubeconfig_ready
+    cat "$k3s_kubeconfig"
+}
+
+case "$k3s_action" in
+install) k3s_install ;;
+uninstall) k3s_uninstall ;;
+kubeconfig)
+    k3s_print_kubeconfig
+    # stdout is the kubeconfig and nothing else.
+    echo "space-harbor: k3s.sh kubeconfig: unchanged" >&2
+    exit 0
+    ;;
+*) k3s_fail "unknown action '${k3s_action}'; use install, uninstall or kubeconfig" ;;
+esac
+
+if [ "$k3s_changed" = true ]; then
+    echo "space-harbor: k3s.sh $k3s_action: changed"
+else
+    echo "space-harbor: k3s.sh $k3s_action: unchanged"
+fi

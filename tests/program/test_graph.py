@@ -174,6 +174,8 @@ def test_given_token_stays_secret_everywhere() -> None:
 def test_generated_token_comes_from_pulumi_random() -> None:
     _, run = _run("single", "up")
     token = run.named("k3s-token")
+    assert "k3sToken" in run.secret_outputs
+    assert yaml.safe_load(_env(run.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])["token"] == run.outputs["k3sToken"]
     assert token.type == "random:index/randomPassword:RandomPassword"
     assert run.depends_on(run.named("server-1-k3s"), token)
 
@@ -213,7 +215,7 @@ def test_stack_outputs() -> None:
         config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.175.0.1"}]}
 
     _, run = _run("server-3-agents", "up", with_operator)
-    assert {"kubeconfig", "operatorConfigs"} <= run.secret_outputs
+    assert {"kubeconfig", "operatorConfigs", "k3sToken"} <= run.secret_outputs
     assert "nodes" not in run.secret_outputs
     assert run.outputs["nodes"][1] == {"name": "agent-1", "role": "agent", "meshAddress": "10.160.1.1"}
     kubeconfig = yaml.safe_load(run.outputs["kubeconfig"])

@@ -1,0 +1,611 @@
+"""Real Debian nodes on this machine: systemd-nspawn containers on a bridge in namespaces of our own.
+
+Layout of one run (every name carries the run id, so parallel runs never meet and cleanup is exact):
+
+    netns  shtb-<id>-hub    holds bridge `br0` and one veth end per member
+    netns  shtb-<id>-ctl    the controller / "outside" host, 192.168.77.2, no WireGuard. The
+                            runner's ssh, the GitOps push and the firewall probes run from here.
+    netns  shtb-<id>-<k>    one per node, `eth0` = the other veth end, 192.168.77.<10+k>
+    netns  shtb-<id>-git    the git server node, 192.168.77.5
+
+Each veth pair is created inside the hub namespace with its peer moved straight into the member's
+namespace, so nothing is ever created in the root namespace: deleting our namespaces removes every
+link we made. Every address lives only inside these namespaces.
+
+Each node is `systemd-nspawn --boot --register=no --keep-unit` on an overlayfs of the cached
+rootfs (per-node upper dir; `cp -a` when overlayfs cannot mount), with real systemd and sshd.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from tests.testbed.rootfs import ensure_rootfs
+
+HERE = Path(__file__).resolve().parent
+STANDIN_K3S = HERE / "standin" / "k3s-standin"
+STANDIN_INSTALLER = HERE / "standin" / "k3s-install-standin.sh"
+# Where the product's air-gap feature expects the pre-placed files (docs/INTERFACES.md).
+AIRGAP_BINARY = "/usr/local/bin/k3s"
+AIRGAP_INSTALLER = "/usr/local/share/space-harbor/k3s-install.sh"
+RUN_ROOT = Path(os.environ.get("TESTBED_RUN_ROOT", "/var/tmp/space-harbor-testbed"))
+SUBNET = "192.168.77"
+PREFIX = 24
+CTL_ADDRESS = f"{SUBNET}.2"
+GIT_ADDRESS = f"{SUBNET}.5"
+GIT_REPO = "/srv/git/cluster.git"
+REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "ip", "ssh", "mount")
+
+T = TypeVar("T")
+
+
+def missing_requirements() -> str | None:
+    """Why the testbed cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the testbed needs root (namespaces, mounts, systemd-nspawn)"
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"missing tools: {', '.join(missing)} "
+            "(apt-get install systemd-container debootstrap iproute2 openssh-client)"
+        )
+    if not Path("/dev/net/tun").exists():
+        return "/dev/net/tun is missing (wireguard-go needs it)"
+    return None
+
+
+def _run(argv: list[str], *, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, text=True, capture_output=True, **kwargs)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def _cgroup_v1_hierarchies() -> list[tuple[Path, list[str]]]:
+    """(directory of this process's cgroup, controllers) for every mounted cgroup v1 hierarchy."""
+    mounts: dict[frozenset[str], Path] = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, target, fstype, options, *_ = line.split()
+        if fstype == "cgroup":
+            mounts[
+                frozenset(
+                    o for o in options.split(",") if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec")
+                )
+            ] = Path(target)
+    found = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" or not controllers:
+            continue
+        names = controllers.split(",")
+        for options, target in mounts.items():
+            if set(names) <= options:
+                found.append((target / path.lstrip("/"), names))
+                break
+    return found
+
+
+def _keypair() -> tuple[str, str]:
+    """An ed25519 key: (OpenSSH private key text, `ssh-ed25519 AAAA...` public key)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()).decode()
+    public = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return private, public
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def call_in_netns(netns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn` on a fresh thread that has joined network namespace `netns`.
+
+    setns(2) with CLONE_NEWNET moves only the calling thread, so the rest of the test process
+    stays where it was. Sockets opened and processes spawned by `fn` live in `netns` (a forked
+    child inherits the forking thread's namespaces), e.g. GitPython's `git push` over ssh.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with open(f"/run/netns/{netns}") as handle:
+                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns({netns}) failed")
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as error:
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclass
+class Node:
+    name: str
+    index: int
+    address: str
+    netns: str
+    rootdir: Path
+    host_key: str  # `ssh-ed25519 AAAA...`: what pulumi-command's `hostKey` pins
+    machine_id: str
+    mode: str = "overlay"  # or "copy"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    boot_seconds: float = 0.0
+    cgroups: list[Path] = field(default_factory=list)
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"{self.address} {self.host_key}"
+
+
+@dataclass
+class SshResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class Testbed:
+    """N booted nodes (plus optionally a git server) on one private bridge. Use as a context manager."""
+
+    __test__ = False  # not a pytest test class, whatever module imports it
+
+    def __init__(self, *, k3s_version: str = "v1.31.4+k3s1", run_id: str | None = None) -> None:
+        self.run_id = run_id or secrets.token_hex(3)
+        self.workdir = RUN_ROOT / self.run_id
+        self.k3s_version = k3s_version
+        self.hub = f"shtb-{self.run_id}-hub"
+        self.ctl = f"shtb-{self.run_id}-ctl"
+        self.nodes: dict[str, Node] = {}
+        self.git: Node | None = None
+        self.client_key, self.client_public_key = _keypair()
+        self._netns: list[str] = []
+        self._mounts: list[Path] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.rootfs: Path | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> Testbed:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        reason = missing_requirements()
+        if reason:
+            raise RuntimeError(reason)
+        self.rootfs = ensure_rootfs()
+        reap_stale_runs()
+        self.workdir.mkdir(parents=True)
+        atexit.register(self.close)
+        self.key_file = self.workdir / "client_ed25519"
+        self.key_file.write_text(self.client_key)
+        self.key_file.chmod(0o600)
+        self.known_hosts = self.workdir / "known_hosts"
+        self.known_hosts.write_text("")
+        self._add_netns(self.hub)
+        _run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
+        _run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+        self._add_netns(self.ctl)
+        self._attach(self.ctl, "ctl", CTL_ADDRESS)
+        self._save_state()
+
+    def close(self) -> None:
+        """Stop every container, unmount, delete every namespace we made. Never raises."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        members = [*self.nodes.values(), *([self.git] if self.git else [])]
+        with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
+            list(pool.map(self._stop_node, members))
+        for mount in reversed(self._mounts):
+            if _run(["umount", str(mount)], check=False).returncode != 0:
+                _run(["umount", "-l", str(mount)], check=False)
+        for netns in reversed(self._netns):
+            _run(["ip", "netns", "delete", netns], check=False)
+        if os.environ.get("TESTBED_KEEP_WORKDIR") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+
+    def _stop_node(self, node: Node) -> None:
+        proc = node.process
+        if proc is not None and proc.poll() is None:
+            # SIGTERM makes nspawn ask the container's systemd to power off; SIGKILL if it hangs.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._remove_cgroups(node.cgroups)
+
+    def _add_netns(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self._netns.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def _attach(self, netns: str, port_name: str, address: str) -> None:
+        """A veth from the hub's bridge into `netns` (as eth0) with `address`: made inside the hub."""
+        hub_end = f"v-{port_name}"[:15]
+        _run(["ip", "-n", self.hub, "link", "add", hub_end, "type", "veth", "peer", "name", "eth0", "netns", netns])
+        _run(["ip", "-n", self.hub, "link", "set", hub_end, "master", "br0", "up"])
+        _run(["ip", "-n", netns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0"])
+        _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+
+    def _save_state(self) -> None:
+        """What this run made, for `python -m tests.testbed.nodes --cleanup <dir>` after a crash."""
+        members = [*self.nodes.values(), *([self.git] if self.git else [])]
+        state = {
+            "run_id": self.run_id,
+            "owner_pid": os.getpid(),
+            "netns": self._netns,
+            "mounts": [str(m) for m in self._mounts],
+            "pids": [m.process.pid for m in members if m.process],
+            "cgroups": [str(c) for m in members for c in m.cgroups],
+        }
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=1))
+
+    # ---- nodes ----------------------------------------------------------------------------
+    def add_nodes(self, names: Iterable[str], *, stage_k3s: bool = True) -> list[Node]:
+        """Boot nodes in parallel and wait until each one's sshd answers."""
+        created = [self._prepare_node(name, stage_k3s=stage_k3s) for name in names]
+        for node in created:
+            self._boot(node)
+        self._save_state()
+        with ThreadPoolExecutor(max_workers=max(1, len(created))) as pool:
+            list(pool.map(self._wait_ssh, created))
+        return created
+
+    def add_git_server(self) -> Node:
+        """A node serving a bare repository at /srv/git/cluster.git over SSH (user root)."""
+        node = self._prepare_node("git", stage_k3s=False, address=GIT_ADDRESS, register=False)
+        self.git = node
+        self._boot(node)
+        self._save_state()
+        self._wait_ssh(node)
+        self.ssh(
+            node,
+            f"set -e; git init -q --bare --initial-branch=main {GIT_REPO}; "
+            "tmp=$(mktemp -d); cd $tmp; git init -q --initial-branch=main; "
+            "git -c user.name=testbed -c user.email=testbed@example.invalid commit -q --allow-empty "
+            f"-m 'initial commit'; git push -q {GIT_REPO} main; rm -rf $tmp",
+        )
+        return node
+
+    def _prepare_node(self, name: str, *, stage_k3s: bool, address: str | None = None, register: bool = True) -> Node:
+        assert self.rootfs is not None
+        index = len(self.nodes) + 1
+        if address is None:
+            index = max((n.index for n in self.nodes.values()), default=0) + 1
+            address = f"{SUBNET}.{10 + index}"
+        netns = f"shtb-{self.run_id}-{name}"
+        self._add_netns(netns)
+        self._attach(netns, name, address)
+        base = self.workdir / name
+        merged = base / "root"
+        merged.mkdir(parents=True)
+        (base / "upper").mkdir()
+        (base / "work").mkdir()
+        mode = "overlay"
+        mounted = _run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                f"shtb-{self.run_id}-{name}",
+                "-o",
+                f"lowerdir={self.rootfs},upperdir={base / 'upper'},workdir={base / 'work'}",
+                str(merged),
+            ],
+            check=False,
+        )
+        if mounted.returncode == 0:
+            self._mounts.append(merged)
+        else:
+            mode = "copy"
+            _run(["cp", "-a", "--reflink=auto", f"{self.rootfs}/.", str(merged)])
+        host_private, host_public = _keypair()
+        self._write(merged / "etc/hostname", f"{name}\n")
+        self._write(merged / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {name}\n")
+        self._write(merged / "etc/ssh/ssh_host_ed25519_key", host_private, 0o600)
+        self._write(merged / "etc/ssh/ssh_host_ed25519_key.pub", host_public + f" root@{name}\n", 0o644)
+        self._write(merged / "etc/ssh/sshd_config.d/testbed-hostkey.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+        (merged / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+        self._write(merged / "root/.ssh/authorized_keys", self.client_public_key + " space-harbor-testbed\n", 0o600)
+        if stage_k3s:
+            # The air-gap path of the product: the binary and the installer, pre-placed.
+            standin = STANDIN_K3S.read_text().replace(
+                'STANDIN_VERSION="${K3S_STANDIN_VERSION:-v1.31.4+k3s1}"',
+                f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{self.k3s_version}}}"',
+            )
+            self._write(merged / AIRGAP_BINARY.lstrip("/"), standin, 0o755)
+            self._write(merged / AIRGAP_INSTALLER.lstrip("/"), STANDIN_INSTALLER.read_text(), 0o755)
+        node = Node(
+            name=name,
+            index=index,
+            address=address,
+            netns=netns,
+            rootdir=merged,
+            host_key=host_public,
+            machine_id=uuid.uuid4().hex,
+            mode=mode,
+        )
+        with self.known_hosts.open("a") as handle:
+            handle.write(node.known_hosts_line + "\n")
+        if register:
+            self.nodes[name] = node
+        return node
+
+    @staticmethod
+    def _write(path: Path, text: str, mode: int = 0o644) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+        path.write_text(text)
+        path.chmod(mode)
+
+    def _node_cgroups(self, node: Node) -> list[Path]:
+        """A cgroup of the node's own in every v1 hierarchy, beneath this process's.
+
+        With --keep-unit and no systemd on the host, nspawn roots the container's cgroup tree at
+        its own cgroup. Containers sharing one would share `/system.slice/<unit>` directories:
+        the same unit starting on two nodes at once then fails with 219/CGROUP when the other
+        node's systemd removes the directory. On a cgroup v2 (or systemd) host nothing is done.
+        """
+        made = []
+        for parent, controllers in _cgroup_v1_hierarchies():
+            path = parent / f"shtb-{self.run_id}-{node.name}"
+            try:
+                path.mkdir(exist_ok=True)
+                if "cpuset" in controllers:
+                    for knob in ("cpuset.cpus", "cpuset.mems"):
+                        (path / knob).write_text((parent / knob).read_text())
+            except OSError:
+                continue
+            made.append(path)
+        return made
+
+    @staticmethod
+    def _remove_cgroups(paths: list[Path]) -> None:
+        for path in paths:
+            if not path.is_dir():
+                continue
+            for sub, _dirs, _files in sorted(os.walk(path, topdown=False), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(sub)
+
+    def _boot(self, node: Node) -> None:
+        node.cgroups = self._node_cgroups(node)
+        log = (self.workdir / f"{node.name}.console.log").open("wb")
+        node.boot_seconds = time.monotonic()
+        # A shell joins the node's cgroups, then becomes systemd-nspawn (same pid).
+        join = 'IFS=:; for d in $SHTB_CGROUPS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@"'
+        node.process = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                join,
+                "sh",
+                "systemd-nspawn",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--quiet",
+                f"--directory={node.rootdir}",
+                f"--machine=shtb-{self.run_id}-{node.name}",
+                f"--hostname={node.name}",
+                f"--uuid={node.machine_id}",
+                f"--network-namespace-path=/run/netns/{node.netns}",
+                "--bind=/dev/net/tun",
+                "--capability=CAP_NET_ADMIN",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+                "--console=read-only",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "SHTB_CGROUPS": ":".join(str(p) for p in node.cgroups)},
+        )
+        log.close()
+
+    def _wait_ssh(self, node: Node, timeout: float = 90) -> None:
+        started = node.boot_seconds
+        deadline = time.monotonic() + timeout
+        while True:
+            if node.process is not None and node.process.poll() is not None:
+                console = (self.workdir / f"{node.name}.console.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"node {node.name}: systemd-nspawn exited ({node.process.returncode}):\n{console}")
+            result = self.ssh(node, "true", check=False, timeout=10, connect_timeout=2)
+            if result.returncode == 0:
+                # sshd answers before boot finishes; let systemd settle so units behave as on a real host.
+                state = self.ssh(node, "systemctl is-system-running --wait", check=False, timeout=timeout).stdout
+                if state.strip() not in ("running", "degraded"):
+                    raise RuntimeError(f"node {node.name}: systemd is {state.strip()!r} after boot")
+                node.boot_seconds = time.monotonic() - started
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {node.name}: sshd did not answer within {timeout}s: {result.stderr}")
+            time.sleep(0.3)
+
+    def remove_node(self, name: str) -> None:
+        """Stop one node and delete its namespace (and so its veth)."""
+        node = self.nodes.pop(name)
+        self._stop_node(node)
+        if node.rootdir in self._mounts:
+            _run(["umount", str(node.rootdir)], check=False)
+            self._mounts.remove(node.rootdir)
+        _run(["ip", "netns", "delete", node.netns], check=False)
+        self._netns.remove(node.netns)
+        self._save_state()
+
+    # ---- talking to nodes -------------------------------------------------------------------
+    def ssh_argv(self, address: str, *, user: str = "root", port: int = 22, connect_timeout: int = 10) -> list[str]:
+        return [
+            "ip", "netns", "exec", self.ctl,
+            "ssh", "-i", str(self.key_file), "-p", str(port),
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
+            f"{user}@{address}",
+        ]  # fmt: skip
+
+    def ssh(
+        self,
+        node: Node | str,
+        command: str,
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 300,
+        connect_timeout: int = 10,
+    ) -> SshResult:
+        """Run `command` on a node as root over SSH from the controller namespace."""
+        if isinstance(node, str):
+            node = self.git if (node == "git" and self.git) else self.nodes[node]
+        started = time.monotonic()
+        result = subprocess.run(
+            [*self.ssh_argv(node.address, connect_timeout=connect_timeout), command],
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        out = SshResult(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{node.name}: `{command}` failed ({result.returncode}): {result.stderr.strip()}")
+        return out
+
+    def ctl_exec(
+        self, argv: list[str], *, check: bool = False, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the controller host (outside the mesh, on the bridge)."""
+        return _run(["ip", "netns", "exec", self.ctl, *argv], check=check, timeout=timeout)
+
+    def tcp_open_from_ctl(self, address: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether a TCP connect from the controller (outside the mesh) to address:port succeeds."""
+        import socket
+
+        def probe() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                try:
+                    sock.connect((address, port))
+                except OSError:
+                    return False
+                return True
+
+        return call_in_netns(self.ctl, probe)
+
+    def file_hashes(self, node: Node | str, paths: Iterable[str]) -> dict[str, str]:
+        """sha256 of files on a node, read through SSH; missing files map to ''."""
+        listing = " ".join(f"'{p}'" for p in paths)
+        out = self.ssh(
+            node, f'for f in {listing}; do if [ -f "$f" ]; then sha256sum "$f"; else echo "- $f"; fi; done'
+        ).stdout
+        hashes = {}
+        for line in out.splitlines():
+            digest, path = line.split(None, 1)
+            hashes[path] = "" if digest == "-" else digest
+        return hashes
+
+    # ---- stack config ---------------------------------------------------------------------
+    def stack_nodes(self, roles: dict[str, str] | None = None, *, mesh_base: str = "10.160.0.") -> list[dict]:
+        """`nodes` entries of the stack config for the booted nodes, host keys pinned."""
+        roles = roles or {}
+        entries = []
+        for i, node in enumerate(sorted(self.nodes.values(), key=lambda n: n.index)):
+            role = roles.get(node.name, "server" if i == 0 else "agent")
+            entries.append(
+                {
+                    "name": node.name,
+                    "role": role,
+                    "host": node.address,
+                    "meshAddress": f"{mesh_base}{node.index}",
+                    "sshHostKey": node.host_key,
+                }
+            )
+        return entries
+
+    def git_known_hosts(self) -> str:
+        assert self.git is not None
+        return self.git.known_hosts_line
+
+    def git_url(self) -> str:
+        assert self.git is not None
+        return f"root@{self.git.address}:{GIT_REPO}"
+
+
+def cleanup_state_dir(workdir: Path) -> None:
+    """Undo a crashed run from its state.json: only the pids, mounts and namespaces it recorded."""
+    state = json.loads((workdir / "state.json").read_text())
+    for pid in state["pids"]:
+        with contextlib.suppress(ProcessLookupError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"systemd-nspawn" in cmdline and f"shtb-{state['run_id']}-".encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    for mount in reversed(state["mounts"]):
+        _run(["umount", "-l", mount], check=False)
+    Testbed._remove_cgroups([Path(c) for c in state.get("cgroups", [])])
+    for netns in reversed(state["netns"]):
+        _run(["ip", "netns", "delete", netns], check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def reap_stale_runs() -> None:
+    """Clean up runs whose test process died without teardown (killed by a CI timeout, say).
+
+    Only runs under RUN_ROOT with a state.json whose recording process is gone are touched, and
+    only what that state.json recorded.
+    """
+    if not RUN_ROOT.is_dir():
+        return
+    for state_file in RUN_ROOT.glob("*/state.json"):
+        try:
+            owner = int(json.loads(state_file.read_text()).get("owner_pid", 0))
+        except (OSError, ValueError):
+            continue
+        if owner and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(Exception):
+                cleanup_state_dir(state_file.parent)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--cleanup":
+        cleanup_state_dir(Path(sys.argv[2]))
+    else:
+        print("usage: python -m tests.testbed.nodes --cleanup /var/tmp/space-harbor-testbed/<run-id>")

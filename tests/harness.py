@@ -233,6 +233,16 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
 
 
+_IDLE_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+def _idle_loop() -> asyncio.AbstractEventLoop:
+    """One open loop kept for the whole session, rather than a new one per run left to the GC."""
+    if not _IDLE_LOOP or _IDLE_LOOP[0].is_closed():
+        _IDLE_LOOP[:] = [asyncio.new_event_loop()]
+    return _IDLE_LOOP[0]
+
+
 def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
     """Evaluate `__main__.py` once with `config` and return everything it registered.
 
@@ -273,7 +283,9 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
         os.chdir(cwd)
         loop.close()
         # Leave the thread as we found it, for tests that use pulumi's own mocks afterwards.
-        asyncio.set_event_loop(previous_loop if previous_loop is not None else asyncio.new_event_loop())
+        if previous_loop is None or previous_loop.is_closed():
+            previous_loop = _idle_loop()
+        asyncio.set_event_loop(previous_loop)
     raw_outputs = monitor.stack_outputs
     return ProgramRun(
         resources=monitor.registered,

@@ -58,9 +58,13 @@ class ApiTunnel:
             if self._transport is None or not self._transport.is_active():
                 target = self.target
                 transport = paramiko.Transport((target.host, target.port))
-                transport.start_client(timeout=15)
-                self._check_host_key(transport.get_remote_server_key())
-                transport.auth_publickey(target.user, load_private_key(target.private_key))
+                try:
+                    transport.start_client(timeout=15)
+                    self._check_host_key(transport.get_remote_server_key())
+                    transport.auth_publickey(target.user, load_private_key(target.private_key))
+                except BaseException:
+                    transport.close()
+                    raise
                 transport.set_keepalive(30)
                 self._transport = transport
             return self._transport
@@ -75,13 +79,24 @@ class ApiTunnel:
 
     def _accept_loop(self) -> None:
         while True:
-            client, _ = self._listener.accept()
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening and drop the SSH connection (the program itself just exits instead)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def _serve(self, client: socket.socket) -> None:
         try:
             channel = self._ssh().open_channel("direct-tcpip", REMOTE_API, client.getsockname())
-        except (OSError, paramiko.SSHException) as error:
+        except (OSError, ValueError, paramiko.SSHException) as error:
             pulumi.log.error(f"ssh tunnel to {self.target.host}: {error}")
             client.close()
             return

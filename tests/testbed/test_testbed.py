@@ -278,6 +278,43 @@ def test_k3s_installs_air_gapped_and_joins_over_the_mesh(stack: Stack) -> None:
 # --- 2. re-runs are no-ops ----------------------------------------------------------------------
 
 
+def test_api_tunnel_reaches_the_private_api(stack: Stack) -> None:
+    """The program's own SSH tunnel, from the controller outside the mesh, to the server's API.
+
+    6443 is closed to the controller by the firewall; through the tunnel the stand-in API answers.
+    A pinned host key of another node makes the tunnel refuse the server.
+    """
+    import socket
+
+    from components.tunnel import ApiTunnel, SshTarget
+
+    tb = stack.tb
+    server = tb.nodes[SERVER]
+    assert not tb.tcp_open_from_ctl(server.address, 6443), "the API is reachable without the tunnel"
+
+    def fetch(host_key: str, port: int) -> bytes:
+        target = SshTarget(server.address, 22, "root", tb.client_key, host_key)
+        tunnel = ApiTunnel(target, port)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+                client.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+                received = b""
+                try:
+                    while chunk := client.recv(4096):
+                        received += chunk
+                except ConnectionResetError:
+                    pass  # the tunnel closed on us: whatever arrived is the answer
+                return received
+        finally:
+            tunnel.close()
+
+    answer = call_in_netns(tb.ctl, fetch, server.host_key, 16443)
+    assert b"200" in answer.split(b"\r\n", 1)[0], answer
+    assert b"k3s stand-in API server" in answer
+    # A wrong pin: the tunnel must not talk to this server at all.
+    assert call_in_netns(tb.ctl, fetch, tb.nodes["n2"].host_key, 16444) == b""
+
+
 def _diff(before: Snapshot, after: Snapshot) -> list[str]:
     problems = []
     for path in sorted(set(before.files) | set(after.files)):

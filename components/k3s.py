@@ -17,14 +17,32 @@ from components.remote import node_command
 from components.render.k3s import render_config_yaml
 
 
-def _install_env(config: HarborConfig, node: Node, token: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
+def _install(
+    config: HarborConfig,
+    node: Node,
+    token: pulumi.Input[str],
+    parent: pulumi.Resource,
+    depends_on: list[pulumi.Resource],
+) -> pulumi.Resource:
+    """The k3s install on `node`, from a config.yaml that carries the token (so stdin is secret)."""
     config_yaml = pulumi.Output.from_input(token).apply(lambda value: render_config_yaml(config, node, value))
-    return {
-        "HARBOR_K3S_ROLE": node.role,
-        "HARBOR_K3S_VERSION": config.k3s.version,
-        "HARBOR_K3S_CONFIG": config_yaml,
-        "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
-    }
+    return node_command(
+        f"{node.name}-k3s",
+        config,
+        node,
+        "k3s.sh",
+        create="install",
+        delete="uninstall",
+        env={
+            "HARBOR_K3S_ROLE": node.role,
+            "HARBOR_K3S_VERSION": config.k3s.version,
+            "HARBOR_K3S_CONFIG": config_yaml,
+            "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
+        },
+        secret=True,
+        # Create-then-delete would uninstall what the new install just put on the same host.
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on, delete_before_replace=True),
+    )
 
 
 def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
@@ -65,18 +83,7 @@ class _JoinedNode(pulumi.ComponentResource):
             secret=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[first_server.install]),
         )
-        self.install = node_command(
-            f"{node.name}-k3s",
-            config,
-            node,
-            "k3s.sh",
-            create="install",
-            delete="uninstall",
-            env=_install_env(config, node, token),
-            secret=True,
-            # Create-then-delete would uninstall what the new install just put on the same host.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[node_object, *depends_on], delete_before_replace=True),
-        )
+        self.install = _install(config, node, token, self, [node_object, *depends_on])
         self.registered = node_command(
             f"{node.name}-registered",
             config,
@@ -108,17 +115,7 @@ class K3sServer(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("space-harbor:index:K3sServer", name, None, opts)
-        self.install = node_command(
-            f"{node.name}-k3s",
-            config,
-            node,
-            "k3s.sh",
-            create="install",
-            delete="uninstall",
-            env=_install_env(config, node, token),
-            secret=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on, delete_before_replace=True),
-        )
+        self.install = _install(config, node, token, self, depends_on)
         read = node_command(
             f"{node.name}-kubeconfig",
             config,

@@ -16,15 +16,15 @@ Order inside the input chain matters, because a packet stops at the first verdic
 DNS names: nftables resolves a name once, when the file is loaded (at boot, possibly before DNS
 works), and a failed lookup fails the whole table. The firewall therefore holds literal
 addresses only: with the mesh off and the firewall on, every other node's cluster address
-(`privateAddress`, else `host`) must be an IP address, and a name is refused here with the
-key path to fix.
+(`privateAddress`, else `host`) must be an IP address; the config model refuses a name, with the
+key path to fix, before any resource exists.
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from components.config import ConfigError, HarborConfig, Node
+from components.config import HarborConfig, Node
 
 TABLE_NAME = "space_harbor"
 
@@ -37,22 +37,8 @@ CNI_INTERFACES = ("cni0", "flannel-v6.1", "flannel-wg", "flannel-wg-v6", "flanne
 
 
 def _peer_addresses(config: HarborConfig, node: Node) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The other nodes' cluster addresses, which must be literal IPs (see the module docstring)."""
-    found = []
-    for i, other in enumerate(config.nodes):
-        if other.name == node.name:
-            continue
-        address = config.node_address(other)
-        try:
-            found.append(ipaddress.ip_address(address))
-        except ValueError:
-            key = "privateAddress" if other.private_address else "host"
-            raise ConfigError(
-                f"nodes[{i}].{key}: {address!r} is a DNS name, but the firewall of {node.name} needs an IP "
-                "address to let this node's cluster traffic in while mesh.enabled is false; set "
-                f"nodes[{i}].privateAddress to an IP address (or disable firewall.enabled)"
-            ) from None
-    return found
+    """The other nodes' cluster addresses; the config model has refused DNS names here already."""
+    return [ipaddress.ip_address(config.node_address(other)) for other in config.nodes if other.name != node.name]
 
 
 def _set(name: str, kind: str, elements: list[str]) -> list[str]:

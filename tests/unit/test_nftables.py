@@ -142,7 +142,7 @@ def test_mesh_off_ipv6_private_addresses_get_their_own_set() -> None:
     assert "ip6 saddr @trusted_v6 accept" in _input_rules(text)
 
 
-def test_mesh_off_refuses_dns_names_with_the_key_path() -> None:
+def test_mesh_off_dns_names_are_refused_before_rendering() -> None:
     raw = mesh_off_config()
     raw["nodes"][0]["privateAddress"] = "server-1.internal.example.org"
     with pytest.raises(ConfigError, match=r"nodes\[0\]\.privateAddress: 'server-1\.internal\.example\.org' is a DNS"):

@@ -183,6 +183,25 @@ k3s_kubeconfig_ready() {
     [ -s "$k3s_kubeconfig" ]
 }
 
+# v1.31.4+k3s1 -> 1.31.4.1, which `sort -V` orders correctly.
+k3s_sortable() {
+    sed 's/^v//; s/+k3s/./'
+}
+
+# k3s supports upgrades only: an older binary on a newer datastore can corrupt it.
+k3s_refuse_downgrade() {
+    local recorded
+    recorded=$(awk '{ print $2 }' "$k3s_record" 2>/dev/null || true)
+    if [ -z "$recorded" ] || [ "$recorded" = "$k3s_version" ]; then
+        return 0
+    fi
+    if [ "$(printf '%s\n%s\n' "$recorded" "$k3s_version" | k3s_sortable | sort -V | tail -n 1)" = \
+        "$(printf '%s\n' "$recorded" | k3s_sortable)" ]; then
+        k3s_fail "refusing to downgrade k3s from $recorded to $k3s_version: k3s supports upgrades only;" \
+            "set k3s.version back to $recorded or newer (a downgrade means restoring a datastore backup)"
+    fi
+}
+
 k3s_install() {
     k3s_check_role
     [[ "$k3s_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
@@ -193,6 +212,7 @@ k3s_install() {
 
     local unit
     unit=$(k3s_unit)
+    k3s_refuse_downgrade
     k3s_write_config
 
     if k3s_version_matches && [ "$(cat "$k3s_record" 2>/dev/null || true)" = "$k3s_role $k3s_version" ] &&

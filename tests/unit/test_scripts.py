@@ -514,6 +514,10 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
         payload upgrade-early {p["up"]} install
         echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
         payload upgrade {p["up"]} install
+        step config-upgraded cat /etc/rancher/k3s/config.yaml
+        # Back to the older release: refused before anything is written or run.
+        payload downgrade {p["v2"]} install
+        step config-after-downgrade cat /etc/rancher/k3s/config.yaml
         payload kubeconfig {p["empty"]} kubeconfig
         payload uninstall-1 {p["v1"]} uninstall
         payload uninstall-2 {p["v1"]} uninstall
@@ -537,6 +541,9 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
     assert steps.rc("upgrade-early") != 0
     assert "reports 'k3s version v1.31.4+k3s1 (fake)', the stack wants v1.31.5+k3s1" in steps.stderr("upgrade-early")
     assert steps.status("upgrade") == "space-harbor: k3s.sh install: changed"
+    assert steps.rc("downgrade") != 0
+    assert "refusing to downgrade k3s from v1.31.5+k3s1 to v1.31.4+k3s1" in steps.stderr("downgrade")
+    assert steps.stdout("config-after-downgrade") == steps.stdout("config-upgraded")
     assert len(installs) == 2
     assert installs[1].startswith("exec=server version=v1.31.5+k3s1 ")
     # stdout of kubeconfig is the file and nothing else: the program parses it as YAML.

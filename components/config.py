@@ -138,7 +138,6 @@ class _Model(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        strict=False,
     )
 
 
@@ -288,13 +287,6 @@ class K3s(_Model):
             if flag in MANAGED_K3S_FLAGS:
                 raise ValueError(f"{flag} is set by Space Harbor from other keys; remove it from extraArgs")
         return value
-
-    @property
-    def version_tuple(self) -> tuple[int, int, int, int]:
-        match = _K3S_VERSION.match(self.version)
-        assert match is not None  # validated above
-        major, minor, patch, build = (int(part) for part in match.groups())
-        return major, minor, patch, build
 
 
 class Firewall(_Model):

@@ -71,30 +71,24 @@ class _JoinedNode(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(self.pulumi_type, name, None, opts)
-        on_server = config.first_server
-        node_object = node_command(
-            f"{node.name}-node-object",
-            config,
-            on_server,
-            "k3s-lifecycle.sh",
-            create="node-object",
-            delete="delete-node",
-            env=_lifecycle_env(config, node),
-            secret=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[first_server.install]),
-        )
+
+        def on_server(kind: str, create: str, delete: str, after: pulumi.Resource) -> pulumi.Resource:
+            """A lifecycle step for this node that runs on the first server."""
+            return node_command(
+                f"{node.name}-{kind}",
+                config,
+                config.first_server,
+                "k3s-lifecycle.sh",
+                create=create,
+                delete=delete,
+                env=_lifecycle_env(config, node),
+                secret=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
+            )
+
+        node_object = on_server("node-object", "node-object", "delete-node", after=first_server.install)
         self.install = _install(config, node, token, self, [node_object, *depends_on])
-        self.registered = node_command(
-            f"{node.name}-registered",
-            config,
-            on_server,
-            "k3s-lifecycle.sh",
-            create="wait-ready",
-            delete="drain",
-            env=_lifecycle_env(config, node),
-            secret=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
-        )
+        self.registered = on_server("registered", "wait-ready", "drain", after=self.install)
         self.register_outputs({})
 
 

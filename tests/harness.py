@@ -13,13 +13,11 @@ import hashlib
 import json
 import os
 import runpy
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pulumi
 from google.protobuf import json_format
 from pulumi.runtime import mocks, settings
 from pulumi.runtime.config import set_all_config
@@ -216,12 +214,6 @@ class HarborMocks(mocks.Mocks):
                     key=base64.b64encode(_fake_pem("EC PRIVATE KEY", args.name).encode()).decode(),
                 )
             outputs |= {"stdout": stdout, "stderr": ""}
-        elif args.typ.startswith("tls:"):
-            outputs |= {
-                "privateKeyPem": _fake_pem("PRIVATE KEY", args.name),
-                "publicKeyOpenssh": "ssh-ed25519 AAAA" + digest.hex()[:40],
-                "certPem": _fake_pem("CERTIFICATE", args.name),
-            }
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -297,17 +289,3 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
 
 # Top-level keys that users set with `pulumi config set --secret`.
 SECRET_KEYS = ("sshPrivateKey", "gitops", "k3s", "components")
-
-
-def walk_strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from walk_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from walk_strings(item)
-
-
-__all__ = ["UNKNOWN", "ProgramRun", "Registered", "pulumi", "run_program", "walk_strings"]

@@ -171,6 +171,15 @@ def test_given_token_stays_secret_everywhere() -> None:
         assert TOKEN_MARKER not in resource.public_text(), resource.name
 
 
+def test_kubeconfig_read_keeps_its_stdout_secret_and_out_of_logs() -> None:
+    # Mocks do not apply additional_secret_outputs; the request must still ask for it.
+    _, run = _run("single", "up")
+    read = run.named("server-1-kubeconfig")
+    assert read.inputs["create"] == "bash -s -- kubeconfig"
+    assert "stdout" in read.additional_secret_outputs
+    assert read.inputs["logging"] == "none"
+
+
 def test_generated_token_comes_from_pulumi_random() -> None:
     _, run = _run("single", "up")
     token = run.named("k3s-token")

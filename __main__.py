@@ -12,7 +12,7 @@ from components.argocd import ArgoCD
 from components.config import PROJECT, ConfigError, HarborConfig, load_config, read_pulumi_config
 from components.firewall import NodeFirewall
 from components.gitops import GitOpsRepository
-from components.k3s import K3sAgent, K3sJoinedServer, K3sServer
+from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, upgrade_waits
 from components.mesh import WireGuardMesh
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.tunnel import SshTarget, ensure_tunnel
@@ -61,11 +61,19 @@ def prerequisites(node_name: str) -> list[pulumi.Resource]:
 
 
 server = K3sServer(f"{first.name}-server", config, first, token, depends_on=prerequisites(first.name))
-for node in config.nodes:
-    if node.name == first.name:
-        continue
+registered: dict[str, pulumi.Resource] = {first.name: server.registered}
+# Servers first, one at a time, then agents upgradeConcurrency at a time (components/k3s.py).
+for node_name, waits in upgrade_waits(config).items():
+    node = next(n for n in config.nodes if n.name == node_name)
     joined = K3sJoinedServer if node.role == "server" else K3sAgent
-    joined(f"{node.name}-{node.role}", config, node, token, server, depends_on=prerequisites(node.name))
+    registered[node.name] = joined(
+        f"{node.name}-{node.role}",
+        config,
+        node,
+        token,
+        after=[registered[name] for name in waits],
+        depends_on=prerequisites(node.name),
+    ).registered
 
 if config.k3s.api_access == "mesh":
     api_server = f"https://{first.mesh_address}:{API_PORT}"

@@ -1,9 +1,18 @@
-"""K3sServer and K3sAgent: config.yaml-driven installs, joins, and the decommission order.
+"""K3sServer and K3sAgent: config.yaml-driven installs, joins, upgrades and the decommission order.
 
-Per joined node there are three commands whose dependencies give the delete order that
-DESIGN §3.4 asks for. Pulumi deletes dependents first, so:
-  registered (server: wait-ready / drain)  ->  install (node: install / uninstall)
-  ->  node-object (server: - / delete-node).
+Per joined node there are three commands. Their dependencies give both orders:
+
+  node-object  (on the first server)  create: check the API   update: prepare-upgrade (drain)
+                                                               delete: delete the Node object
+  install      (on the node)          create/update: install k3s from config.yaml
+                                                               delete: uninstall
+  registered   (on the first server)  create/update: reconcile (Ready, version, labels, taints,
+                                                     uncordon)  delete: drain
+
+Pulumi runs creates and updates in dependency order and deletes in the reverse, so a version
+change drains, upgrades and uncordons each node in turn, and a removed node is drained,
+uninstalled and then deleted from the API (DESIGN §3.4). Which node waits for which comes from
+`upgrade_waits`: servers one at a time, then agents `k3s.upgradeConcurrency` at a time.
 """
 
 from __future__ import annotations
@@ -48,9 +57,56 @@ def _install(
 def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
     return {
         "HARBOR_NODE_NAME": node.name,
+        "HARBOR_K3S_VERSION": config.k3s.version,
         "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
         "HARBOR_FORCE": "true" if config.decommission.force else "false",
     }
+
+
+def _reconcile_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
+    """What `reconcile` makes true of the Node object: its labels and taints, one a line."""
+    return {
+        **_lifecycle_env(config, node),
+        "HARBOR_NODE_LABELS": "\n".join(f"{key}={value}" for key, value in sorted(node.labels.items())),
+        "HARBOR_NODE_TAINTS": "\n".join(node.taints),
+    }
+
+
+def upgrade_waits(config: HarborConfig) -> dict[str, list[str]]:
+    """For each joined node, the nodes whose `registered` step it waits for before its own steps.
+
+    Servers go one at a time after the first, so etcd keeps quorum; agents go after every server,
+    at most `k3s.upgradeConcurrency` at once. The same order holds on day 1, which is what k3s
+    asks for joining servers; for agents it bounds how many join at once.
+    """
+    waits: dict[str, list[str]] = {}
+    previous = config.first_server.name
+    for server in config.servers[1:]:
+        waits[server.name] = [previous]
+        previous = server.name
+    last_server = previous
+    window = config.k3s.upgrade_concurrency
+    agents = config.agents
+    for index, agent in enumerate(agents):
+        waits[agent.name] = [last_server] + ([agents[index - window].name] if index >= window else [])
+    return waits
+
+
+def _registered(
+    config: HarborConfig, node: Node, parent: pulumi.Resource, install: pulumi.Resource, delete: str | None
+) -> pulumi.Resource:
+    """The step on the first server that makes `node`'s Node object match the stack."""
+    return node_command(
+        f"{node.name}-registered",
+        config,
+        config.first_server,
+        "k3s-lifecycle.sh",
+        create="reconcile",
+        delete=delete,
+        env=_reconcile_env(config, node),
+        secret=False,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[install]),
+    )
 
 
 class _JoinedNode(pulumi.ComponentResource):
@@ -66,29 +122,26 @@ class _JoinedNode(pulumi.ComponentResource):
         config: HarborConfig,
         node: Node,
         token: pulumi.Input[str],
-        first_server: K3sServer,
+        after: list[pulumi.Resource],
         depends_on: list[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """`after`: the `registered` steps of the nodes this one waits for (see `upgrade_waits`)."""
         super().__init__(self.pulumi_type, name, None, opts)
-
-        def on_server(kind: str, create: str, delete: str, after: pulumi.Resource) -> pulumi.Resource:
-            """A lifecycle step for this node that runs on the first server."""
-            return node_command(
-                f"{node.name}-{kind}",
-                config,
-                config.first_server,
-                "k3s-lifecycle.sh",
-                create=create,
-                delete=delete,
-                env=_lifecycle_env(config, node),
-                secret=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
-            )
-
-        node_object = on_server("node-object", "node-object", "delete-node", after=first_server.install)
+        node_object = node_command(
+            f"{node.name}-node-object",
+            config,
+            config.first_server,
+            "k3s-lifecycle.sh",
+            create="node-object",
+            update="prepare-upgrade",
+            delete="delete-node",
+            env=_lifecycle_env(config, node),
+            secret=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
         self.install = _install(config, node, token, self, [node_object, *depends_on])
-        self.registered = on_server("registered", "wait-ready", "drain", after=self.install)
+        self.registered = _registered(config, node, self, self.install, delete="drain")
         self.register_outputs({})
 
 
@@ -96,6 +149,7 @@ class K3sServer(pulumi.ComponentResource):
     """The first server bootstraps the cluster and hands back its kubeconfig."""
 
     install: pulumi.Resource
+    registered: pulumi.Resource
     raw_kubeconfig: pulumi.Output[str]
     token: pulumi.Output[str]
 
@@ -122,6 +176,8 @@ class K3sServer(pulumi.ComponentResource):
             prints_secret=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
         )
+        # Nothing to undo on delete: the whole cluster goes with the first server.
+        self.registered = _registered(config, node, self, self.install, delete=None)
         self.raw_kubeconfig = pulumi.Output.secret(read.stdout)
         self.token = pulumi.Output.secret(token)
         self.register_outputs({"kubeconfig": self.raw_kubeconfig, "token": self.token})

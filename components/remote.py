@@ -37,6 +37,7 @@ def node_command(
     *,
     create: str,
     delete: str | None,
+    update: str | None = None,
     env: Mapping[str, pulumi.Input[str]],
     secret: bool,
     opts: pulumi.ResourceOptions,
@@ -47,7 +48,7 @@ def node_command(
 
     `secret` marks the stdin secret when `env` carries key material or tokens. `prints_secret`
     is for commands whose stdout is a secret (a kubeconfig): it is kept out of logs and state
-    in plain text.
+    in plain text. `update` is the action for a changed input; without it `create` runs again.
     """
     payload = pulumi.Output.all(**env).apply(lambda values: script_payload(node_script(script), values))
     user = config.ssh_user(node)
@@ -58,6 +59,7 @@ def node_command(
         name,
         connection=connection(config, node),
         create=action_command(create, user),
+        update=action_command(update, user) if update else None,
         delete=action_command(delete, user) if delete else None,
         stdin=pulumi.Output.secret(payload) if secret else payload,
         logging=remote.Logging.NONE if prints_secret else remote.Logging.STDOUT_AND_STDERR,

@@ -50,6 +50,17 @@ def render_config_yaml(config: HarborConfig, node: Node, token: str) -> str:
         if snapshots is not None:
             settings["etcd-snapshot-schedule-cron"] = snapshots.schedule
             settings["etcd-snapshot-retention"] = snapshots.retention
+            if snapshots.s3_bucket:
+                # config validation requires both keys with a bucket; config.yaml is 0600 and secret
+                assert snapshots.s3_access_key is not None and snapshots.s3_secret_key is not None
+                settings |= {
+                    "etcd-s3": True,
+                    "etcd-s3-bucket": snapshots.s3_bucket,
+                    "etcd-s3-access-key": snapshots.s3_access_key.get_secret_value(),
+                    "etcd-s3-secret-key": snapshots.s3_secret_key.get_secret_value(),
+                }
+                if snapshots.s3_endpoint:
+                    settings["etcd-s3-endpoint"] = snapshots.s3_endpoint
     if node.role == "server":
         # config validation refuses extra args that would override the keys set above
         settings |= _extra_args(config.k3s.extra_args)

@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # Space Harbor node lifecycle, run on a k3s server with `k3s kubectl` against the local API.
 #
-#   k3s-lifecycle.sh node-object  check that kubectl reaches the API (the create of the Command
-#                                 whose delete is delete-node); changes nothing
-#   k3s-lifecycle.sh wait-ready   wait (bounded) until node HARBOR_NODE_NAME is Ready
-#   k3s-lifecycle.sh drain        cordon and drain the node; a node that is gone is fine
-#   k3s-lifecycle.sh delete-node  delete the Node object; a node that is gone is fine
+#   k3s-lifecycle.sh node-object      check that kubectl reaches the API (the create of the
+#                                     Command whose delete is delete-node); changes nothing
+#   k3s-lifecycle.sh prepare-upgrade  before the node's k3s moves to HARBOR_K3S_VERSION: refuse a
+#                                     downgrade, then cordon and drain the node and mark it with
+#                                     the annotation below; nothing when it already runs that
+#                                     version or has not registered yet
+#   k3s-lifecycle.sh reconcile        wait (bounded) until the node is Ready and runs
+#                                     HARBOR_K3S_VERSION, apply its labels and taints (k3s itself
+#                                     applies them only at registration), and uncordon it if
+#                                     prepare-upgrade cordoned it
+#   k3s-lifecycle.sh wait-ready       wait (bounded) until node HARBOR_NODE_NAME is Ready
+#   k3s-lifecycle.sh drain            cordon and drain the node; a node that is gone is fine
+#   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone is fine
 #
 # Parameters (environment):
 #   HARBOR_NODE_NAME             the Kubernetes node name
+#   HARBOR_K3S_VERSION           the k3s release the node should run (prepare-upgrade, reconcile)
+#   HARBOR_NODE_LABELS           reconcile: the node's labels, one key=value a line
+#   HARBOR_NODE_TAINTS           reconcile: the node's taints, one key[=value]:Effect a line
 #   HARBOR_DRAIN_TIMEOUT         seconds for `kubectl drain` (default 120)
 #   HARBOR_FORCE                 true: a failing drain or delete is a warning, so that a dead or
 #                                unreachable node can still be decommissioned
-#   HARBOR_READY_TIMEOUT         optional, seconds wait-ready waits (default 300)
+#   HARBOR_READY_TIMEOUT         optional, seconds wait-ready and reconcile wait (default 300)
+#
+# Labels and taints that reconcile set are listed in the node's annotations, so that removing one
+# from the stack removes it from the node while labels set by others stay.
 # The last line of output is `space-harbor: k3s-lifecycle.sh <action>: changed|unchanged`.
 set -euo pipefail
 
@@ -21,7 +35,14 @@ lc_node="${HARBOR_NODE_NAME:-}"
 lc_drain_timeout="${HARBOR_DRAIN_TIMEOUT:-120}"
 lc_force="${HARBOR_FORCE:-false}"
 lc_ready_timeout="${HARBOR_READY_TIMEOUT:-300}"
+lc_version="${HARBOR_K3S_VERSION:-}"
+lc_labels="${HARBOR_NODE_LABELS:-}"
+lc_taints="${HARBOR_NODE_TAINTS:-}"
 lc_changed=false
+# Node annotations: what reconcile manages, and the version prepare-upgrade drained the node for.
+lc_labels_note=space-harbor/managed-labels
+lc_taints_note=space-harbor/managed-taints
+lc_drained_note=space-harbor/drained-for-upgrade
 
 lc_fail() {
     echo "space-harbor: k3s-lifecycle.sh ${lc_action:-?}: error: $*" >&2
@@ -66,6 +87,21 @@ lc_wait_for_api() {
     done
 }
 
+# One field of the Node object through jsonpath; empty when the field or the node is missing.
+lc_node_field() {
+    lc_kubectl get node "$lc_node" --ignore-not-found -o "jsonpath={$1}"
+}
+
+# v1.31.4+k3s1 -> 1.31.4.1, so that `sort -V` orders k3s releases.
+lc_sortable() {
+    sed -E 's/^v//; s/\+k3s/./'
+}
+
+# Succeeds when release $1 is older than release $2.
+lc_older() {
+    [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | lc_sortable | sort -V | head -n 1)" = "$(printf '%s\n' "$1" | lc_sortable)" ]
+}
+
 lc_node_object() {
     lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step node-object)"
 }
@@ -86,6 +122,101 @@ lc_wait_ready() {
         fi
         sleep 3
     done
+}
+
+lc_prepare_upgrade() {
+    local exists current
+    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step prepare-upgrade)"
+    exists=$(lc_node_exists) || lc_fail "cannot ask the k3s API about node $lc_node (step prepare-upgrade)"
+    if [ "$exists" = no ]; then
+        lc_log "node $lc_node has not registered: nothing to drain before its install"
+        return 0
+    fi
+    current=$(lc_node_field .status.nodeInfo.kubeletVersion) ||
+        lc_fail "cannot read the k3s version of node $lc_node (step prepare-upgrade)"
+    if [ -z "$current" ] || [ "$current" = "$lc_version" ]; then
+        lc_log "node $lc_node runs ${current:-an unknown version}: no upgrade to prepare"
+        return 0
+    fi
+    if lc_older "$lc_version" "$current"; then
+        lc_fail "refusing to downgrade node $lc_node from $current to $lc_version: k3s supports upgrades only;" \
+            "set k3s.version back to $current or newer (step prepare-upgrade)"
+    fi
+    lc_changed=true
+    # The mark goes on first: if the drain fails, the next reconcile still knows to uncordon.
+    lc_kubectl annotate node "$lc_node" --overwrite "$lc_drained_note=$lc_version" >&2 ||
+        lc_fail "cannot annotate node $lc_node (step prepare-upgrade)"
+    lc_log "draining node $lc_node for its upgrade from $current to $lc_version"
+    lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data --timeout="${lc_drain_timeout}s" >&2 ||
+        lc_fail "draining node $lc_node before its upgrade to $lc_version failed or timed out after" \
+            "${lc_drain_timeout}s; it stays cordoned; fix what blocks the eviction and run pulumi up again (step prepare-upgrade)"
+}
+
+# Makes the node's "key=value" lines (labels) or "key[=value]:Effect" lines (taints) match the
+# stack, and removes the ones that reconcile set before and the stack no longer has.
+lc_reconcile_list() {
+    local kind="$1" wanted="$2" note="$3" previous item key new_keys="" changed=false
+    previous=$(lc_node_field ".metadata.annotations.$note") ||
+        lc_fail "cannot read the annotations of node $lc_node (step reconcile)"
+    while IFS= read -r item; do
+        [ -n "$item" ] || continue
+        if [ "$kind" = label ]; then
+            key="${item%%=*}"
+            lc_kubectl label node "$lc_node" --overwrite "$item" >&2 ||
+                lc_fail "cannot set label $item on node $lc_node (step reconcile)"
+        else
+            key="${item%%=*}"
+            key="${key%%:*}:${item##*:}"
+            lc_kubectl taint node "$lc_node" --overwrite "$item" >&2 ||
+                lc_fail "cannot set taint $item on node $lc_node (step reconcile)"
+        fi
+        new_keys="${new_keys:+$new_keys,}$key"
+    done <<<"$wanted"
+    local -a old_keys=()
+    IFS=, read -r -a old_keys <<<"$previous"
+    for key in "${old_keys[@]}"; do
+        case ",$new_keys," in *",$key,"*) continue ;; esac
+        changed=true
+        if [ "$kind" = label ]; then
+            lc_kubectl label node "$lc_node" "$key-" >&2 || lc_fail "cannot remove label $key from node $lc_node (step reconcile)"
+        elif ! lc_kubectl taint node "$lc_node" "$key-" >&2; then
+            lc_log "taint $key was already gone from node $lc_node"
+        fi
+    done
+    if [ "$previous" != "$new_keys" ]; then
+        changed=true
+        lc_kubectl annotate node "$lc_node" --overwrite "$note=$new_keys" >&2 ||
+            lc_fail "cannot annotate node $lc_node (step reconcile)"
+    fi
+    if [ "$changed" = true ]; then
+        lc_changed=true
+        lc_log "node $lc_node: ${kind}s now ${new_keys:-none}"
+    fi
+}
+
+lc_reconcile() {
+    local deadline current drained
+    lc_wait_ready
+    deadline=$((SECONDS + lc_ready_timeout))
+    # After an upgrade the Node reports the new kubelet only once the restarted agent checks in.
+    until current=$(lc_node_field .status.nodeInfo.kubeletVersion) && [ "$current" = "$lc_version" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            lc_fail "node $lc_node runs ${current:-an unknown version}, not $lc_version, after ${lc_ready_timeout}s (step reconcile)"
+        fi
+        sleep 3
+    done
+    lc_reconcile_list label "$lc_labels" "$lc_labels_note"
+    lc_reconcile_list taint "$lc_taints" "$lc_taints_note"
+    drained=$(lc_node_field ".metadata.annotations.$lc_drained_note") ||
+        lc_fail "cannot read the annotations of node $lc_node (step reconcile)"
+    if [ -n "$drained" ]; then
+        # Only a cordon of our own is undone; one an operator set stays.
+        lc_kubectl uncordon "$lc_node" >&2 || lc_fail "cannot uncordon node $lc_node (step reconcile)"
+        lc_kubectl annotate node "$lc_node" "$lc_drained_note-" >&2 ||
+            lc_fail "cannot annotate node $lc_node (step reconcile)"
+        lc_changed=true
+        lc_log "node $lc_node upgraded to $lc_version and uncordoned"
+    fi
 }
 
 lc_drain() {
@@ -128,13 +259,21 @@ fi
 [[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
 [[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
 case "$lc_force" in true | false) ;; *) lc_fail "HARBOR_FORCE must be true or false" ;; esac
+case "$lc_action" in
+prepare-upgrade | reconcile)
+    [[ "$lc_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
+        lc_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${lc_version}')"
+    ;;
+esac
 
 case "$lc_action" in
 node-object) lc_node_object ;;
+prepare-upgrade) lc_prepare_upgrade ;;
+reconcile) lc_reconcile ;;
 wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
 delete-node) lc_delete_node ;;
-*) lc_fail "unknown action '${lc_action}'; use node-object, wait-ready, drain or delete-node" ;;
+*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, reconcile, wait-ready, drain or delete-node" ;;
 esac
 
 if [ "$lc_changed" = true ]; then

@@ -51,8 +51,9 @@ def test_removing_a_node_deletes_its_resources_and_updates_the_other_meshes() ->
     assert updated == {"server-1-mesh", "agent-1-mesh", "agent-3-mesh"}
 
 
-def test_a_label_touches_only_that_nodes_install() -> None:
+def test_a_label_touches_only_that_nodes_config_and_node_object() -> None:
     config = base_config(agents=3)
     labelled = copy.deepcopy(config)
     labelled["nodes"][2]["labels"] = {"tier": "web"}
-    assert _changes(config, labelled) == (set(), set(), {"agent-2-k3s"})
+    # config.yaml (for a re-registration) and the live Node object (k3s labels only at registration)
+    assert _changes(config, labelled) == (set(), set(), {"agent-2-k3s", "agent-2-registered"})

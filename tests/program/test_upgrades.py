@@ -1,0 +1,198 @@
+"""Day 2 under mocks: the upgrade order, HA servers, and what a version change touches.
+
+Pulumi runs a resource's create or update only after its dependencies', so the dependency
+edges between the lifecycle commands are the upgrade order.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import base_config, etcd_config
+from tests.harness import ProgramRun, Registered, run_program
+
+NEW_VERSION = "v1.32.1+k3s1"
+
+
+def _env(command: Registered) -> dict[str, str]:
+    exports = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
+    return dict(item.split("=", 1) for item in exports[1::2])
+
+
+def _inputs(run: ProgramRun) -> dict[str, Any]:
+    return {r.name: r.inputs for r in run.resources if r.custom}
+
+
+def _updated(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
+    old, new = _inputs(run_program(before)), _inputs(run_program(after))
+    assert old.keys() == new.keys()
+    return {name for name in old if old[name] != new[name]}
+
+
+def _ha_stack(agents: int, concurrency: int = 1) -> dict[str, Any]:
+    config = base_config(agents=agents)
+    config["nodes"] = [
+        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
+        for i in range(1, 4)
+    ] + config["nodes"][1:]
+    config["k3s"] = {"datastore": "etcd", "upgradeConcurrency": concurrency}
+    return config
+
+
+def _before(run: ProgramRun, first: str, then: str) -> bool:
+    """Whether `then` runs only after `first` has (a path of dependencies from `then` to `first`)."""
+    return run.depends_on(run.named(then), run.named(first))
+
+
+def test_version_change_touches_installs_and_lifecycle_steps_only() -> None:
+    config = _ha_stack(agents=2)
+    upgraded = copy.deepcopy(config)
+    upgraded["k3s"]["version"] = NEW_VERSION
+    updated = _updated(config, upgraded)
+    nodes = [n["name"] for n in config["nodes"]]
+    joined = nodes[1:]
+    expected = {f"{n}-k3s" for n in nodes} | {f"{n}-registered" for n in nodes} | {f"{n}-node-object" for n in joined}
+    assert updated == expected
+    assert not any(name.endswith(("-mesh", "-firewall")) for name in updated)
+
+
+def test_servers_upgrade_one_at_a_time_then_agents_each_drained_upgraded_uncordoned() -> None:
+    run = run_program(_ha_stack(agents=3))
+    # the first server, confirmed at the new version, before anything else moves
+    assert _before(run, "server-1-k3s", "server-1-registered")
+    assert _before(run, "server-1-registered", "server-2-node-object")
+    # each joined node: drain (node-object update) -> install -> reconcile (uncordon)
+    for name in ["server-2", "server-3", "agent-1", "agent-2", "agent-3"]:
+        assert _before(run, f"{name}-node-object", f"{name}-k3s")
+        assert _before(run, f"{name}-k3s", f"{name}-registered")
+    # servers one at a time
+    assert _before(run, "server-2-registered", "server-3-node-object")
+    assert not _before(run, "server-3-registered", "server-2-node-object")
+    # every agent after the last server
+    for agent in ["agent-1", "agent-2", "agent-3"]:
+        assert _before(run, "server-3-registered", f"{agent}-node-object")
+    # upgradeConcurrency 1: agents strictly one after another
+    assert _before(run, "agent-1-registered", "agent-2-node-object")
+    assert _before(run, "agent-2-registered", "agent-3-node-object")
+
+
+def test_upgrade_concurrency_lets_that_many_agents_go_at_once() -> None:
+    run = run_program(_ha_stack(agents=5, concurrency=2))
+    # agents 1 and 2 start together; 3 waits for 1, 4 for 2, 5 for 3
+    assert not _before(run, "agent-1-registered", "agent-2-node-object")
+    assert not _before(run, "agent-2-registered", "agent-1-node-object")
+    assert _before(run, "agent-1-registered", "agent-3-node-object")
+    assert not _before(run, "agent-2-registered", "agent-3-node-object")
+    assert _before(run, "agent-2-registered", "agent-4-node-object")
+    assert _before(run, "agent-3-registered", "agent-5-node-object")
+    assert not _before(run, "agent-4-registered", "agent-5-node-object")
+
+
+def test_lifecycle_commands_drain_before_and_reconcile_after_the_install() -> None:
+    run = run_program(base_config(agents=1))
+    node_object, registered = run.named("agent-1-node-object"), run.named("agent-1-registered")
+    assert node_object.inputs["create"] == "bash -s -- node-object"
+    assert node_object.inputs["update"] == "bash -s -- prepare-upgrade"
+    assert node_object.inputs["delete"] == "bash -s -- delete-node"
+    assert registered.inputs["create"] == "bash -s -- reconcile"
+    assert "update" not in registered.inputs  # an update runs create again: reconcile
+    assert registered.inputs["delete"] == "bash -s -- drain"
+    # both run on the first server and know the version the install puts on the node
+    install_version = _env(run.named("agent-1-k3s"))["HARBOR_K3S_VERSION"]
+    for command in (node_object, registered):
+        assert command.inputs["connection"]["host"] == "192.0.2.10"
+        assert _env(command)["HARBOR_K3S_VERSION"] == install_version
+    # the first server has a reconcile too, with nothing to undo on delete
+    first = run.named("server-1-registered")
+    assert first.inputs["create"] == "bash -s -- reconcile"
+    assert "delete" not in first.inputs
+
+
+def test_labels_and_taints_reach_the_reconcile_step() -> None:
+    config = base_config(agents=1)
+    config["nodes"][1]["labels"] = {"tier": "web", "topology.kubernetes.io/zone": "fsn1"}
+    config["nodes"][1]["taints"] = ["dedicated=web:NoSchedule", "spot:PreferNoSchedule"]
+    env = _env(run_program(config).named("agent-1-registered"))
+    assert env["HARBOR_NODE_LABELS"].splitlines() == ["tier=web", "topology.kubernetes.io/zone=fsn1"]
+    assert env["HARBOR_NODE_TAINTS"].splitlines() == ["dedicated=web:NoSchedule", "spot:PreferNoSchedule"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda c: c["components"].__setitem__("smtp", {"enabled": False}), id="component"),
+        pytest.param(lambda c: c["firewall"].__setitem__("publicTcpPorts", [80, 443, 8443]), id="firewall-port"),
+        pytest.param(lambda c: c["gitops"].__setitem__("autoSync", True), id="gitops-autosync"),
+        pytest.param(lambda c: c["nodes"][2].__setitem__("labels", {"tier": "db"}), id="label"),
+    ],
+)
+def test_unrelated_changes_rerun_no_install(change) -> None:
+    config = _ha_stack(agents=2)
+    config.setdefault("firewall", {})
+    config["components"]["smtp"] = {"enabled": True, "relayHost": "smtp.example.org"}
+    changed = copy.deepcopy(config)
+    change(changed)
+    updated = _updated(config, changed)
+    installs = {name for name in updated if name.endswith("-k3s")}
+    # a label is config.yaml of that one node; nothing else reinstalls anything
+    assert installs <= {"server-3-k3s"}
+    assert not any(name.endswith("-node-object") for name in updated)
+
+
+def test_three_etcd_servers_cluster_init_on_the_first_join_over_the_mesh() -> None:
+    run = run_program(etcd_config())
+    configs = {}
+    for name in ["server-1", "server-2", "server-3", "agent-1"]:
+        text = _env(run.named(f"{name}-k3s"))["HARBOR_K3S_CONFIG"]
+        configs[name] = yaml.safe_load(text)
+    assert configs["server-1"].get("cluster-init") is True
+    assert "server" not in configs["server-1"]
+    for name in ["server-2", "server-3", "agent-1"]:
+        assert "cluster-init" not in configs[name]
+        assert configs[name]["server"] == "https://10.160.0.1:6443"
+    for name in ["server-2", "server-3"]:
+        assert _env(run.named(f"{name}-k3s"))["HARBOR_K3S_ROLE"] == "server"
+        assert configs[name]["node-ip"] == configs[name]["advertise-address"]
+    assert _before(run, "server-2-registered", "server-3-node-object")
+
+
+def test_sqlite_to_etcd_migrates_the_single_server_in_place() -> None:
+    config = base_config(agents=2)
+    migrated = copy.deepcopy(config)
+    migrated["k3s"] = {"datastore": "etcd"}
+    assert _updated(config, migrated) == {"server-1-k3s"}
+    server = yaml.safe_load(_env(run_program(migrated).named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+    assert server["cluster-init"] is True
+
+
+def test_etcd_snapshots_go_to_s3_with_secret_credentials() -> None:
+    config = etcd_config()
+    config["k3s"]["etcdSnapshots"] = {
+        "schedule": "0 */4 * * *",
+        "retention": 20,
+        "s3Endpoint": "s3.example.org",
+        "s3Bucket": "harbor-etcd",
+        "s3AccessKey": "MARKER-S3-ACCESS-51c0",
+        "s3SecretKey": "MARKER-S3-SECRET-8e2f",
+    }
+    run = run_program(config)
+    for name in ["server-1", "server-2", "server-3"]:
+        command = run.named(f"{name}-k3s")
+        assert "stdin" in command.secret_inputs
+        settings = yaml.safe_load(_env(command)["HARBOR_K3S_CONFIG"])
+        assert settings["etcd-snapshot-schedule-cron"] == "0 */4 * * *"
+        assert settings["etcd-snapshot-retention"] == 20
+        assert settings["etcd-s3"] is True
+        assert settings["etcd-s3-endpoint"] == "s3.example.org"
+        assert settings["etcd-s3-bucket"] == "harbor-etcd"
+        assert settings["etcd-s3-access-key"] == "MARKER-S3-ACCESS-51c0"
+        assert settings["etcd-s3-secret-key"] == "MARKER-S3-SECRET-8e2f"
+    agent = yaml.safe_load(_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
+    assert not any(key.startswith("etcd") for key in agent)
+    for resource in run.resources:
+        assert "MARKER-S3" not in resource.public_text(), resource.name

@@ -12,7 +12,7 @@ from components.argocd import ArgoCD
 from components.config import PROJECT, ConfigError, HarborConfig, load_config, read_pulumi_config
 from components.firewall import NodeFirewall
 from components.gitops import GitOpsRepository
-from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, upgrade_waits
+from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, drain_departed_nodes, upgrade_waits
 from components.mesh import WireGuardMesh
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.tunnel import SshTarget, ensure_tunnel
@@ -41,9 +41,11 @@ token: pulumi.Output[str] = (
     else random.RandomPassword("k3s-token", length=48, special=False).result
 )
 
-mesh = WireGuardMesh("mesh", config) if config.mesh.enabled else None
+# A node removed from the stack is drained before the others' mesh and firewall drop it.
+departures = [drain_departed_nodes(config)]
+mesh = WireGuardMesh("mesh", config, after=departures) if config.mesh.enabled else None
 firewalls = (
-    {node.name: NodeFirewall(f"{node.name}-firewall", config, node) for node in config.nodes}
+    {node.name: NodeFirewall(f"{node.name}-firewall", config, node, after=departures) for node in config.nodes}
     if config.firewall.enabled
     else {}
 )

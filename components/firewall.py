@@ -14,7 +14,15 @@ class NodeFirewall(pulumi.ComponentResource):
 
     applied: pulumi.Resource
 
-    def __init__(self, name: str, config: HarborConfig, node: Node, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HarborConfig,
+        node: Node,
+        after: list[pulumi.Resource] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`after`: what the command waits for (the drain of removed nodes, see components/k3s.py)."""
         super().__init__("space-harbor:index:NodeFirewall", name, None, opts)
         self.applied = node_command(
             f"{node.name}-firewall",
@@ -25,6 +33,6 @@ class NodeFirewall(pulumi.ComponentResource):
             delete="remove",
             env={"HARBOR_NFT_TABLE": TABLE_NAME, "HARBOR_NFT_RULESET": render_nftables(config, node)},
             secret=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
         )
         self.register_outputs({})

@@ -72,6 +72,32 @@ def _reconcile_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[s
     }
 
 
+def drain_departed_nodes(config: HarborConfig) -> pulumi.Resource:
+    """A step on the first server that drains nodes removed from the stack, before anything else.
+
+    Pulumi runs the updates of the remaining nodes (their meshes and firewalls drop the removed
+    peer) before the deletes of the removed node's resources. A drain at delete time would find
+    the node cut off from the API and its pods stuck terminating, so the other nodes' mesh and
+    firewall wait for this step, which drains it while it is still connected. The removed node's
+    own `registered` delete then finds it drained.
+    """
+    return node_command(
+        "cluster-departures",
+        config,
+        config.first_server,
+        "k3s-lifecycle.sh",
+        create="drain-departed",
+        delete=None,
+        env={
+            "HARBOR_CLUSTER_NODES": "\n".join(node.name for node in config.nodes),
+            "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
+            "HARBOR_FORCE": "true" if config.decommission.force else "false",
+        },
+        secret=False,
+        opts=pulumi.ResourceOptions(),
+    )
+
+
 def upgrade_waits(config: HarborConfig) -> dict[str, list[str]]:
     """For each joined node, the nodes whose `registered` step it waits for before its own steps.
 

@@ -19,7 +19,14 @@ class WireGuardMesh(pulumi.ComponentResource):
     applied: dict[str, pulumi.Resource]
     operator_configs: pulumi.Output[dict[str, str]]
 
-    def __init__(self, name: str, config: HarborConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HarborConfig,
+        after: list[pulumi.Resource] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`after`: what every node's mesh command waits for (the drain of removed nodes)."""
         super().__init__("space-harbor:index:WireGuardMesh", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # RandomBytes keeps 32 random bytes as a secret in state; X25519 clamps them into a key.
@@ -52,7 +59,7 @@ class WireGuardMesh(pulumi.ComponentResource):
                 delete="remove",
                 env={"HARBOR_WG_INTERFACE": config.mesh.interface, "HARBOR_WG_CONFIG": wg_config},
                 secret=True,
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
             )
 
         configs = {

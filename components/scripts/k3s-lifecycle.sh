@@ -14,9 +14,14 @@
 #   k3s-lifecycle.sh wait-ready       wait (bounded) until node HARBOR_NODE_NAME is Ready
 #   k3s-lifecycle.sh drain            cordon and drain the node; a node that is gone is fine
 #   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone is fine
+#   k3s-lifecycle.sh drain-departed   drain every node that reconcile marked as ours and that is
+#                                     not in HARBOR_CLUSTER_NODES: runs before the other nodes'
+#                                     mesh and firewall drop a removed node, while its kubelet
+#                                     still reaches the API; nothing when k3s is not installed yet
 #
 # Parameters (environment):
-#   HARBOR_NODE_NAME             the Kubernetes node name
+#   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed)
+#   HARBOR_CLUSTER_NODES         drain-departed: the names of the nodes in the stack, one a line
 #   HARBOR_K3S_VERSION           the k3s release the node should run (prepare-upgrade, reconcile)
 #   HARBOR_NODE_LABELS           reconcile: the node's labels, one key=value a line
 #   HARBOR_NODE_TAINTS           reconcile: the node's taints, one key[=value]:Effect a line
@@ -38,11 +43,13 @@ lc_ready_timeout="${HARBOR_READY_TIMEOUT:-300}"
 lc_version="${HARBOR_K3S_VERSION:-}"
 lc_labels="${HARBOR_NODE_LABELS:-}"
 lc_taints="${HARBOR_NODE_TAINTS:-}"
+lc_members="${HARBOR_CLUSTER_NODES:-}"
 lc_changed=false
 # Node annotations: what reconcile manages, and the version prepare-upgrade drained the node for.
 lc_labels_note=space-harbor/managed-labels
 lc_taints_note=space-harbor/managed-taints
 lc_drained_note=space-harbor/drained-for-upgrade
+lc_managed_note=space-harbor/managed
 
 lc_fail() {
     echo "space-harbor: k3s-lifecycle.sh ${lc_action:-?}: error: $*" >&2
@@ -205,6 +212,12 @@ lc_reconcile() {
         fi
         sleep 3
     done
+    if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
+        # drain-departed only ever drains nodes with this mark
+        lc_kubectl annotate node "$lc_node" --overwrite "$lc_managed_note=true" >&2 ||
+            lc_fail "cannot annotate node $lc_node (step reconcile)"
+        lc_changed=true
+    fi
     lc_reconcile_list label "$lc_labels" "$lc_labels_note"
     lc_reconcile_list taint "$lc_taints" "$lc_taints_note"
     drained=$(lc_node_field ".metadata.annotations.$lc_drained_note") ||
@@ -253,7 +266,38 @@ lc_delete_node() {
     fi
 }
 
-if ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+lc_drain_departed() {
+    local listing name managed
+    local -a names=()
+    if ! [ -x "$(command -v k3s || echo /usr/local/bin/k3s)" ]; then
+        lc_log "k3s is not installed here yet: no node to drain"
+        return 0
+    fi
+    if ! lc_wait_for_api; then
+        lc_fail_or_warn "kubectl on this server cannot reach the k3s API to drain removed nodes (step drain-departed)"
+        return 0
+    fi
+    listing=$(lc_kubectl get nodes -o name) || lc_fail "cannot list the nodes (step drain-departed)"
+    mapfile -t names <<<"$listing"
+    for name in "${names[@]}"; do
+        name="${name#node/}"
+        [ -n "$name" ] || continue
+        if grep -qxF -- "$name" <<<"$lc_members"; then
+            continue
+        fi
+        lc_node="$name"
+        managed=$(lc_node_field ".metadata.annotations.$lc_managed_note") ||
+            lc_fail "cannot read the annotations of node $name (step drain-departed)"
+        if [ "$managed" != true ]; then
+            lc_log "node $name is not in the stack but was not joined by Space Harbor: left alone"
+            continue
+        fi
+        lc_log "node $name left the stack: draining it before the mesh drops it"
+        lc_drain
+    done
+}
+
+if [ "$lc_action" != drain-departed ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
     lc_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
 fi
 [[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
@@ -273,7 +317,8 @@ reconcile) lc_reconcile ;;
 wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
 delete-node) lc_delete_node ;;
-*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, reconcile, wait-ready, drain or delete-node" ;;
+drain-departed) lc_drain_departed ;;
+*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, reconcile, wait-ready, drain, delete-node or drain-departed" ;;
 esac
 
 if [ "$lc_changed" = true ]; then

@@ -37,8 +37,9 @@ def test_adding_a_node_updates_only_the_meshes_and_reinstalls_nothing() -> None:
     added, removed, updated = _changes(config, grown)
     assert removed == set()
     assert {"agent-9-mesh", "agent-9-firewall", "agent-9-k3s", "agent-9-node-object", "agent-9-registered"} <= added
-    # Every existing node learns the new peer through its mesh file; nothing else is touched.
-    assert updated == {"server-1-mesh", "agent-1-mesh", "agent-2-mesh", "agent-3-mesh"}
+    # Every existing node learns the new peer through its mesh file, and the member list that
+    # drain-departed checks gains it; nothing else is touched.
+    assert updated == {"server-1-mesh", "agent-1-mesh", "agent-2-mesh", "agent-3-mesh", "cluster-departures"}
 
 
 def test_removing_a_node_deletes_its_resources_and_updates_the_other_meshes() -> None:
@@ -48,7 +49,8 @@ def test_removing_a_node_deletes_its_resources_and_updates_the_other_meshes() ->
     added, removed, updated = _changes(config, shrunk)
     assert added == set()
     assert {"agent-2-mesh", "agent-2-firewall", "agent-2-k3s", "agent-2-node-object", "agent-2-registered"} <= removed
-    assert updated == {"server-1-mesh", "agent-1-mesh", "agent-3-mesh"}
+    # cluster-departures drains agent-2 during the update phase, before the meshes drop it
+    assert updated == {"server-1-mesh", "agent-1-mesh", "agent-3-mesh", "cluster-departures"}
 
 
 def test_a_label_touches_only_that_nodes_config_and_node_object() -> None:

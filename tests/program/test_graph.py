@@ -202,8 +202,9 @@ def test_four_node_stack_registers_the_full_graph() -> None:
     by_type: dict[str, int] = {}
     for resource in run.resources:
         by_type[resource.type] = by_type.get(resource.type, 0) + 1
-    # mesh, firewall, k3s and registered per node; the kubeconfig read; node-object per agent
-    assert by_type[COMMAND] == 4 * 4 + 1 + 3
+    # mesh, firewall, k3s and registered per node; node-object per agent; the kubeconfig read
+    # and the drain of departed nodes
+    assert by_type[COMMAND] == 4 * 4 + 3 + 2
     assert by_type["random:index/randomBytes:RandomBytes"] == 4
     assert by_type["space-harbor:index:K3sAgent"] == 3
     assert by_type["space-harbor:index:NodeFirewall"] == 4

@@ -196,3 +196,21 @@ def test_etcd_snapshots_go_to_s3_with_secret_credentials() -> None:
     assert not any(key.startswith("etcd") for key in agent)
     for resource in run.resources:
         assert "MARKER-S3" not in resource.public_text(), resource.name
+
+
+def test_a_removed_node_is_drained_before_any_mesh_or_firewall_drops_it() -> None:
+    config = base_config(agents=3)
+    run = run_program(config)
+    departures = run.named("cluster-departures")
+    assert departures.inputs["create"] == "bash -s -- drain-departed"
+    assert "delete" not in departures.inputs
+    assert departures.inputs["connection"]["host"] == "192.0.2.10"  # the first server
+    assert _env(departures)["HARBOR_CLUSTER_NODES"].splitlines() == ["server-1", "agent-1", "agent-2", "agent-3"]
+    for node in config["nodes"]:
+        for kind in ("mesh", "firewall"):
+            assert _before(run, "cluster-departures", f"{node['name']}-{kind}")
+    # removing agent-2 changes the member list, so the drain runs in the update phase
+    shrunk = copy.deepcopy(config)
+    del shrunk["nodes"][2]
+    after = run_program(shrunk)
+    assert "agent-2" not in _env(after.named("cluster-departures"))["HARBOR_CLUSTER_NODES"].splitlines()

@@ -233,6 +233,9 @@ def test_reconcile_never_uncordons_an_operators_cordon(cluster: Cluster) -> None
     node = cluster.node("agent-1")
     node["spec"]["unschedulable"] = True
     (cluster.state / "nodes" / "agent-1.json").write_text(json.dumps(node))
+    # the first run marks the node as joined by Space Harbor; the second has nothing to do
+    assert _status(cluster.run("reconcile")) == "changed"
+    assert cluster.node("agent-1")["metadata"]["annotations"]["space-harbor/managed"] == "true"
     assert _status(cluster.run("reconcile")) == "unchanged"
     assert cluster.node("agent-1")["spec"]["unschedulable"] is True
     assert "uncordon agent-1" not in cluster.calls()
@@ -272,3 +275,26 @@ def test_day2_actions_refuse_a_bad_version(cluster: Cluster) -> None:
         result = cluster.run(action, HARBOR_K3S_VERSION="latest")
         assert result.returncode != 0
         assert "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got 'latest')" in result.stderr
+
+
+def test_drain_departed_drains_only_our_nodes_that_left_the_stack(cluster: Cluster) -> None:
+    managed = {"annotations": {"space-harbor/managed": "true"}}
+    for name in ("server-1", "agent-1", "agent-2"):
+        cluster.add(name, NEW, **managed)
+    cluster.add("manual-1", NEW)  # joined by hand, never by Space Harbor
+    members = "server-1\nagent-1"
+    assert _status(cluster.run("drain-departed", node="", HARBOR_CLUSTER_NODES=members)) == "changed"
+    assert cluster.node("agent-2")["spec"]["unschedulable"] is True
+    for name in ("server-1", "agent-1", "manual-1"):
+        assert cluster.node(name)["spec"]["unschedulable"] is False, name
+    drains = [call for call in cluster.calls() if call.startswith("drain")]
+    assert drains == ["drain agent-2 --ignore-daemonsets --delete-emptydir-data --timeout=30s"]
+    # every member present: nothing to do
+    everyone = "server-1\nagent-1\nagent-2\nmanual-1"
+    assert _status(cluster.run("drain-departed", node="", HARBOR_CLUSTER_NODES=everyone)) == "unchanged"
+
+
+def test_drain_departed_before_k3s_exists_does_nothing(cluster: Cluster) -> None:
+    result = cluster.run("drain-departed", node="", HARBOR_CLUSTER_NODES="server-1", PATH="/usr/bin:/bin")
+    assert _status(result) == "unchanged"
+    assert "k3s is not installed here yet" in result.stderr

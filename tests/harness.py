@@ -189,8 +189,98 @@ def _fake_pem(label: str, seed: str) -> str:
     return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
 
 
+_MOCK_RSA_KEYS: dict[int, Any] = {}
+
+
+def _mock_rsa_key(bits: int) -> Any:
+    """One real RSA key per size and process: a 4096-bit key takes up to a second to make."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if bits not in _MOCK_RSA_KEYS:
+        _MOCK_RSA_KEYS[bits] = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return _MOCK_RSA_KEYS[bits]
+
+
+def _mock_tls_private_key(inputs: dict[str, Any]) -> dict[str, Any]:
+    """pulumi-tls PrivateKey outputs for a real RSA key: PKCS#1 `privateKeyPem`, as the provider writes it."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = _mock_rsa_key(int(_unwrap(inputs.get("rsaBits")) or 2048))
+    return {
+        "privateKeyPem": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ).decode(),
+        "privateKeyPemPkcs8": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "publicKeyPem": key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode(),
+    }
+
+
+# Pulumi keeps a resource's outputs in state, so two runs over the same inputs see the same
+# certificate and ciphertext; these caches play that part for outputs that are random.
+_MOCK_STATE: dict[str, dict[str, Any]] = {}
+
+
+def _as_in_state(kind: str, inputs: dict[str, Any], make: Any) -> dict[str, Any]:
+    key = kind + json.dumps(_unwrap(inputs), sort_keys=True, default=str)
+    if key not in _MOCK_STATE:
+        _MOCK_STATE[key] = make(inputs)
+    return _MOCK_STATE[key]
+
+
+def _mock_tls_self_signed_cert(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A real self-signed certificate for the key in `privateKeyPem`, with the subject and validity asked for."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(str(_unwrap(inputs["privateKeyPem"])).encode(), password=None)
+    subject = _unwrap(inputs.get("subject")) or {}
+    attributes = []
+    if subject.get("commonName"):
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, subject["commonName"]))
+    if subject.get("organization"):
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject["organization"]))
+    name = x509.Name(attributes)
+    start = datetime.now(UTC).replace(microsecond=0)
+    end = start + timedelta(hours=int(_unwrap(inputs["validityPeriodHours"])))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return {
+        "certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "validityStartTime": start.isoformat(),
+        "validityEndTime": end.isoformat(),
+        "readyForRenewal": False,
+    }
+
+
+def _mock_sealed_secret(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The SealedSecretManifest outputs its own provider computes: real ciphertext a test can unseal."""
+    from components.sealed_secrets import SealedSecretProvider
+
+    props = {key: value for key, value in inputs.items() if key != "__provider"}
+    return SealedSecretProvider().create(props).outs or {}
+
+
 class HarborMocks(mocks.Mocks):
-    """Plays the providers: keys get random-looking values, commands echo their inputs."""
+    """Plays the providers: keys get random-looking values, commands echo their inputs.
+
+    In up mode pulumi-tls keys and certificates are real (RSA keys cached per process), and a
+    SealedSecretManifest is sealed by its own provider, so tests can unseal what would be committed.
+    """
 
     def __init__(self, preview: bool) -> None:
         self.preview = preview
@@ -214,6 +304,12 @@ class HarborMocks(mocks.Mocks):
                     key=base64.b64encode(_fake_pem("EC PRIVATE KEY", args.name).encode()).decode(),
                 )
             outputs |= {"stdout": stdout, "stderr": ""}
+        elif args.typ == "tls:index/privateKey:PrivateKey" and _unwrap(args.inputs.get("algorithm")) == "RSA":
+            outputs |= _mock_tls_private_key(args.inputs)
+        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
+            outputs |= _as_in_state(args.typ, args.inputs, _mock_tls_self_signed_cert)
+        elif args.typ == "pulumi-python:dynamic:Resource" and "cert_pem" in args.inputs:
+            outputs |= _as_in_state(args.name, args.inputs, _mock_sealed_secret)
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

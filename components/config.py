@@ -85,6 +85,10 @@ _LABEL_KEY = re.compile(
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _TAINT = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$")
+# Telegraf's socket_writer address: host:port, optionally with the tcp:// scheme it needs.
+_CENTRAL_ADDRESS = re.compile(r"^(tcp://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):(?P<port>\d{1,5})$")
+_HTTP_URL = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
+_CRON = re.compile(r"^\S+( \S+){4}$")
 _SCP_GIT_URL = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 _URL_GIT = re.compile(r"^(ssh|https?)://[^\s/]+/[^\s]+$")
 
@@ -369,6 +373,8 @@ class Traefik(_Model):
     enabled: bool = True
     acme_email: str | None = None
     acme_staging: bool = False
+    # The node whose ports 80/443 Traefik binds (hostPort); DNS of the domain points at it. Default: the first server.
+    node: str | None = None
 
     @field_validator("acme_email")
     @classmethod
@@ -394,6 +400,15 @@ class Telegraf(_Model):
     tls_cert: str | None = None
     tls_key: SecretStr | None = None
 
+    @field_validator("central_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            match = _CENTRAL_ADDRESS.match(value)
+            if not match or not 1 <= int(match["port"]) <= 65535:
+                raise ValueError(f"{value!r} is not host:port (or tcp://host:port) of the central Telegraf")
+        return value
+
 
 class Smtp(_Model):
     enabled: bool = False
@@ -406,6 +421,24 @@ class Smtp(_Model):
 class Backup(_Model):
     enabled: bool = False
     schedule: str = "0 3 * * *"
+    # The target: a Backup Repository server (riotkit-org/backup-repository), which backup-maker uploads to.
+    repository_url: str | None = None
+    collection_id: str | None = None
+    token: SecretStr | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if not _CRON.match(value.strip()):
+            raise ValueError(f"{value!r} is not a cron schedule of five fields, like '0 3 * * *'")
+        return value.strip()
+
+    @field_validator("repository_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _HTTP_URL.match(value):
+            raise ValueError(f"{value!r} is not an http(s):// URL of a Backup Repository server")
+        return value
 
 
 class Components(_Model):
@@ -585,9 +618,18 @@ class HarborConfig(_Model):
         if comps.traefik.enabled:
             _require(self.domain, "domain", "while components.traefik is enabled")
             _require(comps.traefik.acme_email, "components.traefik.acmeEmail", "for Let's Encrypt")
+        if comps.traefik.enabled and comps.traefik.node is not None:
+            names = [node.name for node in self.nodes]
+            if comps.traefik.node not in names:
+                raise ValueError(f"components.traefik.node: {comps.traefik.node!r} is not one of the nodes {names}")
         if comps.infracheck.enabled:
             _require(self.domain, "domain", "while components.infracheck is enabled")
             _require(comps.infracheck.host, "components.infracheck.host", "while infracheck is enabled")
+            if not comps.traefik.enabled:
+                raise ValueError(
+                    "components.infracheck.enabled: the health endpoint is served through Traefik; "
+                    "enable components.traefik or disable infracheck"
+                )
         if comps.telegraf.enabled:
             for key in ("central_address", "ca_cert", "tls_cert", "tls_key"):
                 value = getattr(comps.telegraf, key)
@@ -600,6 +642,29 @@ class HarborConfig(_Model):
             _require(comps.smtp.relay_host, "components.smtp.relayHost", "while smtp is enabled")
             if comps.smtp.relay_username and comps.smtp.relay_password is None:
                 raise ValueError("components.smtp.relayPassword: is required with relayUsername")
+            if not comps.smtp.allowed_sender_domains and not self.domain:
+                raise ValueError(
+                    "components.smtp.allowedSenderDomains: is required while smtp is enabled and domain is unset"
+                )
+        if comps.backup.enabled:
+            backup = comps.backup
+            _require(backup.repository_url, "components.backup.repositoryUrl", "while backup is enabled")
+            _require(backup.collection_id, "components.backup.collectionId", "while backup is enabled")
+            _require(_secret_value(backup.token), "components.backup.token", "while backup is enabled")
+        sealed = [
+            name
+            for name, needs in (
+                ("smtp", comps.smtp.enabled and comps.smtp.relay_password is not None),
+                ("telegraf", comps.telegraf.enabled),
+                ("backup", comps.backup.enabled),
+            )
+            if needs
+        ]
+        if sealed and not comps.sealed_secrets.enabled:
+            raise ValueError(
+                f"components.sealedSecrets.enabled: must be true for {', '.join(sealed)}, "
+                "whose secrets reach the cluster as SealedSecrets"
+            )
         snapshots = self.k3s.etcd_snapshots
         if snapshots is not None:
             if self.k3s.datastore != "etcd":

@@ -8,6 +8,10 @@ Layout under `gitops.path` (default `cluster`):
     <path>/apps/projects/infrastructure.yaml  AppProject for the platform components
     <path>/apps/projects/applications.yaml    AppProject for user workloads (namespaced only)
     <path>/apps/user/README.md                written once if missing, then the user's
+    <path>/apps/platform/<name>.yaml          one Application per enabled platform component
+    <path>/components/<name>/                 the plain manifests beside its chart, SealedSecrets included
+
+The platform part is components/render/platform.py.
 
 The root Application (created by Pulumi in the cluster, not committed) syncs `<path>/apps`
 recursively. It syncs automatically, with prune and self-heal: the set of Application and
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import string
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -100,11 +105,14 @@ def render_projects(config: HarborConfig) -> dict[str, str]:
 
 
 def _render_readme(config: HarborConfig, owned: list[str]) -> str:
+    from components.render.platform import readme_components  # platform.py builds on this module
+
     listing = "\n".join(f"- `{path}`" for path in sorted(owned))
     return string.Template(_template_text("README.md.tmpl")).substitute(
         path=config.gitops.path,
         branch=config.gitops.branch,
         sync_note=_sync_note(config),
+        components=readme_components(config),
         owned_files=listing,
     )
 
@@ -117,15 +125,21 @@ def _render_user_readme(config: HarborConfig) -> str:
     )
 
 
-def render_tree(config: HarborConfig) -> dict[str, str]:
+def render_tree(config: HarborConfig, sealed: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every file Space Harbor writes, repo-relative path -> content, sorted by path.
 
-    The paths in `create_only_paths(config)` are part of it; the provider writes those only when
+    `sealed` maps the paths of `platform.secret_specs(config)` to their SealedSecret YAML, sealed by
+    the caller; they join the tree (and the README's list of owned files). Anything else is refused.
+    The paths in `create_only_paths(config)` are part of the tree; the provider writes those only when
     they are missing and never removes them.
     """
+    from components.render.platform import merge_sealed, render_platform  # platform.py builds on this module
+
     tree: dict[str, str] = {}
     for name, content in render_projects(config).items():
         tree[repo_path(config, PROJECTS[name])] = content
+    tree |= render_platform(config)
+    tree |= merge_sealed(config, sealed or {})
     readme = repo_path(config, README)
     tree[repo_path(config, USER_README)] = _render_user_readme(config)
     owned = [path for path in tree if path not in create_only_paths(config)] + [readme]

@@ -89,3 +89,114 @@ def test_several_problems_are_reported_together() -> None:
     assert len(lines) == 2
     assert lines[0].strip().startswith("mesh.listenPort:")
     assert lines[1].strip().startswith("mesh.interface:")
+
+
+# --- component checks added with the platform renderers ------------------------------------------
+
+
+def _refused(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as refused:
+        load_config(raw)
+    return [line.strip() for line in str(refused.value).splitlines()[1:]]
+
+
+def _backup(**backup: object) -> dict:
+    raw = base_config()
+    raw["components"]["backup"] = {
+        "enabled": True,
+        "repositoryUrl": "https://backups.example.org",
+        "collectionId": "harbor",
+        "token": "MARKER-BACKUP-TOKEN",
+    } | backup
+    return raw
+
+
+def test_a_complete_backup_target_is_accepted() -> None:
+    backup = load_config(_backup(schedule=" 15 4 * * 0 ")).components.backup
+    assert backup.schedule == "15 4 * * 0"
+    assert backup.token is not None and "MARKER" not in repr(backup)
+
+
+@pytest.mark.parametrize("key", ["repositoryUrl", "collectionId", "token"])
+def test_backup_without_its_target_names_the_key(key: str) -> None:
+    raw = _backup()
+    del raw["components"]["backup"][key]
+    assert _refused(raw) == [f"components.backup.{key}: is required while backup is enabled"]
+
+
+def test_a_disabled_backup_needs_no_target() -> None:
+    raw = base_config()
+    raw["components"]["backup"] = {"enabled": False}
+    assert load_config(raw).components.backup.repository_url is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"repositoryUrl": "backups.example.org"}, "components.backup.repositoryUrl: 'backups.example.org' is not an"),
+        ({"schedule": "daily"}, "components.backup.schedule: 'daily' is not a cron schedule"),
+        ({"schedule": "0 3 * *"}, "components.backup.schedule: '0 3 * *' is not a cron schedule"),
+    ],
+)
+def test_malformed_backup_settings_are_refused(settings: dict, expected: str) -> None:
+    (line,) = _refused(_backup(**settings))
+    assert line.startswith(expected)
+
+
+@pytest.mark.parametrize("address", ["metrics.example.org", "metrics.example.org:0", "http://metrics:8094", "a b:1"])
+def test_telegraf_central_address_must_be_host_and_port(address: str) -> None:
+    raw = base_config()
+    raw["components"]["telegraf"] = {"centralAddress": address}
+    (line,) = _refused(raw)
+    assert line.startswith("components.telegraf.centralAddress:")
+    assert "host:port" in line
+
+
+@pytest.mark.parametrize("address", ["metrics.example.org:8094", "tcp://10.0.0.1:8094", "[2001:db8::1]:8094"])
+def test_telegraf_central_address_forms_that_are_accepted(address: str) -> None:
+    raw = base_config()
+    raw["components"]["telegraf"] = {"centralAddress": address}
+    assert load_config(raw).components.telegraf.central_address == address
+
+
+def test_traefik_node_must_be_one_of_the_nodes() -> None:
+    raw = base_config(agents=1)
+    raw["components"]["traefik"]["node"] = "agent-9"
+    (line,) = _refused(raw)
+    assert line == "components.traefik.node: 'agent-9' is not one of the nodes ['server-1', 'agent-1']"
+    raw["components"]["traefik"]["node"] = "agent-1"
+    assert load_config(raw).components.traefik.node == "agent-1"
+
+
+def test_infracheck_needs_traefik() -> None:
+    raw = base_config()
+    raw["components"]["traefik"] = {"enabled": False}
+    (line,) = _refused(raw)
+    assert line.startswith("components.infracheck.enabled: the health endpoint is served through Traefik")
+
+
+def test_smtp_needs_sender_domains_or_a_domain() -> None:
+    raw = base_config()
+    del raw["domain"]
+    raw["components"] = {
+        "traefik": {"enabled": False},
+        "infracheck": {"enabled": False},
+        "smtp": {"enabled": True, "relayHost": "smtp.example.org"},
+    }
+    assert _refused(raw) == [
+        "components.smtp.allowedSenderDomains: is required while smtp is enabled and domain is unset"
+    ]
+    raw["components"]["smtp"]["allowedSenderDomains"] = ["example.org"]
+    assert load_config(raw).components.smtp.allowed_sender_domains == ["example.org"]
+
+
+def test_components_with_secrets_need_sealed_secrets() -> None:
+    raw = _backup()
+    raw["components"]["sealedSecrets"] = {"enabled": False}
+    (line,) = _refused(raw)
+    assert line.startswith("components.sealedSecrets.enabled: must be true for backup, whose secrets")
+    # an SMTP relay without a password has no secret to seal
+    raw = base_config()
+    raw["components"]["sealedSecrets"] = {"enabled": False}
+    raw["components"]["smtp"] = {"enabled": True, "relayHost": "smtp.example.org"}
+    assert not load_config(raw).components.sealed_secrets.enabled

@@ -52,11 +52,20 @@ def projects(config: HarborConfig) -> dict[str, dict[str, Any]]:
 
 
 def test_tree_has_the_documented_layout() -> None:
-    assert sorted(render_tree(ssh_config())) == [
+    tree = sorted(render_tree(ssh_config()))
+    # The platform's Applications and folders are tests/unit/test_platform_render.py's subject.
+    platform = [path for path in tree if path.startswith(("cluster/apps/platform/", "cluster/components/"))]
+    assert [path for path in tree if path not in platform] == [
         "cluster/README.md",
         "cluster/apps/projects/applications.yaml",
         "cluster/apps/projects/infrastructure.yaml",
         "cluster/apps/user/README.md",
+    ]
+    # traefik, sealed-secrets and infracheck are on by default
+    assert [path for path in platform if path.startswith("cluster/apps/")] == [
+        "cluster/apps/platform/infracheck.yaml",
+        "cluster/apps/platform/sealed-secrets.yaml",
+        "cluster/apps/platform/traefik.yaml",
     ]
     assert create_only_paths(ssh_config()) == {"cluster/apps/user/README.md"}
 
@@ -77,9 +86,11 @@ def test_every_yaml_file_parses_and_every_file_is_text(make) -> None:
         if path.endswith(".yaml"):
             documents = [doc for doc in yaml.safe_load_all(content) if doc is not None]
             assert len(documents) == 1, path
-            assert documents[0]["apiVersion"] == "argoproj.io/v1alpha1"
-            assert documents[0]["metadata"]["namespace"] == "argocd"
             assert content.startswith("# Managed by Space Harbor")
+            if "/apps/" in path:
+                # what the root Application syncs: Argo CD's own objects only
+                assert documents[0]["apiVersion"] == "argoproj.io/v1alpha1"
+                assert documents[0]["metadata"]["namespace"] == "argocd"
 
 
 def test_readme_lists_exactly_the_owned_files() -> None:

@@ -15,6 +15,8 @@ from components.gitops import GitOpsRepository
 from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, drain_departed_nodes, upgrade_waits
 from components.mesh import WireGuardMesh
 from components.render.k3s import API_PORT, kubeconfig_for
+from components.render.platform import secret_specs
+from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.tunnel import SshTarget, ensure_tunnel
 
 
@@ -107,8 +109,22 @@ cluster = k8s.Provider(
     opts=pulumi.ResourceOptions(depends_on=[server]),
 )
 
-gitops = GitOpsRepository("gitops", config)
-ArgoCD("argocd", config, cluster, depends_on=[gitops])
+# The Sealed Secrets key pair lives in state (its backup) and reaches the cluster before Argo CD
+# deploys the controller, which adopts it. Secrets from stack config go to git only sealed with it.
+sealing = SealedSecretsKey("sealed-secrets", cluster) if config.components.sealed_secrets.enabled else None
+sealed_files: dict[str, pulumi.Output[str]] = {}
+for spec in secret_specs(config):
+    assert sealing is not None  # config validation requires sealedSecrets for these components
+    sealed_files[spec.path] = SealedSecretManifest(
+        f"sealed-{spec.namespace}-{spec.name}",
+        cert_pem=sealing.cert_pem,
+        namespace=spec.namespace,
+        name=spec.name,
+        data=pulumi.Output.secret(dict(spec.data)),
+    ).manifest
+
+gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
+ArgoCD("argocd", config, cluster, depends_on=[gitops, *([sealing] if sealing is not None else [])])
 
 ssh_target = f"{config.ssh_user(first)}@{first.host}"
 kube = f"KUBECONFIG=~/.kube/harbor-{stack}.yaml"
@@ -130,3 +146,5 @@ pulumi.export(
 pulumi.export("operatorConfigs", mesh.operator_configs if mesh is not None else pulumi.Output.secret({}))
 pulumi.export("meshPublicKeys", mesh.public_keys if mesh is not None else {})
 pulumi.export("argocdDashboard", dashboard)
+# For `kubeseal --cert`: users seal their own secrets offline with the same key.
+pulumi.export("sealedSecretsCert", sealing.cert_pem if sealing is not None else None)

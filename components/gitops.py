@@ -596,8 +596,11 @@ class GitTreeProvider(pulumi.dynamic.ResourceProvider):
 # --- the component -------------------------------------------------------------------------
 
 
-def tree_inputs(config: HarborConfig, stack: str) -> dict[str, Any]:
-    """The provider inputs for `config`, credentials in plain text (the component wraps them secret)."""
+def tree_inputs(config: HarborConfig, stack: str, sealed: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The provider inputs for `config`, credentials in plain text (the component wraps them secret).
+
+    `sealed`: the SealedSecret files of `secret_specs(config)`, by repo path (they join the tree).
+    """
     gitops = config.gitops
     if gitops.uses_ssh:
         assert gitops.ssh_private_key is not None  # config validation requires it for SSH URLs
@@ -609,7 +612,7 @@ def tree_inputs(config: HarborConfig, stack: str) -> dict[str, Any]:
         "repo_url": gitops.repo_url,
         "branch": gitops.branch,
         "path": gitops.path,
-        "files": render_tree(config),
+        "files": render_tree(config, sealed),
         "create_only": sorted(create_only_paths(config)),
         "credentials": credentials,
         "known_hosts": known_hosts_text(config),
@@ -638,10 +641,20 @@ class GitOpsRepository(pulumi.ComponentResource):
     files: pulumi.Output[dict[str, str]]
     branch: str
 
-    def __init__(self, name: str, config: HarborConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HarborConfig,
+        sealed: pulumi.Input[Mapping[str, str]] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`sealed`: SealedSecret YAML by repo path, for the paths of `secret_specs(config)`."""
         super().__init__("space-harbor:index:GitOpsRepository", name, None, opts)
         inputs = tree_inputs(config, pulumi.get_stack())
         inputs["credentials"] = pulumi.Output.secret(inputs["credentials"])
+        if sealed is not None:
+            # Ciphertext only: the files stay readable in the preview's diff.
+            inputs["files"] = pulumi.Output.from_input(sealed).apply(lambda files: render_tree(config, files))
         tree = GitTree(
             f"{name}-tree",
             inputs,

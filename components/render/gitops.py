@@ -16,23 +16,24 @@ The platform part is components/render/platform.py.
 The root Application (created by Pulumi in the cluster, not committed) syncs `<path>/apps`
 recursively. It syncs automatically, with prune and self-heal: the set of Application and
 AppProject objects follows git without a click. What the child Applications deploy syncs on click
-unless `gitops.autoSync` is true (`child_sync_policy`).
+unless `gitops.autoSync` is true (`manifests.child_sync_policy`).
 """
 
 from __future__ import annotations
 
-import copy
 import string
 from collections.abc import Mapping
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.config import HarborConfig
+from components.render.manifests import (
+    dump,
+    load_template,
+    repo_path,
+    template_text,
+)
+from components.render.platform import merge_sealed, render_platform
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "manifests" / "gitops"
 ARGOCD_NAMESPACE = "argocd"
 IN_CLUSTER = "https://kubernetes.default.svc"
 ROOT_APPLICATION = "space-harbor"
@@ -48,32 +49,6 @@ USER_README = "apps/user/README.md"
 # Relative to gitops.path: written when missing, never rewritten, never removed.
 CREATE_ONLY = frozenset({USER_README})
 
-HEADER = (
-    "# Managed by Space Harbor (Pulumi) from stack config. Do not edit: a hand edit stops the next\n"
-    "# `pulumi up` unless gitops.overwriteManualChanges is true. See ../../README.md.\n"
-)
-
-
-@cache
-def _template_text(name: str) -> str:
-    return (TEMPLATES / name).read_text(encoding="utf-8")
-
-
-def load_template(name: str) -> dict[str, Any]:
-    """A fresh copy of one YAML template of manifests/gitops/."""
-    document = yaml.safe_load(_template_text(name))
-    assert isinstance(document, dict), f"{name} is not one YAML mapping"
-    return copy.deepcopy(document)
-
-
-def _dump(document: dict[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
-
-
-def repo_path(config: HarborConfig, relative: str) -> str:
-    """`relative` inside the owned folder, as a repo-relative POSIX path."""
-    return f"{config.gitops.path}/{relative}"
-
 
 def apps_path(config: HarborConfig) -> str:
     return repo_path(config, "apps")
@@ -81,13 +56,6 @@ def apps_path(config: HarborConfig) -> str:
 
 def create_only_paths(config: HarborConfig) -> frozenset[str]:
     return frozenset(repo_path(config, relative) for relative in CREATE_ONLY)
-
-
-def child_sync_policy(config: HarborConfig) -> dict[str, Any]:
-    """syncPolicy of the Applications Space Harbor commits: on click, or automated with gitops.autoSync."""
-    if config.gitops.auto_sync:
-        return {"automated": {"prune": True, "selfHeal": True}}
-    return {}
 
 
 def _sync_note(config: HarborConfig) -> str:
@@ -101,14 +69,14 @@ def _sync_note(config: HarborConfig) -> str:
 
 def render_projects(config: HarborConfig) -> dict[str, str]:
     del config  # the projects do not depend on the config (yet); keep the signature of the others
-    return {name: _dump(load_template(f"project-{name}.yaml")) for name in PROJECTS}
+    return {name: dump(load_template(f"project-{name}.yaml")) for name in PROJECTS}
 
 
 def _render_readme(config: HarborConfig, owned: list[str]) -> str:
     from components.render.platform import readme_components  # platform.py builds on this module
 
     listing = "\n".join(f"- `{path}`" for path in sorted(owned))
-    return string.Template(_template_text("README.md.tmpl")).substitute(
+    return string.Template(template_text("README.md.tmpl")).substitute(
         path=config.gitops.path,
         branch=config.gitops.branch,
         sync_note=_sync_note(config),
@@ -118,7 +86,7 @@ def _render_readme(config: HarborConfig, owned: list[str]) -> str:
 
 
 def _render_user_readme(config: HarborConfig) -> str:
-    return string.Template(_template_text("user-README.md.tmpl")).substitute(
+    return string.Template(template_text("user-README.md.tmpl")).substitute(
         path=config.gitops.path,
         branch=config.gitops.branch,
         sync_note="Whether it syncs by itself is up to its own `syncPolicy`.",
@@ -133,8 +101,6 @@ def render_tree(config: HarborConfig, sealed: Mapping[str, str] | None = None) -
     The paths in `create_only_paths(config)` are part of the tree; the provider writes those only when
     they are missing and never removes them.
     """
-    from components.render.platform import merge_sealed, render_platform  # platform.py builds on this module
-
     tree: dict[str, str] = {}
     for name, content in render_projects(config).items():
         tree[repo_path(config, PROJECTS[name])] = content

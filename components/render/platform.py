@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from components.config import HarborConfig
-from components.render.gitops import HEADER, TEMPLATES, child_sync_policy, load_template, repo_path
 from components.render.k3s import API_PORT
+from components.render.manifests import HEADER, TEMPLATES, child_sync_policy, dump, load_template, repo_path
 
 APPS_DIR = "apps/platform"
 COMPONENTS_DIR = "components"
@@ -712,10 +712,6 @@ def render_manifests(config: HarborConfig, component: Component) -> dict[str, di
         assert filename not in files, f"{component.name}: two objects for {filename}"
         files[filename] = obj
     return files
-
-
-def dump(document: Mapping[str, Any]) -> str:
-    return HEADER + yaml.safe_dump(dict(document), sort_keys=False, default_flow_style=False)
 
 
 def render_platform(config: HarborConfig) -> dict[str, str]:

@@ -11,13 +11,13 @@ import yaml
 
 from components.config import HarborConfig, load_config
 from components.render.gitops import (
-    child_sync_policy,
     create_only_paths,
     render_known_hosts_configmap,
     render_repository_secret,
     render_root_application,
     render_tree,
 )
+from components.render.manifests import child_sync_policy
 from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, base_config
 
 KUBERNETES = "1.31"

@@ -164,7 +164,8 @@ class _JoinedNode(pulumi.ComponentResource):
             delete="delete-node",
             env=_lifecycle_env(config, node),
             secret=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            # On delete the Node object goes before the node's own mesh and firewall (DESIGN §3.4).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *depends_on]),
         )
         self.install = _install(config, node, token, self, [node_object, *depends_on])
         self.registered = _registered(config, node, self, self.install, delete="drain")

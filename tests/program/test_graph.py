@@ -109,6 +109,10 @@ def test_decommission_order_is_drain_uninstall_delete_node(stack_run) -> None:
         assert run.depends_on(install, node_object)
         assert not run.depends_on(node_object, install)
         assert install.delete_before_replace
+        # ...and the node's own mesh and firewall only after its Node object is gone.
+        for kind in ("mesh", "firewall"):
+            if f"{name}-{kind}" in {c.name for c in run.commands()}:
+                assert run.depends_on(node_object, run.named(f"{name}-{kind}"))
 
 
 @pytest.mark.parametrize("stack", [s for s in STACKS if s != "mesh-off"])

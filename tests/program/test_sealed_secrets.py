@@ -1,7 +1,8 @@
 """SealedSecretsKey and SealedSecretManifest under mocks, in a small program of their own.
 
 The harness runs a small program written to tmp_path, which reaches what `__main__.py` does not:
-a key without a cluster, and data handed over unwrapped (the resource must make it secret). In up mode the mocks make a real RSA key and certificate and seal with the real provider, so what
+a key without a cluster, and data handed over unwrapped (the resource must make it secret). In up
+mode the mocks make a real RSA key and certificate and seal with the real provider, so what
 the program would commit can be unsealed here.
 """
 

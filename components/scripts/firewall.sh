@@ -111,6 +111,8 @@ fw_wrote=false
 fw_write_if_changed() {
     local target=$1 mode=$2 tmp
     fw_wrote=false
+    # A run killed before its EXIT trap leaves its temp file; the name is ours alone.
+    rm -f -- "$(dirname "$target")/.$(basename "$target")."??????
     tmp=$(mktemp "$(dirname "$target")/.$(basename "$target").XXXXXX")
     fw_tmp_files+=("$tmp")
     cat >"$tmp"
@@ -131,6 +133,7 @@ fw_apply() {
     umask 077
     mkdir -p "$fw_dir"
     chmod 700 "$fw_dir"
+    rm -f -- "$fw_dir"/.candidate.?????? # left by a run killed before its EXIT trap
 
     # Validate before anything is stored or live: a bad ruleset must leave the old one in force.
     local candidate
@@ -141,12 +144,15 @@ fw_apply() {
         fw_fail "nft rejected the ruleset for table inet $fw_table; the live firewall is unchanged"
     fi
 
-    fw_write_if_changed "$fw_file" 600 <"$candidate"
-    if [ "$fw_wrote" = true ] || ! fw_table_live; then
-        nft -f "$fw_file" >&2 || fw_fail "loading $fw_file failed; table inet $fw_table is unchanged"
+    # Load first, then store: a run cut in between leaves a stored file that differs from the
+    # candidate, so the next run loads again. Stored first, a run cut before the load would leave
+    # the new file beside the old live table, and the next run would find nothing to do.
+    if ! { [ -f "$fw_file" ] && cmp -s "$candidate" "$fw_file" && fw_table_live; }; then
+        nft -f "$candidate" >&2 || fw_fail "loading the ruleset failed; table inet $fw_table is unchanged"
         fw_log "table inet $fw_table loaded"
         fw_changed=true
     fi
+    fw_write_if_changed "$fw_file" 600 <"$candidate"
 
     if fw_has_systemd; then
         fw_write_if_changed "$fw_unit_file" 644 <<<"$(fw_unit_text)"

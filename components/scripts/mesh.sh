@@ -210,6 +210,8 @@ wg_write_config() {
     local tmp
     umask 077
     mkdir -p "$wg_dir"
+    # A run killed before its EXIT trap leaves its temp copy (with the private key); the name is ours.
+    rm -f -- "$wg_dir/.$wg_if.conf."??????
     tmp=$(mktemp "$wg_dir/.$wg_if.conf.XXXXXX")
     wg_tmp_files+=("$tmp")
     printf '%s\n' "${HARBOR_WG_CONFIG%$'\n'}" >"$tmp"

@@ -8,13 +8,15 @@ applying the stack is not, so the tests of a module share nodes and run in file 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
 
 from tests.testbed.nodes import Node, Testbed, missing_requirements
-from tests.testbed.stack import K3S_VERSION
+from tests.testbed.stack import K3S_VERSION, MESH_BASE, MESH_INTERFACE
 
 SNAPSHOT_SCRIPT = r"""
 find /etc /usr/local /srv /var/lib/rancher /var/lib/space-harbor -xdev -type f \
@@ -99,3 +101,75 @@ def _testbed(nodes: list[str], *, git: bool) -> Iterator[Testbed]:
 def testbed4() -> Iterator[Testbed]:
     """Four booted nodes n1..n4 (n1 will be the server) and a git server, for one module."""
     yield from _testbed(["n1", "n2", "n3", "n4"], git=True)
+
+
+@pytest.fixture(scope="module")
+def testbed3() -> Iterator[Testbed]:
+    """Three booted nodes n1..n3 (n1 will be the server), no git server, for one module."""
+    yield from _testbed(["n1", "n2", "n3"], git=False)
+
+
+@pytest.fixture(scope="module")
+def testbed2_git() -> Iterator[Testbed]:
+    """Two booted nodes n1, n2 (n1 the server) and a git server, for one module."""
+    yield from _testbed(["n1", "n2"], git=True)
+
+
+# --- the mesh, seen from the nodes ---------------------------------------------------------------
+
+
+def mesh_address(tb: Testbed, name: str) -> str:
+    return f"{MESH_BASE}{tb.nodes[name].index}"
+
+
+def wg_peers(tb: Testbed, node: str) -> dict[str, dict[str, int | str]]:
+    """Peers of the node's mesh interface by public key: endpoint, handshake (epoch s), rx, tx."""
+    lines = tb.ssh(node, f"wg show {MESH_INTERFACE} dump").stdout.splitlines()
+    peers: dict[str, dict[str, int | str]] = {}
+    for line in lines[1:]:
+        key, _psk, endpoint, _allowed, handshake, rx, tx, _keepalive = line.split("\t")
+        peers[key] = {"endpoint": endpoint, "handshake": int(handshake), "rx": int(rx), "tx": int(tx)}
+    return peers
+
+
+def mesh_pings(tb: Testbed, source: str, target: str) -> bool:
+    address = mesh_address(tb, target)
+    return tb.ssh(source, f"ping -c1 -W2 -I {MESH_INTERFACE} {address}", check=False).returncode == 0
+
+
+MESH_REACH = r"""
+deadline=$(( $(date +%s) + {within} ))
+for address in {targets}; do
+    until ping -c1 -W1 -I {iface} "$address" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || {{ echo "no answer from $address over {iface}"; exit 1; }}
+        sleep 0.2
+    done
+done
+"""
+
+
+def wait_mesh(tb: Testbed, nodes: list[str], *, within: float) -> float:
+    """Every node pings every other's mesh address through WireGuard; seconds it took. Fails after `within`.
+
+    One SSH session per node, all at once, each looping on the node until its peers answer, so a
+    lossy bridge costs retried pings rather than a new SSH connection for each one.
+    """
+    started = time.monotonic()
+    deadline = started + within
+
+    def reach(source: str) -> None:
+        targets = " ".join(mesh_address(tb, t) for t in nodes if t != source)
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            script = MESH_REACH.format(within=left, targets=targets, iface=MESH_INTERFACE)
+            result = tb.ssh(source, script, check=False, timeout=left + 60)
+            if result.returncode == 0:
+                return
+            # 255: this SSH session failed (a lost connection), not the mesh: try again in time.
+            assert result.returncode == 255 and time.monotonic() < deadline, (
+                f"{source} cannot reach every node over the mesh within {within}s: {result.stdout}{result.stderr}"
+            )
+
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        list(pool.map(reach, nodes))
+    return time.monotonic() - started

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ CTL_ADDRESS = f"{SUBNET}.2"
 GIT_ADDRESS = f"{SUBNET}.5"
 GIT_REPO = "/srv/git/cluster.git"
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "ip", "ssh", "mount")
+LOSS_TABLE = "shtb_loss"  # nftables table (bridge family, hub namespace) of the netem fallback
 
 T = TypeVar("T")
 
@@ -102,6 +104,23 @@ def _cgroup_v1_hierarchies() -> list[tuple[Path, list[str]]]:
                 found.append((target / path.lstrip("/"), names))
                 break
     return found
+
+
+def _cgroup_hybrid_unified() -> Path | None:
+    """This process's cgroup in the cgroup2 hierarchy of a hybrid host (v1 controllers + a v2 mount).
+
+    None on a pure v1 or a pure v2 host. On a hybrid host nspawn puts each container's systemd
+    beneath `<this cgroup>/payload` in the v2 hierarchy too, so it must be per node as well.
+    """
+    if not _cgroup_v1_hierarchies():
+        return None
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    target = next((Path(fields[1]) for fields in mounts if fields[2] == "cgroup2"), None)
+    cgroups = Path("/proc/self/cgroup").read_text().splitlines()
+    own = next((line[3:] for line in cgroups if line.startswith("0::")), None)
+    if target is None or own is None:
+        return None
+    return target / own.lstrip("/")
 
 
 def _keypair() -> tuple[str, str]:
@@ -162,6 +181,16 @@ class Node:
 
 
 @dataclass
+class PacketLoss:
+    """Loss that `Testbed.packet_loss` put on the bridge, and how."""
+
+    percent: int
+    mechanism: str  # "netem" (tc qdisc on every hub port) or "nftables" (numgen random drop)
+    netem_error: str  # why netem was not used; "" when it was
+    dropped: Callable[[], int] = field(repr=False, default=lambda: 0)  # frames dropped so far
+
+
+@dataclass
 class SshResult:
     returncode: int
     stdout: str
@@ -184,6 +213,7 @@ class Testbed:
         self.git: Node | None = None
         self.client_key, self.client_public_key = _keypair()
         self._netns: list[str] = []
+        self._hub_ports: list[str] = []
         self._mounts: list[Path] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -258,6 +288,7 @@ class Testbed:
         hub_end = f"v-{port_name}"[:15]
         _run(["ip", "-n", self.hub, "link", "add", hub_end, "type", "veth", "peer", "name", "eth0", "netns", netns])
         _run(["ip", "-n", self.hub, "link", "set", hub_end, "master", "br0", "up"])
+        self._hub_ports.append(hub_end)
         _run(["ip", "-n", netns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0"])
         _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
 
@@ -379,9 +410,20 @@ class Testbed:
         With --keep-unit and no systemd on the host, nspawn roots the container's cgroup tree at
         its own cgroup. Containers sharing one would share `/system.slice/<unit>` directories:
         the same unit starting on two nodes at once then fails with 219/CGROUP when the other
-        node's systemd removes the directory. On a cgroup v2 (or systemd) host nothing is done.
+        node's systemd removes the directory. On a hybrid host the cgroup2 hierarchy gets a
+        per-node cgroup too, for the same reason (seen as `Job for space-harbor-firewall.service
+        failed` on one of several nodes starting it at once). On a pure cgroup v2 (or systemd)
+        host nothing is done.
         """
         made = []
+        unified = _cgroup_hybrid_unified()
+        if unified is not None:
+            path = unified / f"shtb-{self.run_id}-{node.name}"
+            try:
+                path.mkdir(exist_ok=True)
+                made.append(path)
+            except OSError:
+                pass
         for parent, controllers in _cgroup_v1_hierarchies():
             path = parent / f"shtb-{self.run_id}-{node.name}"
             try:
@@ -395,13 +437,20 @@ class Testbed:
         return made
 
     @staticmethod
-    def _remove_cgroups(paths: list[Path]) -> None:
-        for path in paths:
-            if not path.is_dir():
-                continue
-            for sub, _dirs, _files in sorted(os.walk(path, topdown=False), key=lambda w: -len(w[0])):
-                with contextlib.suppress(OSError):
-                    os.rmdir(sub)
+    def _remove_cgroups(paths: list[Path], within: float = 5.0) -> None:
+        """Remove the node's cgroups, deepest first. A cgroup whose last process has just exited can
+        refuse (EBUSY) for a moment, so try again for up to `within` seconds before leaving it."""
+        deadline = time.monotonic() + within
+        while True:
+            for path in paths:
+                if not path.is_dir():
+                    continue
+                for sub, _dirs, _files in sorted(os.walk(path, topdown=False), key=lambda w: -len(w[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sub)
+            if not any(path.is_dir() for path in paths) or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def _boot(self, node: Node) -> None:
         node.cgroups = self._node_cgroups(node)
@@ -468,7 +517,106 @@ class Testbed:
             self._mounts.remove(node.rootdir)
         _run(["ip", "netns", "delete", node.netns], check=False)
         self._netns.remove(node.netns)
+        self._hub_ports = [p for p in self._hub_ports if p != f"v-{name}"[:15]]
         self._save_state()
+
+    # ---- faults ---------------------------------------------------------------------------
+    def container_pid(self, node: Node | str) -> int:
+        """PID (in this namespace) of the node's init: the one child of its systemd-nspawn."""
+        node = self._node(node)
+        assert node.process is not None and node.process.poll() is None, f"{node.name} is not running"
+        pid = node.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) != 1:
+            raise RuntimeError(f"{node.name}: systemd-nspawn {pid} has children {children}, expected one")
+        return int(children[0])
+
+    def node_exec(
+        self, node: Node | str, argv: list[str], *, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the node's namespaces with nsenter: no SSH, so it works without sshd."""
+        pid = self.container_pid(node)
+        return _run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", *argv], check=check, timeout=timeout)
+
+    def stop_sshd(self, node: Node | str) -> None:
+        """Stop the node's sshd: a dial then gets `Connection refused`, as from a rebooting server."""
+        node = self._node(node)
+        self.node_exec(node, ["systemctl", "stop", "ssh.socket", "ssh.service"])
+        if self.tcp_open_from_ctl(node.address, 22):
+            raise RuntimeError(f"{node.name}: port 22 still answers after stopping sshd")
+
+    def start_sshd(self, node: Node | str, timeout: float = 30) -> None:
+        node = self._node(node)
+        self.node_exec(node, ["systemctl", "start", "ssh.service"])
+        deadline = time.monotonic() + timeout
+        while self.ssh(node, "true", check=False, timeout=10, connect_timeout=2).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name}: sshd did not answer within {timeout}s of its start")
+            time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def packet_loss(self, percent: int, *, require_netem: bool = False) -> Iterator[PacketLoss]:
+        """Drop `percent`% of the frames the bridge delivers to each member (controller, nodes, git).
+
+        Every frame between two members leaves the bridge through exactly one hub port, so each
+        one-way packet is lost with that probability. The preferred tool is `tc qdisc ... netem
+        loss` on every hub port. A kernel without sch_netem gets the same random drop from an
+        nftables `bridge` table in the hub namespace (`numgen random mod 100 < percent`), unless
+        `require_netem`: then it raises with the reason. Everything is removed on exit; deleting
+        the hub namespace (close) removes it too.
+        """
+        if not 0 < percent < 100:
+            raise ValueError(f"loss must be 1-99%, not {percent}")
+        added: list[str] = []
+        netem_error = ""
+        for port in self._hub_ports:
+            result = _run(
+                ["tc", "-n", self.hub, "qdisc", "add", "dev", port, "root", "netem", "loss", f"{percent}%"], check=False
+            )
+            if result.returncode != 0:
+                netem_error = result.stderr.strip() or f"tc exited {result.returncode}"
+                break
+            added.append(port)
+        if netem_error:
+            for port in added:
+                _run(["tc", "-n", self.hub, "qdisc", "del", "dev", port, "root"], check=False)
+            added = []
+            if require_netem:
+                raise RuntimeError(f"tc netem is not usable on this kernel ({os.uname().release}): {netem_error}")
+            ruleset = (
+                f"table bridge {LOSS_TABLE} {{\n"
+                "  chain forward {\n"
+                "    type filter hook forward priority 0; policy accept;\n"
+                f"    numgen random mod 100 < {percent} counter drop\n"
+                "  }\n"
+                "}\n"
+            )
+            _run(["ip", "netns", "exec", self.hub, "nft", "-f", "-"], input=ruleset)
+
+            def dropped() -> int:
+                out = _run(["ip", "netns", "exec", self.hub, "nft", "list", "table", "bridge", LOSS_TABLE]).stdout
+                return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
+            loss = PacketLoss(percent, "nftables", netem_error, dropped)
+        else:
+
+            def dropped() -> int:
+                out = _run(["tc", "-s", "-n", self.hub, "qdisc", "show"]).stdout
+                return sum(int(n) for n in re.findall(r"dropped (\d+)", out))
+
+            loss = PacketLoss(percent, "netem", "", dropped)
+        try:
+            yield loss
+        finally:
+            for port in added:
+                _run(["tc", "-n", self.hub, "qdisc", "del", "dev", port, "root"], check=False)
+            if loss.mechanism == "nftables":
+                _run(["ip", "netns", "exec", self.hub, "nft", "delete", "table", "bridge", LOSS_TABLE], check=False)
+
+    def _node(self, node: Node | str) -> Node:
+        if isinstance(node, Node):
+            return node
+        return self.git if (node == "git" and self.git) else self.nodes[node]
 
     # ---- talking to nodes -------------------------------------------------------------------
     def ssh_argv(self, address: str, *, user: str = "root", port: int = 22, connect_timeout: int = 10) -> list[str]:

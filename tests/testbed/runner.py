@@ -6,37 +6,93 @@ not), open one exec channel without a pty, send `environment` as env requests, w
 run `create` (or `delete`). Commands whose dependencies are done run in parallel, as the Pulumi
 engine runs independent resources. The system `ssh` client does the SSH; `ssh_prefix` (e.g.
 `ip netns exec <ns>`) puts it in the testbed's controller namespace.
+
+Dialing follows pulumi-command (provider/pkg/provider/remote/connection.go): every failed dial
+(TCP connect, key exchange, host key, authentication) is retried with pulumi's `retry.Until`
+backoff until `dialErrorLimit` dials have failed; the next failure ends the command, so at most
+`dialErrorLimit + 1` dials. `perDialTimeout` bounds each dial's TCP connect. A session that was
+established and then broke is never retried: the provider reports it as the command's failure.
+ssh's `Authenticated to ...` line (LogLevel VERBOSE) tells the two apart; that line and ssh's
+transfer summary are removed from the stderr a result reports.
+
+When a command fails, in-flight commands finish and no new one starts, as `pulumi up` does by
+default; with `continue_on_error` (`pulumi up --continue-on-error`) every command that does not
+depend on a failed one still runs. Either way the run raises `RunFailed`, naming every failed
+command, its host and why, and listing the commands that did not run.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 COMMAND_TYPE = "command:remote:Command"
-# ssh exits 255 on its own errors; retry only those that mean "could not dial", like the provider.
-_DIAL_ERROR = re.compile(
-    r"ssh: connect to host|Connection refused|Connection timed out|No route to host|"
-    r"kex_exchange_identification|Connection closed by|Connection reset"
+
+# pulumi-command's defaults for a connection that sets neither (connection.go: dialErrorDefault,
+# the perDialTimeout default). The program sets both (components/remote.py); a test compares them.
+PROVIDER_DIAL_ERROR_LIMIT = 10
+PROVIDER_PER_DIAL_TIMEOUT = 15
+# pulumi's retry.Until (sdk/go/common/util/retry/until.go): wait 100 ms after the first failure,
+# 1.5 times longer after each next one, never more than 5 s.
+RETRY_DELAY_S = 0.1
+RETRY_BACKOFF = 1.5
+RETRY_MAX_DELAY_S = 5.0
+
+# With LogLevel=VERBOSE ssh says this once the server accepted the key: the dial is over.
+_AUTHENTICATED = re.compile(r"^Authenticated to \S+ \(.*\) using \"[^\"]+\"\.$")
+_SSH_CHATTER = re.compile(
+    r"^(Authenticated to \S+ \(.*\) using \"[^\"]+\"\.|Transferred: sent \d+, received \d+ bytes, in [\d.]+ seconds"
+    r"|Bytes per second: sent [\d.]+, received [\d.]+|Warning: Permanently added .* to the list of known hosts\.)$"
 )
 
 
-class CommandFailed(RuntimeError):
-    def __init__(self, result: CommandResult) -> None:
-        self.result = result
-        super().__init__(
-            f"{result.action} of {result.name} on {result.host} exited {result.returncode} "
-            f"after {result.seconds:.1f}s\n--- stdout ---\n{result.stdout[-4000:]}"
-            f"\n--- stderr ---\n{result.stderr[-4000:]}"
+@dataclass(frozen=True)
+class DialPolicy:
+    """How pulumi-command dials one connection: `error_limit` failed dials are retried (-1: no limit)."""
+
+    error_limit: int
+    per_dial_timeout: int  # seconds for each dial's TCP connect; 0: no limit
+
+    @classmethod
+    def from_connection(cls, connection: dict[str, Any]) -> DialPolicy:
+        limit = connection.get("dialErrorLimit")
+        timeout = connection.get("perDialTimeout")
+        return cls(
+            error_limit=PROVIDER_DIAL_ERROR_LIMIT if limit is None else int(limit),
+            per_dial_timeout=PROVIDER_PER_DIAL_TIMEOUT if timeout is None else int(timeout),
         )
+
+    @property
+    def max_dials(self) -> int | None:
+        """Dials before the command fails: the provider gives up once `dials > dialErrorLimit`."""
+        return None if self.error_limit < 0 else self.error_limit + 1
+
+    def delays(self) -> Iterator[float]:
+        """The waits between one failed dial and the next, as retry.Until spaces them."""
+        delay = RETRY_DELAY_S
+        while True:
+            yield min(delay, RETRY_MAX_DELAY_S)
+            delay *= RETRY_BACKOFF
+
+    def give_up_within(self, handshake_s: float) -> float:
+        """Upper bound on the seconds until an unreachable host fails a command.
+
+        Every dial may spend `per_dial_timeout` on the TCP connect plus `handshake_s` on the key
+        exchange and authentication (which pulumi-command does not bound), then the backoff.
+        """
+        if self.max_dials is None:
+            raise ValueError("no bound: dialErrorLimit is -1")
+        waits = sum(itertools.islice(self.delays(), self.max_dials - 1))
+        return self.max_dials * (self.per_dial_timeout + handshake_s) + waits
 
 
 @dataclass
@@ -51,6 +107,43 @@ class CommandResult:
     seconds: float
     started: float
     finished: float
+    dials: int = 1  # SSH dials made; more than 1 means retries
+    dial_failed: bool = False  # no session was ever established: every dial failed
+
+
+class CommandFailed(RuntimeError):
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        super().__init__(describe_failure(result))
+
+
+def describe_failure(result: CommandResult) -> str:
+    """`create of n3-mesh on 192.168.77.13 ...`: which step, which host, why, with its output."""
+    if result.dial_failed:
+        why = f"could not dial: {result.dials} dials failed"
+    else:
+        why = f"exited {result.returncode}"
+        if result.dials > 1:
+            why += f" (after {result.dials - 1} failed dials)"
+    return (
+        f"{result.action} of {result.name} on {result.host} {why} after {result.seconds:.1f}s"
+        f"\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
+
+
+class RunFailed(CommandFailed):
+    """One or more commands of a run failed. `result` is the first failure, as CommandFailed's."""
+
+    def __init__(self, failures: list[CommandResult], not_run: list[str], results: list[CommandResult]) -> None:
+        self.failures = failures
+        self.not_run = not_run
+        self.results = results
+        super().__init__(failures[0])
+        names = ", ".join(f"{r.name} on {r.host}" for r in failures)
+        summary = f"{len(failures)} command(s) failed: {names}"
+        if not_run:
+            summary += f"\nnot run (they depend on a failed command, or the run stopped): {', '.join(not_run)}"
+        self.args = (summary + "\n\n" + "\n\n".join(describe_failure(r) for r in failures),)
 
 
 class Runner:
@@ -144,11 +237,17 @@ class Runner:
                 stack.extend(self.deps[name])
         return found
 
-    def apply(self, names: Iterable[str] | None = None, *, with_dependencies: bool = True) -> list[CommandResult]:
+    def apply(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        with_dependencies: bool = True,
+        continue_on_error: bool = False,
+    ) -> list[CommandResult]:
         """Run `create` of the named commands (all by default), dependencies first, in parallel.
 
         With `with_dependencies`, the commands they depend on run (first) too, as `pulumi up --target`
-        with dependencies would.
+        with dependencies would. Raises `RunFailed` when a command fails (see the module doc).
         """
         wanted = set(names) if names is not None else set(self.by_name)
         unknown = wanted - set(self.by_name)
@@ -156,56 +255,77 @@ class Runner:
             raise KeyError(f"no such commands: {sorted(unknown)}")
         if with_dependencies:
             wanted = self.closure(wanted)
-        return self._schedule(wanted, "create", lambda n: self.deps[n] & wanted)
+        return self._schedule(wanted, "create", lambda n: self.deps[n] & wanted, continue_on_error)
 
-    def destroy(self) -> list[CommandResult]:
+    def update(self, names: Iterable[str], *, continue_on_error: bool = False) -> list[CommandResult]:
+        """Run the update of each named (changed) command, in dependency order among them.
+
+        This is the update phase of `pulumi up` after a config change: unchanged commands are not
+        run, and a changed one waits only for the changed commands it depends on.
+        """
+        wanted = set(names)
+        unknown = wanted - set(self.by_name)
+        if unknown:
+            raise KeyError(f"no such commands: {sorted(unknown)}")
+        return self._schedule(wanted, "update", lambda n: self.deps[n] & wanted, continue_on_error)
+
+    def destroy(self, *, continue_on_error: bool = False) -> list[CommandResult]:
         """Run every `delete` in reverse dependency order: dependents first."""
-        return self.delete_only(self.by_name)
+        return self.delete_only(self.by_name, continue_on_error=continue_on_error)
 
-    def delete_only(self, names: Iterable[str]) -> list[CommandResult]:
+    def delete_only(self, names: Iterable[str], *, continue_on_error: bool = False) -> list[CommandResult]:
         """Run `delete` of just these commands (e.g. one node's), dependents first among them."""
         wanted = set(names)
         unknown = wanted - set(self.by_name)
         if unknown:
             raise KeyError(f"no such commands: {sorted(unknown)}")
         dependents = {n: {m for m in wanted if n in self.deps[m]} for n in wanted}
-        return self._schedule(wanted, "delete", lambda n: dependents[n])
+        return self._schedule(wanted, "delete", lambda n: dependents[n], continue_on_error)
 
-    def _schedule(self, wanted: set[str], action: str, waits_for: Any) -> list[CommandResult]:
+    def _schedule(
+        self,
+        wanted: set[str],
+        action: str,
+        waits_for: Callable[[str], set[str]],
+        continue_on_error: bool = False,
+    ) -> list[CommandResult]:
         pending = set(wanted)
         finished: set[str] = set()
         results: list[CommandResult] = []
-        failure: CommandFailed | None = None
+        failures: list[CommandResult] = []
         running: dict[Future[CommandResult], str] = {}
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             while pending or running:
-                if failure is None:
+                if not failures or continue_on_error:
                     for name in sorted(pending):
                         if waits_for(name) <= finished:
                             pending.discard(name)
                             running[pool.submit(self.run_one, name, action)] = name
                 if not running:
-                    if failure is None and pending:
+                    if not failures and pending:
                         raise ValueError(f"cannot order {sorted(pending)}")
-                    break
+                    break  # what is left waits for a failed command (or the run stopped)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in sorted(done, key=lambda f: running[f]):
                     name = running.pop(future)
                     try:
                         results.append(future.result())
                         finished.add(name)
                     except CommandFailed as error:
                         results.append(error.result)
-                        failure = failure or error
-        if failure is not None:
-            raise failure
+                        failures.append(error.result)
+        if failures:
+            raise RunFailed(failures, sorted(pending), results)
         return results
 
     def run_one(self, name: str, action: str = "create") -> CommandResult:
-        """One Command's `create` or `delete`, as pulumi-command runs it. Raises CommandFailed."""
+        """One Command's `create`, `update` or `delete`, as pulumi-command runs it. Raises CommandFailed.
+
+        A Command without an `update` runs its `create` again on an update, as the provider does.
+        """
         resource = self.by_name[name]
         inputs = resource.inputs
-        command = inputs.get(action)
+        command = inputs.get(action) or (inputs.get("create") if action == "update" else None)
         conn = inputs["connection"]
         host = conn["host"]
         if not command:
@@ -214,12 +334,15 @@ class Runner:
             with self._lock:
                 self.results.append(result)
             return result
-        argv = self._ssh_argv(name, conn, inputs.get("environment") or {})
-        attempts = int(conn.get("dialErrorLimit") or 10)
+        policy = DialPolicy.from_connection(conn)
+        argv = self._ssh_argv(name, conn, inputs.get("environment") or {}, policy)
         stdin = inputs.get("stdin")
         started = time.time()
         t0 = time.monotonic()
-        for attempt in range(1, max(attempts, 1) + 1):
+        delays = policy.delays()
+        dials = 0
+        while True:
+            dials += 1
             proc = subprocess.run(
                 [*argv, command],
                 input=stdin if stdin is not None else "",
@@ -227,10 +350,13 @@ class Runner:
                 capture_output=True,
                 check=False,
             )
-            if proc.returncode == 255 and _DIAL_ERROR.search(proc.stderr) and attempt < attempts:
-                time.sleep(1)
+            lines = proc.stderr.splitlines()
+            dial_failed = proc.returncode == 255 and not any(_AUTHENTICATED.match(line) for line in lines)
+            if dial_failed and (policy.max_dials is None or dials < policy.max_dials):
+                time.sleep(next(delays))
                 continue
             break
+        stderr = "".join(line + "\n" for line in lines if not _SSH_CHATTER.match(line))
         result = CommandResult(
             name=name,
             action=action,
@@ -238,10 +364,12 @@ class Runner:
             command=command,
             returncode=proc.returncode,
             stdout=proc.stdout,
-            stderr=proc.stderr,
+            stderr=stderr,
             seconds=time.monotonic() - t0,
             started=started,
             finished=time.time(),
+            dials=dials,
+            dial_failed=dial_failed,
         )
         with self._lock:
             self.results.append(result)
@@ -249,7 +377,7 @@ class Runner:
             raise CommandFailed(result)
         return result
 
-    def _ssh_argv(self, name: str, conn: dict[str, Any], environment: dict[str, str]) -> list[str]:
+    def _ssh_argv(self, name: str, conn: dict[str, Any], environment: dict[str, str], policy: DialPolicy) -> list[str]:
         tmp = Path(self._tmp.name)
         key = tmp / f"{name}.key"
         if not key.exists():
@@ -260,9 +388,10 @@ class Runner:
         port = int(conn.get("port") or 22)
         argv = [
             *self.ssh_prefix, "ssh", "-T", "-i", str(key), "-p", str(port),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-            "-o", f"ConnectTimeout={int(conn.get('perDialTimeout') or 15)}",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=VERBOSE",
         ]  # fmt: skip
+        if policy.per_dial_timeout > 0:
+            argv += ["-o", f"ConnectTimeout={policy.per_dial_timeout}"]
         if conn.get("hostKey"):
             known = tmp / f"{name}.known_hosts"
             target = host if port == 22 else f"[{host}]:{port}"

@@ -1,13 +1,18 @@
 """What evaluating the program costs, and how much of the graph a change touches. Prints tables.
 
 Not a test. Two parts:
-  1. evaluation: `__main__.py` under mocks (preview and up) for 1, 10, 50 and 200 nodes: wall time,
-     peak RSS of a fresh process, registered resources, and the bytes of rendered mesh files.
+  1. evaluation: `__main__.py` under mocks (preview and up) for 1, 10, 50 and 200 nodes: wall time
+     of the evaluation, peak RSS of a fresh process, registered resources (and per node), and the
+     total bytes of the rendered wg-quick node configs, which a full mesh makes grow with N^2.
+     In preview the configs hold keys that are not known yet, so they are not rendered ("-").
+     Each row is `--repeat` fresh processes (default 3): the median time, its range, and the
+     largest peak. The targets (200 nodes in under 10 s and under 1 GiB, each mode, judged on
+     the median and the largest peak) are printed as met/missed.
   2. change cost on a 20-node stack: how many resources a change adds, removes or updates. Under
      mocks every key is derived from its name, so two runs differ exactly where inputs differ,
      which is what `pulumi preview` would report as an update.
 
-Run from the repo root:  .venv/bin/python bench/program_eval.py [--sizes 1 10 50 200]
+Run from the repo root:  .venv/bin/python bench/program_eval.py [--sizes 1 10 50 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import platform
 import resource
+import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -44,11 +53,31 @@ def stack(nodes: int) -> dict[str, Any]:
     return config
 
 
-def mesh_bytes(run: ProgramRun) -> int:
-    return sum(len(c.inputs.get("stdin", "")) for c in run.commands() if c.name.endswith("-mesh"))
+TARGET_NODES = 200
+TARGET_SECONDS = 10.0
+TARGET_MIB = 1024.0
 
 
-def measure_one(nodes: int, preview: bool) -> dict[str, float]:
+def wg_config(stdin: str) -> str:
+    """The wg-quick file a mesh command carries: its HARBOR_WG_CONFIG export, ahead of the script."""
+    exports = shlex.split(stdin.split("__harbor_main() {", 1)[0])
+    values = dict(item.split("=", 1) for item in exports[1::2])
+    return values["HARBOR_WG_CONFIG"]
+
+
+def mesh_config_bytes(run: ProgramRun) -> int | None:
+    """Total bytes of every node's rendered wg-quick config; None while they are unknown (preview)."""
+    total = 0
+    for command in run.commands():
+        if command.name.endswith("-mesh"):
+            stdin = command.inputs.get("stdin")
+            if not isinstance(stdin, str) or "__harbor_main() {" not in stdin:
+                return None
+            total += len(wg_config(stdin).encode())
+    return total
+
+
+def measure_one(nodes: int, preview: bool) -> dict[str, float | None]:
     """One evaluation in this process; called in a fresh child so peak RSS is its own."""
     config = stack(nodes)
     started = time.perf_counter()
@@ -57,16 +86,27 @@ def measure_one(nodes: int, preview: bool) -> dict[str, float]:
     return {
         "seconds": seconds,
         "resources": len(run.resources),
-        "mesh_bytes": mesh_bytes(run) if not preview else 0,
+        "mesh_bytes": mesh_config_bytes(run),
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def measure(nodes: int, preview: bool) -> dict[str, float]:
+def measure(nodes: int, preview: bool, repeat: int = 1) -> dict[str, Any]:
+    """`repeat` evaluations, each in a fresh process: median seconds (and range), largest peak."""
     code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from bench.program_eval import measure_one; "
     code += f"print(json.dumps(measure_one({nodes}, {preview})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    seconds = [r["seconds"] for r in runs]
+    return {
+        **runs[0],
+        "seconds": statistics.median(seconds),
+        "min_seconds": min(seconds),
+        "max_seconds": max(seconds),
+        "peak_mib": max(r["peak_mib"] for r in runs),
+    }
 
 
 def fingerprint(run: ProgramRun) -> dict[str, str]:
@@ -101,23 +141,74 @@ def change_cost(nodes: int = 20) -> list[tuple[str, int, int, list[str]]]:
     return rows
 
 
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_kib / 2**20:.0f} GiB, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def targets(rows: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+    lines = []
+    for mode in ("preview", "up"):
+        m = rows.get((TARGET_NODES, mode))
+        if m is None:
+            lines.append(f"  {mode}: {TARGET_NODES} nodes not measured (add {TARGET_NODES} to --sizes)")
+            continue
+        time_ok = "met" if m["seconds"] < TARGET_SECONDS else "MISSED"
+        mem_ok = "met" if m["peak_mib"] < TARGET_MIB else "MISSED"
+        lines.append(
+            f"  {mode:<7} {TARGET_NODES} nodes: median {m['seconds']:.2f} s < {TARGET_SECONDS:.0f} s {time_ok}"
+            f" (range {m['min_seconds']:.2f}-{m['max_seconds']:.2f} s); "
+            f"peak {m['peak_mib']:.0f} MiB < {TARGET_MIB:.0f} MiB {mem_ok}"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, TARGET_NODES])
+    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per row (median time)")
     args = parser.parse_args()
 
-    print("Program evaluation under mocks (fresh process per row)")
-    header = ("nodes", 6), ("mode", 8), ("seconds", 8), ("peak MiB", 9), ("resources", 10), ("per node", 9)
-    print(" ".join(f"{name:>{width}}" for name, width in header), f"{'mesh stdin KiB':>15}")
+    print(f"Machine: {machine()}")
+    print(
+        f"\nProgram evaluation under mocks ({args.repeat} fresh processes per row; seconds = the evaluation"
+        " itself, median and range; peak = the largest)"
+    )
+    header = (
+        ("nodes", 6),
+        ("mode", 8),
+        ("seconds", 8),
+        ("range", 12),
+        ("peak MiB", 9),
+        ("resources", 10),
+        ("per node", 9),
+        ("mesh conf KiB", 14),
+        ("bytes/N^2", 10),
+    )
+    print(" ".join(f"{name:>{width}}" for name, width in header))
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
     for nodes in args.sizes:
         for mode, preview in (("preview", True), ("up", False)):
-            m = measure(nodes, preview)
+            m = measure(nodes, preview, args.repeat)
+            rows[(nodes, mode)] = m
             per_node = m["resources"] / nodes
-            mesh = f"{m['mesh_bytes'] / 1024:15.1f}" if not preview else f"{'-':>15}"
+            if m["mesh_bytes"] is None:
+                mesh, growth = f"{'-':>14}", f"{'-':>10}"
+            else:
+                mesh, growth = f"{m['mesh_bytes'] / 1024:14.1f}", f"{m['mesh_bytes'] / nodes**2:10.0f}"
+            spread = f"{m['min_seconds']:.2f}-{m['max_seconds']:.2f}"
             print(
-                f"{nodes:>6} {mode:>8} {m['seconds']:8.2f} {m['peak_mib']:9.0f} {m['resources']:>10.0f}"
-                f" {per_node:9.2f} {mesh}"
+                f"{nodes:>6} {mode:>8} {m['seconds']:8.2f} {spread:>12} {m['peak_mib']:9.0f} {m['resources']:>10.0f}"
+                f" {per_node:9.2f} {mesh} {growth}"
             )
+    print(f"\nTargets ({TARGET_NODES} nodes: under {TARGET_SECONDS:.0f} s and under {TARGET_MIB:.0f} MiB):")
+    print("\n".join(targets(rows)))
 
     print("\nChange cost on a 20-node stack (resources the engine would add, remove, update)")
     print(f"{'change':<18} {'added':>6} {'removed':>8} {'updated':>8}  which updated")

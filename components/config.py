@@ -172,7 +172,7 @@ class Node(_Model):
     ssh_user: str | None = None
     ssh_port: Port | None = None
     ssh_private_key: SecretStr | None = None
-    # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset means trust on first use.
+    # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset means no host-key check at all.
     ssh_host_key: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[str] = Field(default_factory=list)

@@ -32,7 +32,7 @@ class SshTarget:
     port: int
     user: str
     private_key: str
-    host_key: str | None  # "ssh-ed25519 AAAA..." pins the server; None trusts on first use
+    host_key: str | None  # "ssh-ed25519 AAAA..." pins the server; None accepts any key (with a warning)
 
 
 def load_private_key(text: str) -> paramiko.PKey:
@@ -71,7 +71,7 @@ class ApiTunnel:
 
     def _check_host_key(self, key: paramiko.PKey) -> None:
         if self.target.host_key is None:
-            pulumi.log.warn(f"ssh tunnel: trusting {self.target.host}'s host key on first use; pin it with sshHostKey")
+            pulumi.log.warn(f"ssh tunnel: {self.target.host}'s host key is not checked; pin it with sshHostKey")
             return
         kind, _, blob = self.target.host_key.strip().partition(" ")
         if key.get_name() != kind or key.asbytes() != base64.b64decode(blob.split()[0]):

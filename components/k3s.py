@@ -54,6 +54,31 @@ def _install(
     )
 
 
+def _on_first_server(
+    name: str,
+    config: HarborConfig,
+    env: dict[str, pulumi.Input[str]],
+    opts: pulumi.ResourceOptions,
+    *,
+    create: str,
+    delete: str | None,
+    update: str | None = None,
+) -> pulumi.Resource:
+    """A k3s-lifecycle.sh step; it runs on the first server, whose kubectl reaches the API locally."""
+    return node_command(
+        name,
+        config,
+        config.first_server,
+        "k3s-lifecycle.sh",
+        create=create,
+        update=update,
+        delete=delete,
+        env=env,
+        secret=False,
+        opts=opts,
+    )
+
+
 def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
     return {
         "HARBOR_NODE_NAME": node.name,
@@ -81,20 +106,13 @@ def drain_departed_nodes(config: HarborConfig) -> pulumi.Resource:
     firewall wait for this step, which drains it while it is still connected. The removed node's
     own `registered` delete then finds it drained.
     """
-    return node_command(
-        "cluster-departures",
-        config,
-        config.first_server,
-        "k3s-lifecycle.sh",
-        create="drain-departed",
-        delete=None,
-        env={
-            "HARBOR_CLUSTER_NODES": "\n".join(node.name for node in config.nodes),
-            "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
-            "HARBOR_FORCE": "true" if config.decommission.force else "false",
-        },
-        secret=False,
-        opts=pulumi.ResourceOptions(),
+    env: dict[str, pulumi.Input[str]] = {
+        "HARBOR_CLUSTER_NODES": "\n".join(node.name for node in config.nodes),
+        "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
+        "HARBOR_FORCE": "true" if config.decommission.force else "false",
+    }
+    return _on_first_server(
+        "cluster-departures", config, env, pulumi.ResourceOptions(), create="drain-departed", delete=None
     )
 
 
@@ -122,16 +140,13 @@ def _registered(
     config: HarborConfig, node: Node, parent: pulumi.Resource, install: pulumi.Resource, delete: str | None
 ) -> pulumi.Resource:
     """The step on the first server that makes `node`'s Node object match the stack."""
-    return node_command(
+    return _on_first_server(
         f"{node.name}-registered",
         config,
-        config.first_server,
-        "k3s-lifecycle.sh",
+        _reconcile_env(config, node),
+        pulumi.ResourceOptions(parent=parent, depends_on=[install]),
         create="reconcile",
         delete=delete,
-        env=_reconcile_env(config, node),
-        secret=False,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[install]),
     )
 
 
@@ -154,18 +169,15 @@ class _JoinedNode(pulumi.ComponentResource):
     ) -> None:
         """`after`: the `registered` steps of the nodes this one waits for (see `upgrade_waits`)."""
         super().__init__(self.pulumi_type, name, None, opts)
-        node_object = node_command(
+        node_object = _on_first_server(
             f"{node.name}-node-object",
             config,
-            config.first_server,
-            "k3s-lifecycle.sh",
+            _lifecycle_env(config, node),
+            # On delete the Node object goes before the node's own mesh and firewall (DESIGN §3.4).
+            pulumi.ResourceOptions(parent=self, depends_on=[*after, *depends_on]),
             create="node-object",
             update="prepare-upgrade",
             delete="delete-node",
-            env=_lifecycle_env(config, node),
-            secret=False,
-            # On delete the Node object goes before the node's own mesh and firewall (DESIGN §3.4).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *depends_on]),
         )
         self.install = _install(config, node, token, self, [node_object, *depends_on])
         self.registered = _registered(config, node, self, self.install, delete="drain")

@@ -2,7 +2,8 @@
 
 pulumi-command sends one `stdin` to every action of a Command (create, update, delete), so the
 payload holds the whole script and the command line picks the action: `bash -s -- apply`.
-Parameters travel as `export` lines ahead of the script body, so secrets never show in `ps`.
+Parameters travel as shell assignments ahead of the script body, so secrets never show in `ps`;
+they are not exported, so the programs a script starts (apt-get, systemctl, wg) never inherit them.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ def node_script(name: str) -> str:
 
 
 def script_payload(script: str, env: Mapping[str, str]) -> str:
-    """The stdin for `bash -s -- ACTION`: parameter exports, then the script itself."""
+    """The stdin for `bash -s -- ACTION`: parameter assignments, then the script itself."""
     lines = []
     for key in sorted(env):
         if not _ENV_NAME.match(key):
             raise ValueError(f"{key!r} is not a HARBOR_* parameter name")
-        lines.append(f"export {key}={shlex.quote(env[key])}")
+        lines.append(f"{key}={shlex.quote(env[key])}")
     body = script.split("\n", 1)[1] if script.startswith("#!") else script
     # bash parses a whole function before running it, and the body's stdin is /dev/null, so no
     # command in the script (apt-get, ssh) can swallow the rest of the script from stdin.

@@ -33,10 +33,9 @@ def stack_run(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ProgramRu
 
 
 def _env(command: Registered) -> dict[str, str]:
-    """Parameters of a node command, read back from the `export` lines ahead of its script."""
-    exports = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
-    assert exports[::2] == ["export"] * (len(exports) // 2)
-    return dict(item.split("=", 1) for item in exports[1::2])
+    """Parameters of a node command, read back from the assignments ahead of its script."""
+    assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
+    return dict(item.split("=", 1) for item in assignments)
 
 
 def test_every_node_gets_mesh_firewall_and_k3s(stack_run) -> None:

@@ -20,8 +20,8 @@ NEW_VERSION = "v1.32.1+k3s1"
 
 
 def _env(command: Registered) -> dict[str, str]:
-    exports = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
-    return dict(item.split("=", 1) for item in exports[1::2])
+    assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
+    return dict(item.split("=", 1) for item in assignments)
 
 
 def _inputs(run: ProgramRun) -> dict[str, Any]:

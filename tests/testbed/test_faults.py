@@ -186,7 +186,7 @@ LEFTOVERS = {
 
 
 def nft_table(stdin: str) -> str:
-    match = re.search(r"^export HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
+    match = re.search(r"^HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
     assert match, "the firewall payload exports no HARBOR_NFT_TABLE"
     return match.group(1).strip("'")
 

@@ -92,7 +92,7 @@ def interface_identity(tb: Testbed, node: str) -> str:
 
 def nft_table(stdin: str) -> str:
     """The table name a firewall command's payload exports (HARBOR_NFT_TABLE)."""
-    match = re.search(r"^export HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
+    match = re.search(r"^HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
     assert match, "the firewall payload exports no HARBOR_NFT_TABLE"
     return match.group(1).strip("'")
 

@@ -11,6 +11,7 @@ the namespaces. k3s itself cannot run here; its scripts are driven with fakes of
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -49,9 +50,13 @@ def test_script_is_shellcheck_clean(name: str) -> None:
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_delivered_payload_is_shellcheck_clean(name: str, tmp_path: Path) -> None:
-    # What the node really runs: exports, then the body inside a function (components/render/remote.py).
+    # What the node really runs: assignments, then the body inside a function (components/render/remote.py).
+    script = (SCRIPTS / name).read_text()
+    # a parameter the script really reads, assigned ahead of it as the program does
+    parameter = re.search(r"\$\{(HARBOR_[A-Z0-9_]+)", script)
+    assert parameter, f"{name} reads no HARBOR_* parameter"
     payload = tmp_path / "payload.sh"
-    payload.write_text(script_payload((SCRIPTS / name).read_text(), {"HARBOR_EXAMPLE": "value"}))
+    payload.write_text(script_payload(script, {parameter.group(1): "value"}))
     result = _shellcheck("-s", "bash", str(payload))
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -53,6 +53,17 @@ users:
 """
 
 
+@dataclass(frozen=True)
+class AliasSpec:
+    """One alias as the SDK sends it (`aliasSpecs`): empty fields mean "the resource's own"."""
+
+    name: str = ""
+    type: str = ""
+    parent_urn: str = ""
+    no_parent: bool = False
+    urn: str = ""  # an alias given as a whole URN (SDKs without alias specs)
+
+
 @dataclass
 class Registered:
     type: str
@@ -67,6 +78,13 @@ class Registered:
     custom: bool
     provider: str | None = None  # urn of the explicit provider, if any
     raw_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
+    # Options the engine acts on after the program has exited (deletes, replaces, renames).
+    deleted_with: str | None = None
+    retain_on_delete: bool = False
+    protect: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    alias_specs: list[AliasSpec] = field(default_factory=list)
 
     def public_text(self) -> str:
         """The inputs as JSON with every secret-wrapped value cut out: what a non-secret reader sees."""
@@ -143,12 +161,87 @@ def _is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
 
 
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def _alias_spec(alias: Any) -> AliasSpec:
+    """An `Alias` message: a spec, or (older SDKs) a whole URN."""
+    if alias.WhichOneof("alias") == "urn":
+        return AliasSpec(urn=alias.urn)
+    spec = alias.spec
+    return AliasSpec(name=spec.name, type=spec.type, parent_urn=spec.parentUrn, no_parent=spec.noParent)
+
+
+def engine_urn(parent: str | None, type_: str, name: str, *, stack: str = STACK, project: str = PROJECT) -> str:
+    """The URN the engine gives a resource: its parents' type chain (without the root stack), its type, its name.
+
+    The SDK's MockMonitor keeps only the immediate parent's type; identity tests need the real rule.
+    """
+    qualified = type_
+    if parent:
+        parent_type = parent.split("::")[2]
+        if parent_type != ROOT_STACK_TYPE:
+            qualified = f"{parent_type}${type_}"
+    return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
+
+
+def _urn_parts(urn: str) -> tuple[str, str]:
+    """(qualified type, name) of a URN."""
+    _, _, qualified, name = urn.split("::", 3)
+    return qualified, name
+
+
+def resolve_identities(resources: list[Registered], old_urns: set[str]) -> dict[str, str | None]:
+    """For each registered resource, the URN of `old_urns` it takes over, as the engine's step generator does.
+
+    A resource is matched by its own URN first, then by its aliases in order; a child also inherits the
+    alias its parent was matched by (with the parent's name prefix swapped in its own name). Resources
+    must come in registration order (parents first), as the program registers them. None: a create.
+    """
+    matched: dict[str, str | None] = {}
+    via_alias: dict[str, str] = {}  # new URN -> old URN it was found under, for its children
+
+    def collapse(resource: Registered, spec: AliasSpec) -> str:
+        if spec.urn:
+            return spec.urn
+        parent = spec.parent_urn or resource.parent or ""
+        if spec.parent_urn and spec.parent_urn in via_alias:
+            parent = via_alias[spec.parent_urn]
+        if spec.no_parent:
+            parent = ""
+        return engine_urn(parent or None, spec.type or resource.type, spec.name or resource.name)
+
+    def inherited(child_type: str, child_name: str, parent_name: str, parent_alias: str) -> str:
+        alias_qualified, alias_name = _urn_parts(parent_alias)
+        name = alias_name + child_name[len(parent_name) :] if child_name.startswith(parent_name) else child_name
+        stack_project = parent_alias.split("::")[0:2]
+        return "::".join([*stack_project, f"{alias_qualified}${child_type}", name])
+
+    for resource in resources:
+        candidates = [resource.urn] + [collapse(resource, spec) for spec in resource.alias_specs]
+        if resource.parent and resource.parent in via_alias:
+            parent_alias = via_alias[resource.parent]
+            parent_name = _urn_parts(resource.parent)[1]
+            candidates.append(inherited(resource.type, resource.name, parent_name, parent_alias))
+            for spec in resource.alias_specs:
+                qualified, name = _urn_parts(collapse(resource, spec))
+                candidates.append(inherited(qualified.split("$")[-1], name, parent_name, parent_alias))
+        found = next((urn for urn in candidates if urn in old_urns), None)
+        matched[resource.urn] = found
+        if found is not None and found != resource.urn:
+            via_alias[resource.urn] = found
+    return matched
+
+
 class RecordingMonitor(mocks.MockMonitor):
     def __init__(self, mocks_: mocks.Mocks) -> None:
         super().__init__(mocks_)
         self.registered: list[Registered] = []
         self.stack_outputs: dict[str, Any] = {}
         self.stack_urn: str | None = None
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        return engine_urn(parent or None, type_, name)
 
     def RegisterResource(self, request: Any) -> Any:
         raw = json_format.MessageToDict(request.object)
@@ -174,6 +267,12 @@ class RecordingMonitor(mocks.MockMonitor):
                 # a provider reference is "<urn>::<id>"
                 provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
                 raw_inputs=raw,
+                deleted_with=request.deletedWith or None,
+                retain_on_delete=bool(request.retainOnDelete),
+                protect=bool(request.protect),
+                ignore_changes=list(request.ignoreChanges),
+                replace_on_changes=list(request.replaceOnChanges),
+                alias_specs=[_alias_spec(alias) for alias in request.aliases],
             )
         )
         return response

@@ -282,13 +282,24 @@ class Runner:
         dependents = {n: {m for m in wanted if n in self.deps[m]} for n in wanted}
         return self._schedule(wanted, "delete", lambda n: dependents[n], continue_on_error)
 
-    def _schedule(
+    def schedule(
         self,
         wanted: set[str],
-        action: str,
+        action: str | Callable[[str], str],
         waits_for: Callable[[str], set[str]],
         continue_on_error: bool = False,
     ) -> list[CommandResult]:
+        """Run `action` (one for all, or one per command) of the wanted commands once `waits_for` are done."""
+        return self._schedule(wanted, action, waits_for, continue_on_error)
+
+    def _schedule(
+        self,
+        wanted: set[str],
+        action: str | Callable[[str], str],
+        waits_for: Callable[[str], set[str]],
+        continue_on_error: bool = False,
+    ) -> list[CommandResult]:
+        action_of = action if callable(action) else (lambda _name: action)
         pending = set(wanted)
         finished: set[str] = set()
         results: list[CommandResult] = []
@@ -300,7 +311,7 @@ class Runner:
                     for name in sorted(pending):
                         if waits_for(name) <= finished:
                             pending.discard(name)
-                            running[pool.submit(self.run_one, name, action)] = name
+                            running[pool.submit(self.run_one, name, action_of(name))] = name
                 if not running:
                     if not failures and pending:
                         raise ValueError(f"cannot order {sorted(pending)}")

@@ -6,13 +6,20 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pulumi.runtime.config import CONFIG, get_config_env
+from pydantic import SecretStr
 
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD
-from components.config import PROJECT, ConfigError, HarborConfig, load_config, read_pulumi_config
-from components.firewall import NodeFirewall
+from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
+from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
-from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, drain_departed_nodes, upgrade_waits
+from components.k3s import (
+    NodePreflight,
+    cluster_identity,
+    drain_departed_nodes,
+    k3s_cluster,
+    read_api_credential,
+)
 from components.mesh import WireGuardMesh
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
@@ -37,26 +44,39 @@ config = stack_config()
 stack = pulumi.get_stack()
 first = config.first_server
 
-token: pulumi.Output[str] = (
-    pulumi.Output.secret(config.k3s.token.get_secret_value())
-    if config.k3s.token is not None
-    else random.RandomPassword("k3s-token", length=48, special=False).result
-)
 
-# A node removed from the stack is drained before the others' mesh and firewall drop it.
-departures = [drain_departed_nodes(config)]
-mesh = WireGuardMesh("mesh", config, after=departures) if config.mesh.enabled else None
+def join_token(name: str, given: SecretStr | None) -> pulumi.Output[str]:
+    """A join token from stack config, or one generated (and kept secret) in state."""
+    value = (
+        given.get_secret_value() if given is not None else random.RandomPassword(name, length=48, special=False).result
+    )
+    return pulumi.Output.secret(value)
+
+
+server_token = join_token("k3s-token", config.k3s.token)
+agent_token = join_token("k3s-agent-token", config.k3s.agent_token)
+forget = list(config.decommission.forget)
+
+# Nothing changes on any node until every node has passed its preflight; then a node removed from
+# the stack is drained before the others' mesh and firewall drop it.
+cluster_id = cluster_identity()
+preflight = NodePreflight("preflight", config, forget, after=[cluster_id])
+departures = [drain_departed_nodes(config, after=[preflight])]
+mesh = WireGuardMesh("mesh", config, forget, after=departures) if config.mesh.enabled else None
 firewalls = (
     {node.name: NodeFirewall(f"{node.name}-firewall", config, node, after=departures) for node in config.nodes}
     if config.firewall.enabled
     else {}
 )
+if config.firewall.enabled:
+    for forgotten in forget:
+        forgotten_firewall(forgotten)
 
 
-def prerequisites(node_name: str) -> list[pulumi.Resource]:
+def prerequisites(node: Node) -> list[pulumi.Resource]:
     """What must be on a node, and on the first server, before k3s goes on it."""
-    needed: list[pulumi.Resource] = []
-    for name in dict.fromkeys([node_name, first.name]):
+    needed: list[pulumi.Resource] = [*departures]
+    for name in dict.fromkeys([node.name, first.name]):
         if mesh is not None:
             needed.append(mesh.applied[name])
         if name in firewalls:
@@ -64,20 +84,8 @@ def prerequisites(node_name: str) -> list[pulumi.Resource]:
     return needed
 
 
-server = K3sServer(f"{first.name}-server", config, first, token, depends_on=prerequisites(first.name))
-registered: dict[str, pulumi.Resource] = {first.name: server.registered}
-# Servers first, one at a time, then agents upgradeConcurrency at a time (components/k3s.py).
-for node_name, waits in upgrade_waits(config).items():
-    node = next(n for n in config.nodes if n.name == node_name)
-    joined = K3sJoinedServer if node.role == "server" else K3sAgent
-    registered[node.name] = joined(
-        f"{node.name}-{node.role}",
-        config,
-        node,
-        token,
-        after=[registered[name] for name in waits],
-        depends_on=prerequisites(node.name),
-    ).registered
+k3s_nodes = k3s_cluster(config, server_token, agent_token, prerequisites, lifetime=cluster_id)
+api_credential = read_api_credential(config, after=[k3s_nodes[first.name].registered])
 
 if config.k3s.api_access == "mesh":
     api_server = f"https://{first.mesh_address}:{API_PORT}"
@@ -99,19 +107,24 @@ def cluster_kubeconfig(raw: str) -> str:
     return kubeconfig_for(raw, api_server, context=f"harbor-{stack}")
 
 
-kubeconfig = pulumi.Output.secret(server.raw_kubeconfig.apply(cluster_kubeconfig))
+kubeconfig = pulumi.Output.secret(api_credential.stdout.apply(cluster_kubeconfig))
 # Namespace-less objects of the Argo CD manifests land in its namespace; nothing else is applied here.
 cluster = k8s.Provider(
     "cluster",
     kubeconfig=kubeconfig,
     namespace=ARGOCD_NAMESPACE,
     enable_server_side_apply=True,
-    opts=pulumi.ResourceOptions(depends_on=[server]),
+    opts=pulumi.ResourceOptions(depends_on=[api_credential]),
 )
 
 # The Sealed Secrets key pair lives in state (its backup) and reaches the cluster before Argo CD
 # deploys the controller, which adopts it. Secrets from stack config go to git only sealed with it.
-sealing = SealedSecretsKey("sealed-secrets", cluster) if config.components.sealed_secrets.enabled else None
+# Objects in the cluster go with the cluster: deleting them needs no API (the engine inherits
+# deletedWith from a component to its children, remote ones included).
+with_cluster = pulumi.ResourceOptions(deleted_with=cluster_id, depends_on=[cluster_id])
+sealing = (
+    SealedSecretsKey("sealed-secrets", cluster, opts=with_cluster) if config.components.sealed_secrets.enabled else None
+)
 sealed_files: dict[str, pulumi.Output[str]] = {}
 for spec in secret_specs(config):
     assert sealing is not None  # config validation requires sealedSecrets for these components
@@ -124,7 +137,7 @@ for spec in secret_specs(config):
     ).manifest
 
 gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
-ArgoCD("argocd", config, cluster, depends_on=[gitops, *([sealing] if sealing is not None else [])])
+ArgoCD("argocd", config, cluster, depends_on=[gitops, *([sealing] if sealing is not None else [])], opts=with_cluster)
 
 ssh_target = f"{config.ssh_user(first)}@{first.host}"
 kube = f"KUBECONFIG=~/.kube/harbor-{stack}.yaml"
@@ -135,7 +148,9 @@ else:
     dashboard = f"{kube} argocd admin dashboard --core --namespace {ARGOCD_NAMESPACE}  # with the mesh up"
 
 pulumi.export("kubeconfig", kubeconfig)
-pulumi.export("k3sToken", server.token)
+pulumi.export("clusterId", cluster_id.result)
+pulumi.export("k3sToken", server_token)
+pulumi.export("k3sAgentToken", agent_token)
 pulumi.export(
     "nodes",
     [

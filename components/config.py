@@ -67,6 +67,7 @@ MANAGED_K3S_FLAGS = frozenset(
         "node-label",
         "node-taint",
         "write-kubeconfig-mode",
+        "secrets-encryption",
     )
 )
 
@@ -271,6 +272,14 @@ class K3s(_Model):
     airgap: bool = False
     upgrade_concurrency: int = Field(default=1, ge=1)
     etcd_snapshots: EtcdSnapshots | None = None
+    # The server that bootstraps the cluster, by name: the list's order must not decide it, or a
+    # reorder would move the cluster's origin (and the identity of every step that runs there).
+    first_server: str | None = None
+    # Agents join with this token only; the server token (k3s: equivalent to cluster admin) stays
+    # on the servers. Generated in state when unset.
+    agent_token: SecretStr | None = None
+    # k3s encrypts Secrets at rest in the datastore (and so in etcd snapshots).
+    secrets_encryption: bool = True
 
     @field_validator("version")
     @classmethod
@@ -454,6 +463,18 @@ class Decommission(_Model):
     # Skip the steps that need an unreachable node instead of failing on them.
     force: bool = False
     drain_timeout_seconds: int = Field(default=120, ge=10)
+    # Names of nodes that left `nodes` and cannot be reached: their steps are disarmed (nothing
+    # dials them again) and their Node objects are deleted without a drain.
+    forget: list[str] = Field(default_factory=list)
+
+    @field_validator("forget")
+    @classmethod
+    def _forget(cls, value: list[str]) -> list[str]:
+        for name in value:
+            Node._dns_label(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a node twice")
+        return value
 
 
 # --- the whole stack -----------------------------------------------------------------------
@@ -482,7 +503,9 @@ class HarborConfig(_Model):
 
     @property
     def first_server(self) -> Node:
-        return self.servers[0]
+        """The server that bootstraps the cluster: `k3s.firstServer`, or the only server."""
+        name = self.k3s.first_server or self.servers[0].name
+        return next(node for node in self.nodes if node.name == name)
 
     def node_address(self, node: Node) -> str:
         """Where cluster traffic for `node` goes: its mesh address, or its private one."""
@@ -554,6 +577,28 @@ class HarborConfig(_Model):
             )
         if self.k3s.datastore == "etcd" and count not in (1, 3, 5):
             raise ValueError(f"nodes: embedded etcd needs 1, 3 or 5 servers for quorum, found {count}")
+        first = self.k3s.first_server
+        if first is None and count > 1:
+            raise ValueError(
+                f"k3s.firstServer: is required with {count} servers: name the server that bootstrapped the "
+                f"cluster (before this key existed, the first server listed: {self.servers[0].name!r}; "
+                "for a new cluster, any of them)"
+            )
+        if first is not None and first not in [node.name for node in self.servers]:
+            raise ValueError(
+                f"k3s.firstServer: {first!r} is not a server in nodes; servers: {[n.name for n in self.servers]}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _forgotten_nodes(self) -> HarborConfig:
+        names = {node.name for node in self.nodes}
+        for i, name in enumerate(self.decommission.forget):
+            if name in names:
+                raise ValueError(
+                    f"decommission.forget[{i}]: {name!r} is still in nodes; remove it from nodes to decommission "
+                    "it, and list it here only when it cannot be reached"
+                )
         return self
 
     @model_validator(mode="after")

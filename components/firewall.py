@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from components.config import HarborConfig, Node
-from components.remote import node_command
+from components.remote import disarmed_command, node_command
 from components.render.nftables import TABLE_NAME, render_nftables
 
 
@@ -36,3 +36,11 @@ class NodeFirewall(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
         )
         self.register_outputs({})
+
+
+def forgotten_firewall(node_name: str) -> pulumi.Resource:
+    """The firewall step of a node in `decommission.forget`: same identity, disarmed (see remote.py)."""
+    component = pulumi.ComponentResource("space-harbor:index:NodeFirewall", f"{node_name}-firewall")
+    disarmed_command(f"{node_name}-firewall", node_name, pulumi.ResourceOptions(parent=component))
+    component.register_outputs({})
+    return component

@@ -1,68 +1,333 @@
-"""K3sServer and K3sAgent: config.yaml-driven installs, joins, upgrades and the decommission order.
+"""K3sNode: one node's k3s steps (install, upgrade chain, registration, decommission), from config.yaml.
 
-Per joined node there are three commands. Their dependencies give both orders:
+Every node, the first server included, gets the same commands, so a reordered `nodes`
+list, a change of `k3s.firstServer` or of the node that steps run on changes inputs only and never
+a resource's identity (a new identity would be a delete, and a k3s delete is an uninstall):
 
-  node-object  (on the first server)  create: check the API   update: prepare-upgrade (drain)
-                                                               delete: delete the Node object
-  install      (on the node)          create/update: install k3s from config.yaml
-                                                               delete: uninstall
-  registered   (on the first server)  create/update: reconcile (Ready, version, labels, taints,
-                                                     uncordon)  delete: drain
+  preflight    (on the node)          create: read-only checks (components/scripts/preflight.sh)
+  node-object  (on the first server)  create: check the API            delete: delete the Node object
+  k3s          (on the node)          create: install k3s from config.yaml at k3s.version
+                                      update: reconfigure (config.yaml, registries; never the version)
+                                      delete: uninstall
+  drain        (on the first server)  update: before an upgrade, refuse a downgrade, cordon and drain
+  upgrade      (on the node)          update: install the new k3s.version
+  uncordon     (on the first server)  update: confirm Ready at the new version, uncordon
+  registered   (on the first server)  create/update: Ready, labels, taints   delete: drain
 
-Pulumi runs creates and updates in dependency order and deletes in the reverse, so a version
-change drains, upgrades and uncordons each node in turn, and a removed node is drained,
-uninstalled and then deleted from the API (DESIGN §3.4). Which node waits for which comes from
-`upgrade_waits`: servers one at a time, then agents `k3s.upgradeConcurrency` at a time.
+Install and upgrade are separate resources because Pulumi's graph is static: creates follow the
+same dependencies as updates. `drain`, `upgrade` and `uncordon` have no create command, so on day
+one they cost nothing (pulumi-command dials nobody for a missing command) and every node installs
+in parallel; on a version change their updates run in the chain `upgrade_chain` gives: the first
+server, the other servers one at a time, then agents `k3s.upgradeConcurrency` at a time. The
+install's update never changes the version, so a version change moves nodes only through that
+chain. A node added later installs the current version at once.
+
+Pulumi deletes dependents first, so a removed node is drained (registered), uninstalled (k3s), and
+then its Node object deleted (node-object), before its mesh and firewall go. The steps that only
+matter while the cluster lives (registered, node-object) are `deleted_with` the stack's API
+credential step: when that goes, the whole cluster goes (`pulumi destroy`), and they are skipped
+instead of draining nodes one by one or failing against an API that is being torn down.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_random as random
 
 from components.config import HarborConfig, Node
-from components.remote import node_command
+from components.remote import disarmed_command, node_command
 from components.render.k3s import render_config_yaml
+from components.render.preflight import preflight_env
+
+NODE_TYPE = "space-harbor:index:K3sNode"
+# Before the first server was chosen by name, each role had a component type of its own; these
+# aliases keep every existing node's steps (and so its k3s) through the change of type.
+LEGACY_COMPONENTS = (
+    ("space-harbor:index:K3sServer", "server"),
+    ("space-harbor:index:K3sJoinedServer", "server"),
+    ("space-harbor:index:K3sAgent", "agent"),
+)
+STEPS = ("node-object", "k3s", "drain", "upgrade", "uncordon", "registered")
 
 
-def _install(
-    config: HarborConfig,
-    node: Node,
-    token: pulumi.Input[str],
-    parent: pulumi.Resource,
-    depends_on: list[pulumi.Resource],
-) -> pulumi.Resource:
-    """The k3s install on `node`, from a config.yaml that carries the token (so stdin is secret)."""
-    config_yaml = pulumi.Output.from_input(token).apply(lambda value: render_config_yaml(config, node, value))
-    return node_command(
-        f"{node.name}-k3s",
-        config,
-        node,
-        "k3s.sh",
-        create="install",
-        delete="uninstall",
-        env={
+def node_component_name(node_name: str) -> str:
+    # Not a prefix of the step names: the engine renames an aliased parent's children by that prefix.
+    return f"{node_name}-k3s-node"
+
+
+def legacy_aliases(node_name: str) -> list[pulumi.Alias]:
+    return [pulumi.Alias(name=f"{node_name}-{suffix}", type_=type_) for type_, suffix in LEGACY_COMPONENTS]
+
+
+def cluster_order(config: HarborConfig) -> list[Node]:
+    """The first server, the other servers, then the agents, each group by name: never by list position."""
+    first = config.first_server
+    others = sorted((n for n in config.servers if n.name != first.name), key=lambda n: n.name)
+    return [first, *others, *sorted(config.agents, key=lambda n: n.name)]
+
+
+def upgrade_chain(config: HarborConfig) -> dict[str, list[str]]:
+    """For each node, the nodes whose upgrade must be confirmed (uncordoned) before its own starts.
+
+    Servers go one at a time after the first, so etcd keeps quorum; agents go after every server,
+    at most `k3s.upgradeConcurrency` at once.
+    """
+    order = cluster_order(config)
+    servers = [n.name for n in order if n.role == "server"]
+    agents = [n.name for n in order if n.role == "agent"]
+    chain: dict[str, list[str]] = {servers[0]: []}
+    for previous, server in itertools.pairwise(servers):
+        chain[server] = [previous]
+    window = config.k3s.upgrade_concurrency
+    for index, agent in enumerate(agents):
+        chain[agent] = [servers[-1]] + ([agents[index - window]] if index >= window else [])
+    return chain
+
+
+def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
+    return {
+        "HARBOR_NODE_NAME": node.name,
+        "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
+        "HARBOR_FORCE": "true" if config.decommission.force else "false",
+    }
+
+
+@dataclass
+class K3sNodeArgs:
+    """What one node's steps need: the validated config, the node, and the steps they wait for."""
+
+    config: HarborConfig
+    node: Node
+    server_token: pulumi.Input[str]
+    agent_token: pulumi.Input[str]
+    # mesh, firewall (and through them every preflight) of this node and of the first server
+    prerequisites: list[pulumi.Resource]
+    # before the install: the first server's k3s (for node-object) and Ready (for joins)
+    first_install: pulumi.Resource | None = None
+    join_after: list[pulumi.Resource] = field(default_factory=list)
+    # before the drain of an upgrade: the `uncordon` steps of the nodes `upgrade_chain` names
+    upgrade_after: list[pulumi.Resource] = field(default_factory=list)
+    # deleted with the cluster: the stack's API credential step (None until it exists)
+    cluster_lifetime: pulumi.Resource | None = None
+
+
+class K3sNode(pulumi.ComponentResource):
+    """A node's k3s steps; see the module documentation for their order."""
+
+    install: pulumi.Resource
+    uncordon: pulumi.Resource
+    registered: pulumi.Resource
+
+    def __init__(self, args: K3sNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        node, config = args.node, args.config
+        super().__init__(
+            NODE_TYPE,
+            node_component_name(node.name),
+            None,
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=legacy_aliases(node.name))),
+        )
+        is_first = node.name == config.first_server.name
+        lifecycle = _lifecycle_env(config, node)
+        # The engine wants a deletedWith target to exist before the resource: depend on it too.
+        with_cluster = pulumi.ResourceOptions(
+            parent=self,
+            deleted_with=args.cluster_lifetime,
+            depends_on=_present(args.cluster_lifetime),
+        )
+
+        def node_object(after: list[pulumi.Resource]) -> pulumi.Resource:
+            # Deleted after the uninstall and before the node's own mesh and firewall.
+            return _on_first_server(
+                f"{node.name}-node-object",
+                config,
+                lifecycle,
+                pulumi.ResourceOptions.merge(
+                    with_cluster, pulumi.ResourceOptions(depends_on=[*args.prerequisites, *after])
+                ),
+                create="node-object",
+                delete="delete-node",
+            )
+
+        config_yaml = pulumi.Output.all(args.server_token, args.agent_token).apply(
+            lambda tokens: render_config_yaml(config, node, server_token=tokens[0], agent_token=tokens[1])
+        )
+        install_env: dict[str, pulumi.Input[str]] = {
             "HARBOR_K3S_ROLE": node.role,
             "HARBOR_K3S_VERSION": config.k3s.version,
             "HARBOR_K3S_CONFIG": config_yaml,
             "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
-        },
-        secret=True,
-        # Create-then-delete would uninstall what the new install just put on the same host.
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on, delete_before_replace=True),
-    )
+        }
+
+        def install(after: list[pulumi.Resource]) -> pulumi.Resource:
+            return node_command(
+                f"{node.name}-k3s",
+                config,
+                node,
+                "k3s.sh",
+                create="install",
+                update="reconfigure",
+                delete="uninstall",
+                env=install_env,
+                secret=True,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[*args.prerequisites, *after, *args.join_after],
+                    # Create-then-delete would uninstall what the new install just put on the same host.
+                    delete_before_replace=True,
+                ),
+            )
+
+        if is_first:
+            # The first server's API must exist before its own Node object can be checked.
+            self.install = install([])
+            node_object(after=[self.install])
+        else:
+            self.install = install([node_object(after=_present(args.first_install))])
+
+        version = {**lifecycle, "HARBOR_K3S_VERSION": config.k3s.version}
+        drain = _on_first_server(
+            f"{node.name}-drain",
+            config,
+            {**version, "HARBOR_DRAIN": "false" if is_first else "true"},
+            pulumi.ResourceOptions.merge(with_cluster, pulumi.ResourceOptions(depends_on=args.upgrade_after)),
+            create=None,
+            update="prepare-upgrade",
+            delete=None,
+        )
+        upgrade = node_command(
+            f"{node.name}-upgrade",
+            config,
+            node,
+            "k3s.sh",
+            create=None,
+            update="upgrade",
+            delete=None,
+            env={key: install_env[key] for key in ("HARBOR_K3S_ROLE", "HARBOR_K3S_VERSION", "HARBOR_K3S_AIRGAP")},
+            secret=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[drain, self.install]),
+        )
+        self.uncordon = _on_first_server(
+            f"{node.name}-uncordon",
+            config,
+            version,
+            pulumi.ResourceOptions.merge(with_cluster, pulumi.ResourceOptions(depends_on=[upgrade])),
+            create=None,
+            update="confirm-upgrade",
+            delete=None,
+        )
+        self.registered = _on_first_server(
+            f"{node.name}-registered",
+            config,
+            {
+                **lifecycle,
+                "HARBOR_NODE_LABELS": "\n".join(f"{key}={value}" for key, value in sorted(node.labels.items())),
+                "HARBOR_NODE_TAINTS": "\n".join(node.taints),
+            },
+            pulumi.ResourceOptions.merge(with_cluster, pulumi.ResourceOptions(depends_on=[self.install])),
+            create="reconcile",
+            # The first server's registration goes with the cluster; any other node is drained.
+            delete=None if is_first else "drain",
+        )
+        self.register_outputs({})
+
+
+class ForgottenK3sNode(pulumi.ComponentResource):
+    """The steps of a node in `decommission.forget`, disarmed: the same identities, nothing to run.
+
+    pulumi-command deletes with the inputs stored at the last create or update, so a node that left
+    the stack while unreachable would be dialled by every delete. Registering its steps again with
+    no create, update or delete is an update that dials nobody and stores "nothing to do"; once the
+    name leaves `decommission.forget`, the engine drops them without touching the node.
+    """
+
+    def __init__(self, node_name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(
+            NODE_TYPE,
+            node_component_name(node_name),
+            None,
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=legacy_aliases(node_name))),
+        )
+        for step in STEPS:
+            disarmed_command(f"{node_name}-{step}", node_name, pulumi.ResourceOptions(parent=self))
+        self.register_outputs({})
+
+
+def k3s_cluster(
+    config: HarborConfig,
+    server_token: pulumi.Input[str],
+    agent_token: pulumi.Input[str],
+    prerequisites: Callable[[Node], list[pulumi.Resource]],
+    lifetime: pulumi.Resource,
+) -> dict[str, K3sNode]:
+    """Every node's steps, wired in cluster order; forgotten nodes' steps disarmed.
+
+    `lifetime` (the cluster's id) is what the steps that only matter while the cluster lives are
+    deleted with; it must exist before them (see `cluster_identity`).
+    """
+    chain = upgrade_chain(config)
+    first = config.first_server
+    built: dict[str, K3sNode] = {}
+    servers: list[str] = []
+    for node in cluster_order(config):
+        join_after: list[pulumi.Resource] = []
+        if node.name != first.name:
+            join_after.append(built[first.name].registered)
+        if node.role == "server" and servers:
+            # Joining servers go one at a time: etcd adds one member after another.
+            join_after.append(built[servers[-1]].registered)
+        if node.role == "agent":
+            # After every server's upgrade: an agent never runs a newer k3s than the servers.
+            join_after += [built[name].uncordon for name in servers]
+        built[node.name] = K3sNode(
+            K3sNodeArgs(
+                config=config,
+                node=node,
+                server_token=server_token,
+                agent_token=agent_token,
+                prerequisites=prerequisites(node),
+                first_install=None if node.name == first.name else built[first.name].install,
+                join_after=list(dict.fromkeys(join_after)),
+                upgrade_after=[built[name].uncordon for name in chain[node.name]],
+                cluster_lifetime=lifetime,
+            )
+        )
+        if node.role == "server":
+            servers.append(node.name)
+    for name in config.decommission.forget:
+        ForgottenK3sNode(name)
+    return built
+
+
+def cluster_identity() -> pulumi.Resource:
+    """The cluster's id: made first, deleted last, only by `pulumi destroy`. Everything that lives in
+    the cluster, or only matters while it does, is `deleted_with` it, so a destroy skips those
+    deletes instead of needing an API that is going away (or a program that is not running).
+
+    The engine keeps its state in dependency order and refuses a deletedWith target that comes
+    after the resource or is missing, so this is a real resource that every such step depends on
+    (through the preflight and the API credential), never a reference to one registered later.
+    """
+    return random.RandomUuid("cluster-id")
+
+
+def _present(resource: pulumi.Resource | None) -> list[pulumi.Resource]:
+    return [resource] if resource is not None else []
 
 
 def _on_first_server(
     name: str,
     config: HarborConfig,
-    env: dict[str, pulumi.Input[str]],
+    env: Mapping[str, pulumi.Input[str]],
     opts: pulumi.ResourceOptions,
     *,
-    create: str,
+    create: str | None,
     delete: str | None,
     update: str | None = None,
+    prints_secret: bool = False,
 ) -> pulumi.Resource:
     """A k3s-lifecycle.sh step; it runs on the first server, whose kubectl reaches the API locally."""
     return node_command(
@@ -75,160 +340,87 @@ def _on_first_server(
         delete=delete,
         env=env,
         secret=False,
+        prints_secret=prints_secret,
         opts=opts,
     )
 
 
-def _lifecycle_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
-    return {
-        "HARBOR_NODE_NAME": node.name,
-        "HARBOR_K3S_VERSION": config.k3s.version,
-        "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
-        "HARBOR_FORCE": "true" if config.decommission.force else "false",
-    }
+class NodePreflight(pulumi.ComponentResource):
+    """One read-only check per node; every other step on every node waits for all of them."""
+
+    def __init__(
+        self,
+        name: str,
+        config: HarborConfig,
+        forget: list[str],
+        after: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`after`: the cluster's id, which every step that is deleted with it must follow."""
+        super().__init__("space-harbor:index:NodePreflight", name, None, opts)
+        self.checks = {
+            node.name: node_command(
+                f"{node.name}-preflight",
+                config,
+                node,
+                "preflight.sh",
+                create="check",
+                delete=None,
+                env=preflight_env(config, node),
+                secret=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            )
+            for node in config.nodes
+        }
+        for node_name in forget:
+            disarmed_command(f"{node_name}-preflight", node_name, pulumi.ResourceOptions(parent=self))
+        self.register_outputs({})
 
 
-def _reconcile_env(config: HarborConfig, node: Node) -> dict[str, pulumi.Input[str]]:
-    """What `reconcile` makes true of the Node object: its labels and taints, one a line."""
-    return {
-        **_lifecycle_env(config, node),
-        "HARBOR_NODE_LABELS": "\n".join(f"{key}={value}" for key, value in sorted(node.labels.items())),
-        "HARBOR_NODE_TAINTS": "\n".join(node.taints),
-    }
-
-
-def drain_departed_nodes(config: HarborConfig) -> pulumi.Resource:
+def drain_departed_nodes(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:
     """A step on the first server that drains nodes removed from the stack, before anything else.
 
     Pulumi runs the updates of the remaining nodes (their meshes and firewalls drop the removed
     peer) before the deletes of the removed node's resources. A drain at delete time would find
     the node cut off from the API and its pods stuck terminating, so the other nodes' mesh and
     firewall wait for this step, which drains it while it is still connected. The removed node's
-    own `registered` delete then finds it drained.
+    own `registered` delete then finds it drained. Nodes in `decommission.forget` cannot be
+    drained (they are gone): their Node objects are deleted, and Kubernetes reschedules their pods.
+
+    It waits for every node's preflight, and everything else waits for it: nothing changes on any
+    node until every node has passed.
     """
     env: dict[str, pulumi.Input[str]] = {
-        "HARBOR_CLUSTER_NODES": "\n".join(node.name for node in config.nodes),
+        "HARBOR_CLUSTER_NODES": "\n".join(sorted(node.name for node in config.nodes)),
+        "HARBOR_FORGET_NODES": "\n".join(sorted(config.decommission.forget)),
         "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
         "HARBOR_FORCE": "true" if config.decommission.force else "false",
     }
     return _on_first_server(
-        "cluster-departures", config, env, pulumi.ResourceOptions(), create="drain-departed", delete=None
-    )
-
-
-def upgrade_waits(config: HarborConfig) -> dict[str, list[str]]:
-    """For each joined node, the nodes whose `registered` step it waits for before its own steps.
-
-    Servers go one at a time after the first, so etcd keeps quorum; agents go after every server,
-    at most `k3s.upgradeConcurrency` at once. The same order holds on day 1, which is what k3s
-    asks for joining servers; for agents it bounds how many join at once.
-    """
-    waits: dict[str, list[str]] = {}
-    previous = config.first_server.name
-    for server in config.servers[1:]:
-        waits[server.name] = [previous]
-        previous = server.name
-    last_server = previous
-    window = config.k3s.upgrade_concurrency
-    agents = config.agents
-    for index, agent in enumerate(agents):
-        waits[agent.name] = [last_server] + ([agents[index - window].name] if index >= window else [])
-    return waits
-
-
-def _registered(
-    config: HarborConfig, node: Node, parent: pulumi.Resource, install: pulumi.Resource, delete: str | None
-) -> pulumi.Resource:
-    """The step on the first server that makes `node`'s Node object match the stack."""
-    return _on_first_server(
-        f"{node.name}-registered",
+        "cluster-departures",
         config,
-        _reconcile_env(config, node),
-        pulumi.ResourceOptions(parent=parent, depends_on=[install]),
-        create="reconcile",
-        delete=delete,
+        env,
+        pulumi.ResourceOptions(depends_on=after),
+        create="drain-departed",
+        delete=None,
     )
 
 
-class _JoinedNode(pulumi.ComponentResource):
-    """A node that joins an existing server: its Node object, its install, its registration."""
+def read_api_credential(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:
+    """The stack's own API credential, read on the first server: a kubeconfig that does not expire.
 
-    pulumi_type: ClassVar[str]
-    install: pulumi.Resource
-    registered: pulumi.Resource
-
-    def __init__(
-        self,
-        name: str,
-        config: HarborConfig,
-        node: Node,
-        token: pulumi.Input[str],
-        after: list[pulumi.Resource],
-        depends_on: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        """`after`: the `registered` steps of the nodes this one waits for (see `upgrade_waits`)."""
-        super().__init__(self.pulumi_type, name, None, opts)
-        node_object = _on_first_server(
-            f"{node.name}-node-object",
-            config,
-            _lifecycle_env(config, node),
-            # On delete the Node object goes before the node's own mesh and firewall (DESIGN §3.4).
-            pulumi.ResourceOptions(parent=self, depends_on=[*after, *depends_on]),
-            create="node-object",
-            update="prepare-upgrade",
-            delete="delete-node",
-        )
-        self.install = _install(config, node, token, self, [node_object, *depends_on])
-        self.registered = _registered(config, node, self, self.install, delete="drain")
-        self.register_outputs({})
-
-
-class K3sServer(pulumi.ComponentResource):
-    """The first server bootstraps the cluster and hands back its kubeconfig."""
-
-    install: pulumi.Resource
-    registered: pulumi.Resource
-    raw_kubeconfig: pulumi.Output[str]
-    token: pulumi.Output[str]
-
-    def __init__(
-        self,
-        name: str,
-        config: HarborConfig,
-        node: Node,
-        token: pulumi.Input[str],
-        depends_on: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        super().__init__("space-harbor:index:K3sServer", name, None, opts)
-        self.install = _install(config, node, token, self, depends_on)
-        read = node_command(
-            f"{node.name}-kubeconfig",
-            config,
-            node,
-            "k3s.sh",
-            create="kubeconfig",
-            delete=None,
-            env={},
-            secret=False,
-            prints_secret=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.install]),
-        )
-        # Nothing to undo on delete: the whole cluster goes with the first server.
-        self.registered = _registered(config, node, self, self.install, delete=None)
-        self.raw_kubeconfig = pulumi.Output.secret(read.stdout)
-        self.token = pulumi.Output.secret(token)
-        self.register_outputs({"kubeconfig": self.raw_kubeconfig, "token": self.token})
-
-
-class K3sJoinedServer(_JoinedNode):
-    """Another embedded-etcd server that joins the first one over the mesh."""
-
-    pulumi_type = "space-harbor:index:K3sJoinedServer"
-
-
-class K3sAgent(_JoinedNode):
-    """A worker that joins the first server over the mesh."""
-
-    pulumi_type = "space-harbor:index:K3sAgent"
+    k3s signs its admin kubeconfig's client certificate for 365 days, and the program reads the
+    credential only when this step is created or updated, so a copy of the admin kubeconfig in the
+    state stops working after a year. The step makes a ServiceAccount with a long-lived token
+    Secret bound to cluster-admin and prints a kubeconfig for it (with the cluster's CA, valid for
+    ten years).
+    """
+    return _on_first_server(
+        "api-credential",
+        config,
+        {},
+        pulumi.ResourceOptions(depends_on=after),
+        create="api-credential",
+        delete=None,
+        prints_secret=True,
+    )

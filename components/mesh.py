@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 
 from components.config import HarborConfig
-from components.remote import node_command
+from components.remote import disarmed_command, node_command
 from components.render.wireguard import mesh_peers, public_key, render_node_config, render_operator_config
 
 WG_KEY_BYTES = 32
@@ -23,10 +23,14 @@ class WireGuardMesh(pulumi.ComponentResource):
         self,
         name: str,
         config: HarborConfig,
+        forget: list[str] | None = None,
         after: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """`after`: what every node's mesh command waits for (the drain of removed nodes)."""
+        """`after`: what every node's mesh command waits for (the drain of removed nodes).
+
+        `forget`: nodes that left the stack unreachable; their mesh steps stay, disarmed.
+        """
         super().__init__("space-harbor:index:WireGuardMesh", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # RandomBytes keeps 32 random bytes as a secret in state; X25519 clamps them into a key.
@@ -61,6 +65,9 @@ class WireGuardMesh(pulumi.ComponentResource):
                 secret=True,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
             )
+
+        for node_name in forget or []:
+            disarmed_command(f"{node_name}-mesh", node_name, pulumi.ResourceOptions(parent=self))
 
         configs = {
             op.name: pulumi.Output.all(operator_keys.get(op.name), peers).apply(

@@ -37,7 +37,7 @@ def node_command(
     node: Node,
     script: str,
     *,
-    create: str,
+    create: str | None,
     delete: str | None,
     update: str | None = None,
     env: Mapping[str, pulumi.Input[str]],
@@ -51,6 +51,7 @@ def node_command(
     `secret` marks the stdin secret when `env` carries key material or tokens. `prints_secret`
     is for commands whose stdout is a secret (a kubeconfig): it is kept out of logs and state
     in plain text. `update` is the action for a changed input; without it `create` runs again.
+    A step without `create` (and `update`) dials nobody: pulumi-command runs nothing for it.
     """
     payload = pulumi.Output.all(**env).apply(lambda values: script_payload(node_script(script), values))
     user = config.ssh_user(node)
@@ -60,11 +61,27 @@ def node_command(
     return remote.Command(
         name,
         connection=connection(config, node),
-        create=action_command(create, user),
+        create=action_command(create, user) if create else None,
         update=action_command(update, user) if update else None,
         delete=action_command(delete, user) if delete else None,
         stdin=pulumi.Output.secret(payload) if secret else payload,
         logging=remote.Logging.NONE if prints_secret else remote.Logging.STDOUT_AND_STDERR,
+        # Otherwise every update and delete sends the previous stdout (a kubeconfig, for one step)
+        # to sshd as an environment request.
+        add_previous_output_in_env=False,
         triggers=triggers,
         opts=options,
+    )
+
+
+def disarmed_command(name: str, node_name: str, opts: pulumi.ResourceOptions) -> remote.Command:
+    """A step of a forgotten node: same identity, no command, so neither its update nor its delete dials.
+
+    `.invalid` (RFC 6761) never resolves: should anything ever dial it, it fails at once.
+    """
+    return remote.Command(
+        name,
+        connection=remote.ConnectionArgs(host=f"{node_name}.forgotten.invalid"),
+        add_previous_output_in_env=False,
+        opts=opts,
     )

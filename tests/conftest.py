@@ -53,7 +53,7 @@ def etcd_config() -> dict[str, Any]:
         {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
         for i in range(1, 4)
     ] + config["nodes"][1:]
-    config["k3s"] = {"datastore": "etcd"}
+    config["k3s"] = {"datastore": "etcd", "firstServer": "server-1"}
     return config
 
 

@@ -53,6 +53,27 @@ users:
 """
 
 
+# What the api-credential step prints: the cluster CA and a ServiceAccount token (no expiry).
+FAKE_API_CREDENTIAL = """apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: space-harbor
+  name: default
+current-context: default
+users:
+- name: space-harbor
+  user:
+    token: {token}
+"""
+
+
 @dataclass(frozen=True)
 class AliasSpec:
     """One alias as the SDK sends it (`aliasSpecs`): empty fields mean "the resource's own"."""
@@ -397,7 +418,12 @@ class HarborMocks(mocks.Mocks):
         elif args.typ == "command:remote:Command":
             create = str(args.inputs.get("create", ""))
             stdout = ""
-            if create.endswith(" kubeconfig"):
+            if create.endswith(" api-credential"):
+                stdout = FAKE_API_CREDENTIAL.format(
+                    ca=base64.b64encode(_fake_pem("CERTIFICATE", args.name).encode()).decode(),
+                    token=hashlib.sha256(args.name.encode()).hexdigest(),
+                )
+            elif create.endswith(" kubeconfig"):
                 stdout = FAKE_KUBECONFIG.format(
                     ca=base64.b64encode(_fake_pem("CERTIFICATE", args.name).encode()).decode(),
                     key=base64.b64encode(_fake_pem("EC PRIVATE KEY", args.name).encode()).decode(),

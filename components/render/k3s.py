@@ -20,9 +20,14 @@ def server_url(config: HarborConfig) -> str:
     return f"https://{config.node_address(config.first_server)}:{API_PORT}"
 
 
-def render_config_yaml(config: HarborConfig, node: Node, token: str) -> str:
-    """The config.yaml of one node. It holds the join token, so it is a secret and mode 0600."""
+def render_config_yaml(config: HarborConfig, node: Node, *, server_token: str, agent_token: str) -> str:
+    """The config.yaml of one node. It holds a join token, so it is a secret and mode 0600.
+
+    Servers hold the server token (k3s treats it as cluster admin) and the agent token they accept;
+    agents hold only the agent token, so one compromised agent cannot join as a server.
+    """
     address = config.node_address(node)
+    token = server_token if node.role == "server" else agent_token
     settings: dict[str, Any] = {"token": token, "node-name": node.name, "node-ip": address}
     if config.mesh.enabled:
         settings["flannel-iface"] = config.mesh.interface
@@ -43,7 +48,10 @@ def render_config_yaml(config: HarborConfig, node: Node, token: str) -> str:
             # Traefik comes from git; servicelb would open host ports outside the firewall's plan.
             "disable": ["traefik", "servicelb"],
             "write-kubeconfig-mode": "0600",
+            "agent-token": agent_token,
         }
+        if config.k3s.secrets_encryption:
+            settings["secrets-encryption"] = True
         if config.k3s.datastore == "etcd" and is_first_server:
             settings["cluster-init"] = True
         snapshots = config.k3s.etcd_snapshots

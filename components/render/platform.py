@@ -134,7 +134,7 @@ def _api_egress(config: HarborConfig) -> list[Rule]:
     on 6443 before the policy sees the packet, so the policy must allow the latter; the former is kept for
     network-policy engines that look before the translation."""
     service_ip = next(config.k3s.service_cidr.hosts())
-    servers = _ip_peers([config.node_address(node) for node in config.servers])
+    servers = _ip_peers([config.node_address(node) for node in sorted(config.servers, key=lambda n: n.name)])
     api: Rule = {"ports": _tcp(API_PORT)}
     if servers is not None:
         api = {"to": servers, **api}

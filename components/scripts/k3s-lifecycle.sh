@@ -4,31 +4,45 @@
 #   k3s-lifecycle.sh node-object      check that kubectl reaches the API (the create of the
 #                                     Command whose delete is delete-node); changes nothing
 #   k3s-lifecycle.sh prepare-upgrade  before the node's k3s moves to HARBOR_K3S_VERSION: refuse a
-#                                     downgrade, then cordon and drain the node and mark it with
-#                                     the annotation below; nothing when it already runs that
-#                                     version or has not registered yet
-#   k3s-lifecycle.sh reconcile        wait (bounded) until the node is Ready and runs
-#                                     HARBOR_K3S_VERSION, apply its labels and taints (k3s itself
-#                                     applies them only at registration), and uncordon it if
-#                                     prepare-upgrade cordoned it
+#                                     downgrade, then (unless HARBOR_DRAIN is false) cordon and
+#                                     drain the node and mark it with the annotation below;
+#                                     nothing when it already runs that version or has not
+#                                     registered yet
+#   k3s-lifecycle.sh confirm-upgrade  after the node's upgrade: wait (bounded) until it is Ready at
+#                                     HARBOR_K3S_VERSION, then uncordon it if prepare-upgrade
+#                                     cordoned it
+#   k3s-lifecycle.sh reconcile        wait (bounded) until the node is Ready, apply its labels and
+#                                     taints (k3s itself applies them only at registration) and
+#                                     mark it as joined by Space Harbor
 #   k3s-lifecycle.sh wait-ready       wait (bounded) until node HARBOR_NODE_NAME is Ready
 #   k3s-lifecycle.sh drain            cordon and drain the node; a node that is gone is fine
-#   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone is fine
+#   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone, or a cluster
+#                                     whose k3s is gone from this server, is fine
 #   k3s-lifecycle.sh drain-departed   drain every node that reconcile marked as ours and that is
 #                                     not in HARBOR_CLUSTER_NODES: runs before the other nodes'
 #                                     mesh and firewall drop a removed node, while its kubelet
-#                                     still reaches the API; nothing when k3s is not installed yet
+#                                     still reaches the API; delete the Node objects of
+#                                     HARBOR_FORGET_NODES (gone for good: nothing to drain);
+#                                     nothing when k3s is not installed yet
+#   k3s-lifecycle.sh api-credential   make sure of the ServiceAccount space-harbor-deployer (bound to
+#                                     cluster-admin) and its long-lived token Secret in
+#                                     kube-system, then print a kubeconfig for it on stdout and
+#                                     nothing else; stdout stays empty unless every step succeeded
 #
 # Parameters (environment):
 #   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed)
 #   HARBOR_CLUSTER_NODES         drain-departed: the names of the nodes in the stack, one a line
-#   HARBOR_K3S_VERSION           the k3s release the node should run (prepare-upgrade, reconcile)
+#   HARBOR_FORGET_NODES          drain-departed: nodes gone for good (decommission.forget), one a line
+#   HARBOR_K3S_VERSION           the release the node should run (prepare-upgrade, confirm-upgrade)
+#   HARBOR_DRAIN                 prepare-upgrade: false keeps the node scheduled (the first server)
 #   HARBOR_NODE_LABELS           reconcile: the node's labels, one key=value a line
 #   HARBOR_NODE_TAINTS           reconcile: the node's taints, one key[=value]:Effect a line
 #   HARBOR_DRAIN_TIMEOUT         seconds for `kubectl drain` (default 120)
 #   HARBOR_FORCE                 true: a failing drain or delete is a warning, so that a dead or
 #                                unreachable node can still be decommissioned
-#   HARBOR_READY_TIMEOUT         optional, seconds wait-ready and reconcile wait (default 300)
+#   HARBOR_READY_TIMEOUT         optional, seconds wait-ready, reconcile and confirm-upgrade wait
+#                                (default 300)
+#   HARBOR_CREDENTIAL_WAIT       optional, seconds api-credential waits for its token (default 60)
 #
 # Labels and taints that reconcile set are listed in the node's annotations, so that removing one
 # from the stack removes it from the node while labels set by others stay.
@@ -44,6 +58,15 @@ lc_version="${HARBOR_K3S_VERSION:-}"
 lc_labels="${HARBOR_NODE_LABELS:-}"
 lc_taints="${HARBOR_NODE_TAINTS:-}"
 lc_members="${HARBOR_CLUSTER_NODES:-}"
+lc_forget="${HARBOR_FORGET_NODES:-}"
+lc_drain_for_upgrade="${HARBOR_DRAIN:-true}"
+lc_credential_wait="${HARBOR_CREDENTIAL_WAIT:-60}"
+lc_kubeconfig=/etc/rancher/k3s/k3s.yaml
+# The stack's own API credential (see api-credential): a ServiceAccount token does not expire,
+# unlike the 365-day client certificate of k3s' admin kubeconfig.
+lc_credential_namespace=kube-system
+lc_credential_account=space-harbor-deployer
+lc_credential_secret=space-harbor-deployer-token
 lc_changed=false
 # Node annotations: what reconcile manages, and the version prepare-upgrade drained the node for.
 lc_labels_note=space-harbor/managed-labels
@@ -69,11 +92,15 @@ lc_fail_or_warn() {
     fi
 }
 
+lc_k3s_bin() {
+    command -v k3s || echo /usr/local/bin/k3s
+}
+
 lc_kubectl() {
     local k3s
-    k3s=$(command -v k3s || echo /usr/local/bin/k3s)
+    k3s=$(lc_k3s_bin)
     [ -x "$k3s" ] || return 127
-    KUBECONFIG=/etc/rancher/k3s/k3s.yaml "$k3s" kubectl "$@"
+    KUBECONFIG="$lc_kubeconfig" "$k3s" kubectl "$@"
 }
 
 # Prints "yes" or "no", or fails when the API cannot be asked.
@@ -149,8 +176,12 @@ lc_prepare_upgrade() {
         lc_fail "refusing to downgrade node $lc_node from $current to $lc_version: k3s supports upgrades only;" \
             "set k3s.version back to $current or newer (step prepare-upgrade)"
     fi
+    if [ "$lc_drain_for_upgrade" != true ]; then
+        lc_log "node $lc_node moves from $current to $lc_version without a drain"
+        return 0
+    fi
     lc_changed=true
-    # The mark goes on first: if the drain fails, the next reconcile still knows to uncordon.
+    # The mark goes on first: if the drain fails, the next confirm-upgrade still knows to uncordon.
     lc_kubectl annotate node "$lc_node" --overwrite "$lc_drained_note=$lc_version" >&2 ||
         lc_fail "cannot annotate node $lc_node (step prepare-upgrade)"
     lc_log "draining node $lc_node for its upgrade from $current to $lc_version"
@@ -201,17 +232,31 @@ lc_reconcile_list() {
     fi
 }
 
-lc_reconcile() {
+lc_confirm_upgrade() {
     local deadline current drained
     lc_wait_ready
     deadline=$((SECONDS + lc_ready_timeout))
     # After an upgrade the Node reports the new kubelet only once the restarted agent checks in.
     until current=$(lc_node_field .status.nodeInfo.kubeletVersion) && [ "$current" = "$lc_version" ]; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            lc_fail "node $lc_node runs ${current:-an unknown version}, not $lc_version, after ${lc_ready_timeout}s (step reconcile)"
+            lc_fail "node $lc_node runs ${current:-an unknown version}, not $lc_version, after ${lc_ready_timeout}s (step confirm-upgrade)"
         fi
         sleep 3
     done
+    drained=$(lc_node_field ".metadata.annotations.$lc_drained_note") ||
+        lc_fail "cannot read the annotations of node $lc_node (step confirm-upgrade)"
+    if [ -n "$drained" ]; then
+        # Only a cordon of our own is undone; one an operator set stays.
+        lc_kubectl uncordon "$lc_node" >&2 || lc_fail "cannot uncordon node $lc_node (step confirm-upgrade)"
+        lc_kubectl annotate node "$lc_node" "$lc_drained_note-" >&2 ||
+            lc_fail "cannot annotate node $lc_node (step confirm-upgrade)"
+        lc_changed=true
+        lc_log "node $lc_node upgraded to $lc_version and uncordoned"
+    fi
+}
+
+lc_reconcile() {
+    lc_wait_ready
     if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
         # drain-departed only ever drains nodes with this mark
         lc_kubectl annotate node "$lc_node" --overwrite "$lc_managed_note=true" >&2 ||
@@ -220,16 +265,6 @@ lc_reconcile() {
     fi
     lc_reconcile_list label "$lc_labels" "$lc_labels_note"
     lc_reconcile_list taint "$lc_taints" "$lc_taints_note"
-    drained=$(lc_node_field ".metadata.annotations.$lc_drained_note") ||
-        lc_fail "cannot read the annotations of node $lc_node (step reconcile)"
-    if [ -n "$drained" ]; then
-        # Only a cordon of our own is undone; one an operator set stays.
-        lc_kubectl uncordon "$lc_node" >&2 || lc_fail "cannot uncordon node $lc_node (step reconcile)"
-        lc_kubectl annotate node "$lc_node" "$lc_drained_note-" >&2 ||
-            lc_fail "cannot annotate node $lc_node (step reconcile)"
-        lc_changed=true
-        lc_log "node $lc_node upgraded to $lc_version and uncordoned"
-    fi
 }
 
 lc_drain() {
@@ -253,6 +288,11 @@ lc_drain() {
 
 lc_delete_node() {
     local output
+    if ! [ -x "$(lc_k3s_bin)" ]; then
+        # The cluster itself is gone from this server (a whole-stack destroy): no Node object is left.
+        lc_log "k3s is not installed on this server: no Node object of $lc_node to delete"
+        return 0
+    fi
     if ! output=$(lc_kubectl delete node "$lc_node" --ignore-not-found 2>&1); then
         printf '%s\n' "$output" >&2
         lc_fail_or_warn "deleting node $lc_node failed (step delete-node)"
@@ -285,6 +325,14 @@ lc_drain_departed() {
         if grep -qxF -- "$name" <<<"$lc_members"; then
             continue
         fi
+        if [ -n "$lc_forget" ] && grep -qxF -- "$name" <<<"$lc_forget"; then
+            # Gone for good: a drain would wait on pods a dead kubelet never stops. Deleting the
+            # Node object lets Kubernetes reschedule them now.
+            lc_node="$name"
+            lc_log "node $name is forgotten (decommission.forget): deleting its Node object without a drain"
+            lc_delete_node
+            continue
+        fi
         lc_node="$name"
         managed=$(lc_node_field ".metadata.annotations.$lc_managed_note") ||
             lc_fail "cannot read the annotations of node $name (step drain-departed)"
@@ -297,14 +345,89 @@ lc_drain_departed() {
     done
 }
 
-if [ "$lc_action" != drain-departed ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+# One manifest, applied idempotently: the account, its binding, and a token Secret that the token
+# controller fills in. A token Secret made by hand is not one of the "auto-generated" legacy tokens
+# that Kubernetes cleans up after a year unused.
+lc_credential_manifest() {
+    cat <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: $lc_credential_account
+  namespace: $lc_credential_namespace
+  labels: {app.kubernetes.io/managed-by: space-harbor}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: $lc_credential_account
+  labels: {app.kubernetes.io/managed-by: space-harbor}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects:
+- {kind: ServiceAccount, name: $lc_credential_account, namespace: $lc_credential_namespace}
+---
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/service-account-token
+metadata:
+  name: $lc_credential_secret
+  namespace: $lc_credential_namespace
+  annotations: {kubernetes.io/service-account.name: $lc_credential_account}
+  labels: {app.kubernetes.io/managed-by: space-harbor}
+EOF
+}
+
+# The kubeconfig goes to stdout only once it is whole: pulumi-command puts a failed step's stdout
+# into its error message, and this one is a credential.
+lc_api_credential() {
+    local token ca deadline kubeconfig
+    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (step api-credential)"
+    lc_credential_manifest | lc_kubectl apply -f - >&2 ||
+        lc_fail "cannot apply the deployer ServiceAccount (step api-credential)"
+    deadline=$((SECONDS + lc_credential_wait))
+    until token=$(lc_kubectl -n "$lc_credential_namespace" get secret "$lc_credential_secret" \
+        -o 'jsonpath={.data.token}' 2>/dev/null) && [ -n "$token" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            lc_fail "the token controller did not fill in $lc_credential_namespace/$lc_credential_secret within ${lc_credential_wait}s (step api-credential)"
+        fi
+        sleep 2
+    done
+    token=$(printf '%s' "$token" | base64 -d) || lc_fail "the deployer token is not base64 (step api-credential)"
+    ca=$(lc_kubectl config view --raw -o 'jsonpath={.clusters[0].cluster.certificate-authority-data}') ||
+        lc_fail "cannot read the cluster CA from $lc_kubeconfig (step api-credential)"
+    [ -n "$ca" ] || lc_fail "$lc_kubeconfig has no certificate-authority-data (step api-credential)"
+    kubeconfig=$(
+        cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: default
+  cluster:
+    certificate-authority-data: $ca
+    server: https://127.0.0.1:6443
+contexts:
+- name: default
+  context: {cluster: default, user: $lc_credential_account}
+current-context: default
+users:
+- name: $lc_credential_account
+  user:
+    token: $token
+EOF
+    )
+    printf '%s\n' "$kubeconfig"
+}
+
+if [ "$lc_action" != drain-departed ] && [ "$lc_action" != api-credential ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
     lc_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
 fi
 [[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
 [[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
+[[ "$lc_credential_wait" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_CREDENTIAL_WAIT must be a number of seconds"
 case "$lc_force" in true | false) ;; *) lc_fail "HARBOR_FORCE must be true or false" ;; esac
+case "$lc_drain_for_upgrade" in true | false) ;; *) lc_fail "HARBOR_DRAIN must be true or false" ;; esac
 case "$lc_action" in
-prepare-upgrade | reconcile)
+prepare-upgrade | confirm-upgrade)
     [[ "$lc_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
         lc_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${lc_version}')"
     ;;
@@ -313,12 +436,19 @@ esac
 case "$lc_action" in
 node-object) lc_node_object ;;
 prepare-upgrade) lc_prepare_upgrade ;;
+confirm-upgrade) lc_confirm_upgrade ;;
 reconcile) lc_reconcile ;;
 wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
 delete-node) lc_delete_node ;;
 drain-departed) lc_drain_departed ;;
-*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, reconcile, wait-ready, drain, delete-node or drain-departed" ;;
+api-credential)
+    lc_api_credential
+    # stdout is the kubeconfig and nothing else.
+    echo "space-harbor: k3s-lifecycle.sh api-credential: unchanged" >&2
+    exit 0
+    ;;
+*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed or api-credential" ;;
 esac
 
 if [ "$lc_changed" = true ]; then

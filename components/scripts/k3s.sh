@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Space Harbor k3s node: install/upgrade from config.yaml, uninstall, read the kubeconfig.
+# Space Harbor k3s node: install from config.yaml, reconfigure, upgrade in order, uninstall.
 #
 #   k3s.sh install     write /etc/rancher/k3s/config.yaml; run the k3s installer (then restart
 #                      the service) when the pinned version is not the one installed and running
 #                      or the service is missing, else restart the service only when
 #                      config.yaml changed; then wait (bounded) until the service is active and,
 #                      on a server, until the kubeconfig exists
+#   k3s.sh reconfigure the update of an installed node: write config.yaml and restart only when it
+#                      changed; never change the version (upgrades go through `upgrade`, in the
+#                      order the stack gives); a node with no k3s at all is installed as by `install`
+#   k3s.sh upgrade     install HARBOR_K3S_VERSION when the node runs another one (a downgrade is
+#                      refused), restart, and wait as `install` does; nothing when it runs it
 #   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml
-#   k3s.sh kubeconfig  print /etc/rancher/k3s/k3s.yaml on stdout and nothing else; the status
-#                      line goes to stderr so that stdout parses as YAML
 #
 # Parameters (environment):
 #   HARBOR_K3S_ROLE            server | agent
@@ -202,39 +205,112 @@ k3s_refuse_downgrade() {
     fi
 }
 
-k3s_install() {
+k3s_check_parameters() {
     k3s_check_role
     [[ "$k3s_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
         k3s_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${k3s_version}')"
-    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
     [[ "$k3s_wait" =~ ^[0-9]+$ ]] || k3s_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
     k3s_has_systemd || k3s_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
+}
 
+# The role and version this script last installed here, from its record ("<role> <version>").
+k3s_recorded_role() {
+    awk '{ print $1 }' "$k3s_record" 2>/dev/null || true
+}
+
+k3s_recorded_version() {
+    awk '{ print $2 }' "$k3s_record" 2>/dev/null || true
+}
+
+# Whether k3s is installed here for this role: a record, a binary and the enabled unit.
+k3s_installed() {
     local unit
     unit=$(k3s_unit)
-    k3s_refuse_downgrade
-    k3s_write_config
-
-    if k3s_version_matches && [ "$(cat "$k3s_record" 2>/dev/null || true)" = "$k3s_role $k3s_version" ] &&
+    [ "$(k3s_recorded_role)" = "$k3s_role" ] && [ -x "$k3s_bin" ] &&
         [ -n "$(systemctl list-unit-files --no-legend "$unit.service" 2>/dev/null)" ] &&
-        systemctl is-enabled --quiet "$unit"; then
-        if [ "$k3s_config_changed" = true ]; then
-            k3s_log "config.yaml changed: restarting $unit"
-            k3s_restart "$unit"
-        elif ! k3s_unit_active; then
-            k3s_log "$unit is not running: starting it"
-            k3s_restart "$unit"
-            k3s_changed=true
-        fi
-    else
-        k3s_run_installer
-        printf '%s %s\n' "$k3s_role" "$k3s_version" >"$k3s_record"
-    fi
+        systemctl is-enabled --quiet "$unit"
+}
 
+# Restart when config.yaml changed, start when the unit is down; the version stays as it is.
+k3s_apply_config() {
+    local unit
+    unit=$(k3s_unit)
+    if [ "$k3s_config_changed" = true ]; then
+        k3s_log "config.yaml changed: restarting $unit"
+        k3s_restart "$unit"
+    elif ! k3s_unit_active; then
+        k3s_log "$unit is not running: starting it"
+        k3s_restart "$unit"
+        k3s_changed=true
+    fi
+}
+
+k3s_install_version() {
+    k3s_run_installer
+    printf '%s %s\n' "$k3s_role" "$k3s_version" >"$k3s_record"
+}
+
+k3s_wait_until_serving() {
+    local unit
+    unit=$(k3s_unit)
     k3s_wait_for "$unit.service to be active" k3s_unit_active
     if [ "$k3s_role" = server ]; then
         k3s_wait_for "$k3s_kubeconfig" k3s_kubeconfig_ready
     fi
+}
+
+k3s_refuse_role_change() {
+    local recorded
+    recorded=$(k3s_recorded_role)
+    if [ -n "$recorded" ] && [ "$recorded" != "$k3s_role" ]; then
+        k3s_fail "this node runs k3s as $recorded and the stack says $k3s_role; a role is not changed in place:" \
+            "remove the node from nodes, run pulumi up, then add it back with the new role"
+    fi
+}
+
+k3s_install() {
+    k3s_check_parameters
+    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
+    k3s_refuse_role_change
+    k3s_refuse_downgrade
+    k3s_write_config
+    if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
+        k3s_apply_config
+    else
+        k3s_install_version
+    fi
+    k3s_wait_until_serving
+}
+
+k3s_reconfigure() {
+    k3s_check_parameters
+    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
+    k3s_refuse_role_change
+    k3s_write_config
+    if k3s_installed; then
+        k3s_apply_config
+    else
+        # Nothing (or a half-removed install) here: repair it at the stack's version.
+        k3s_log "k3s is not installed here: installing $k3s_version"
+        k3s_refuse_downgrade
+        k3s_install_version
+    fi
+    k3s_wait_until_serving
+}
+
+k3s_upgrade() {
+    k3s_check_parameters
+    k3s_refuse_role_change
+    [ -f "$k3s_config" ] || k3s_fail "$k3s_config is missing: the install step writes it before any upgrade"
+    if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
+        k3s_log "k3s $k3s_version is already installed"
+        k3s_wait_until_serving
+        return 0
+    fi
+    k3s_refuse_downgrade
+    k3s_log "upgrading k3s from $(k3s_recorded_version) to $k3s_version"
+    k3s_install_version
+    k3s_wait_until_serving
 }
 
 k3s_uninstall() {
@@ -255,22 +331,12 @@ k3s_uninstall() {
     rm -f "$k3s_record"
 }
 
-k3s_print_kubeconfig() {
-    [[ "$k3s_wait" =~ ^[0-9]+$ ]] || k3s_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
-    k3s_wait_for "$k3s_kubeconfig (is the k3s server running?)" k3s_kubeconfig_ready
-    cat "$k3s_kubeconfig"
-}
-
 case "$k3s_action" in
 install) k3s_install ;;
+reconfigure) k3s_reconfigure ;;
+upgrade) k3s_upgrade ;;
 uninstall) k3s_uninstall ;;
-kubeconfig)
-    k3s_print_kubeconfig
-    # stdout is the kubeconfig and nothing else.
-    echo "space-harbor: k3s.sh kubeconfig: unchanged" >&2
-    exit 0
-    ;;
-*) k3s_fail "unknown action '${k3s_action}'; use install, uninstall or kubeconfig" ;;
+*) k3s_fail "unknown action '${k3s_action}'; use install, reconfigure, upgrade or uninstall" ;;
 esac
 
 if [ "$k3s_changed" = true ]; then

@@ -52,6 +52,12 @@ def _etcd_two_servers(config: dict[str, Any]) -> None:
     config["k3s"] = {"datastore": "etcd"}
 
 
+def _etcd_three_servers_unnamed_first(config: dict[str, Any]) -> None:
+    _add_server(config)
+    config["nodes"].append({"name": "server-3", "role": "server", "host": "192.0.2.51", "meshAddress": "10.160.0.3"})
+    config["k3s"] = {"datastore": "etcd"}
+
+
 def _mesh_off_api_via_mesh(config: dict[str, Any]) -> None:
     for node in config["nodes"]:
         del node["meshAddress"]
@@ -99,6 +105,10 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("two servers on sqlite", _add_server, "nodes: k3s.datastore sqlite needs exactly one server, found 2"),
     ("two etcd servers", _etcd_two_servers, "nodes: embedded etcd needs 1, 3 or 5 servers for quorum, found 2"),
     ("k3s version format", _set("k3s.version", "latest"), "k3s.version: 'latest' is not a k3s release"),
+    ("several servers, no first named", _etcd_three_servers_unnamed_first, "k3s.firstServer: is required with 3 servers"),
+    ("first server is an agent", _set("k3s.firstServer", "agent-1"), "k3s.firstServer: 'agent-1' is not a server in nodes"),
+    ("forget a node still listed", _set("decommission.forget", ["agent-1"]), "decommission.forget[0]: 'agent-1' is still in nodes"),
+    ("forget a name that is no node name", _set("decommission.forget", ["Bad_Name"]), "decommission.forget: 'Bad_Name' is not a DNS-1123 label"),
     ("unknown flannel backend", _set("k3s.flannelBackend", "calico"), "k3s.flannelBackend: Input should be 'vxlan', 'host-gw' or 'wireguard-native'"),
     ("wireguard-native inside the mesh", _set("k3s.flannelBackend", "wireguard-native"), "k3s.flannelBackend: wireguard-native would tunnel inside the mesh"),
     ("api over a mesh that is off", _mesh_off_api_via_mesh, "k3s.apiAccess: mesh needs mesh.enabled true"),

@@ -69,12 +69,13 @@ def test_connections_use_the_node_address_and_a_secret_key(stack_run) -> None:
         assert SSH_KEY_MARKER in connection["privateKey"]
         # The SDK marks the whole connection secret once the key inside it is.
         assert "connection" in command.secret_inputs, f"{command.name}: the SSH key is not secret"
-        node = command.name.rsplit("-", 1)[0]
-        if command.name.endswith(("-node-object", "-registered")):
-            # Drain and delete run on the first server, not on the node being removed.
-            assert connection["host"] == hosts["server-1"]
-        elif node in hosts:
-            assert connection["host"] == hosts[node]
+        on_first_server = ("-node-object", "-registered", "-drain", "-uncordon", "cluster-departures", "api-credential")
+        if command.name.endswith(on_first_server):
+            # Drain, uncordon and delete run on the first server, not on the node being removed.
+            assert connection["host"] == hosts["server-1"], command.name
+        else:
+            node = next(name for name in hosts if command.name.startswith(f"{name}-"))
+            assert connection["host"] == hosts[node], command.name
 
 
 def test_agents_join_the_first_server_and_wait_for_it(stack_run) -> None:
@@ -103,6 +104,8 @@ def test_decommission_order_is_drain_uninstall_delete_node(stack_run) -> None:
         )
         assert node_object.inputs["delete"] == "bash -s -- delete-node"
         assert registered.inputs["delete"] == "bash -s -- drain"
+        # Both matter only while the cluster lives: a whole-stack destroy skips them.
+        assert node_object.deleted_with == registered.deleted_with == run.named("cluster-id").urn
         # Pulumi deletes dependents first: registered (drain), then install (uninstall), then node-object.
         assert run.depends_on(registered, install)
         assert run.depends_on(install, node_object)
@@ -168,27 +171,44 @@ def test_given_token_stays_secret_everywhere() -> None:
     assert len(installs) == 4
     for install in installs:
         assert "stdin" in install.secret_inputs
-        assert TOKEN_MARKER in install.inputs["stdin"]
-    assert not any(r.type == "random:index/randomPassword:RandomPassword" for r in run.resources)
+        # Only servers hold the server token; agents join with the (generated) agent token.
+        assert (TOKEN_MARKER in install.inputs["stdin"]) == install.name.startswith("server-")
+    assert [r.name for r in run.of_type("random:index/randomPassword:RandomPassword")] == ["k3s-agent-token"]
     for resource in run.resources:
         assert TOKEN_MARKER not in resource.public_text(), resource.name
 
 
-def test_kubeconfig_read_keeps_its_stdout_secret_and_out_of_logs() -> None:
+def test_api_credential_read_keeps_its_stdout_secret_and_out_of_logs() -> None:
     # Mocks do not apply additional_secret_outputs; the request must still ask for it.
     _, run = _run("single", "up")
-    read = run.named("server-1-kubeconfig")
-    assert read.inputs["create"] == "bash -s -- kubeconfig"
+    read = run.named("api-credential")
+    assert read.inputs["create"] == "bash -s -- api-credential"
     assert "stdout" in read.additional_secret_outputs
     assert read.inputs["logging"] == "none"
+    assert "delete" not in read.inputs and "update" not in read.inputs
+    # It needs the first server Ready; the Kubernetes provider needs it.
+    assert run.depends_on(read, run.named("server-1-registered"))
+    assert run.depends_on(run.named("cluster"), read)
+
+
+def test_no_step_sends_its_previous_output_to_sshd() -> None:
+    # pulumi-command would otherwise set PULUMI_COMMAND_STDOUT on every update and delete: for
+    # the credential step, that is a kubeconfig in an SSH environment request.
+    _, run = _run("server-3-agents", "up")
+    for command in run.commands():
+        assert command.inputs.get("addPreviousOutputInEnv") is False, command.name
 
 
 def test_generated_token_comes_from_pulumi_random() -> None:
-    _, run = _run("single", "up")
-    token = run.named("k3s-token")
-    assert "k3sToken" in run.secret_outputs
-    assert yaml.safe_load(_env(run.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])["token"] == run.outputs["k3sToken"]
-    assert token.type == "random:index/randomPassword:RandomPassword"
+    _, run = _run("server-3-agents", "up")
+    token, agent_token = run.named("k3s-token"), run.named("k3s-agent-token")
+    assert {"k3sToken", "k3sAgentToken"} <= run.secret_outputs
+    server = yaml.safe_load(_env(run.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+    agent = yaml.safe_load(_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
+    assert server["token"] == run.outputs["k3sToken"]
+    assert server["agent-token"] == agent["token"] == run.outputs["k3sAgentToken"]
+    assert run.outputs["k3sToken"] != run.outputs["k3sAgentToken"]
+    assert token.type == agent_token.type == "random:index/randomPassword:RandomPassword"
     assert run.depends_on(run.named("server-1-k3s"), token)
 
 
@@ -205,11 +225,12 @@ def test_four_node_stack_registers_the_full_graph() -> None:
     by_type: dict[str, int] = {}
     for resource in run.resources:
         by_type[resource.type] = by_type.get(resource.type, 0) + 1
-    # mesh, firewall, k3s and registered per node; node-object per agent; the kubeconfig read
+    # per node: preflight, mesh, firewall, and the seven k3s steps; then the API credential read
     # and the drain of departed nodes
-    assert by_type[COMMAND] == 4 * 4 + 3 + 2
+    assert by_type[COMMAND] == 4 * (3 + 6) + 2
     assert by_type["random:index/randomBytes:RandomBytes"] == 4
-    assert by_type["space-harbor:index:K3sAgent"] == 3
+    assert by_type["space-harbor:index:K3sNode"] == 4
+    assert by_type["space-harbor:index:NodePreflight"] == 1
     assert by_type["space-harbor:index:NodeFirewall"] == 4
     assert by_type["space-harbor:index:WireGuardMesh"] == 1
 
@@ -218,9 +239,11 @@ def test_components_are_parents_of_their_commands() -> None:
     _, run = _run("server-3-agents", "up")
     mesh = run.of_type("space-harbor:index:WireGuardMesh")[0]
     assert run.named("agent-2-mesh").parent == mesh.urn
-    agent = next(r for r in run.of_type("space-harbor:index:K3sAgent") if r.name == "agent-2-agent")
-    for kind in ("node-object", "k3s", "registered"):
+    agent = next(r for r in run.of_type("space-harbor:index:K3sNode") if r.name == "agent-2-k3s-node")
+    for kind in ("node-object", "k3s", "drain", "upgrade", "uncordon", "registered"):
         assert run.named(f"agent-2-{kind}").parent == agent.urn
+    preflight = run.of_type("space-harbor:index:NodePreflight")[0]
+    assert run.named("agent-2-preflight").parent == preflight.urn
 
 
 def test_stack_outputs() -> None:

@@ -43,7 +43,9 @@ def audit_config(transport: str) -> dict[str, Any]:
     config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.160.200.1"}]}
     config["k3s"] = {
         "token": marker("k3s.token"),
+        "agentToken": marker("k3s.agentToken"),
         "datastore": "etcd",
+        "firstServer": "server-1",
         "etcdSnapshots": {
             "s3Bucket": "snapshots",
             "s3AccessKey": marker("k3s.etcdSnapshots.s3AccessKey"),

@@ -40,7 +40,7 @@ def _ha_stack(agents: int, concurrency: int = 1) -> dict[str, Any]:
         {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
         for i in range(1, 4)
     ] + config["nodes"][1:]
-    config["k3s"] = {"datastore": "etcd", "upgradeConcurrency": concurrency}
+    config["k3s"] = {"datastore": "etcd", "firstServer": "server-1", "upgradeConcurrency": concurrency}
     return config
 
 
@@ -49,68 +49,119 @@ def _before(run: ProgramRun, first: str, then: str) -> bool:
     return run.depends_on(run.named(then), run.named(first))
 
 
-def test_version_change_touches_installs_and_lifecycle_steps_only() -> None:
+UPGRADE_STEPS = ("-drain", "-upgrade", "-uncordon")
+
+
+def test_version_change_moves_nodes_through_the_upgrade_steps_only() -> None:
     config = _ha_stack(agents=2)
     upgraded = copy.deepcopy(config)
     upgraded["k3s"]["version"] = NEW_VERSION
-    updated = _updated(config, upgraded)
+    updated = {name for name in _updated(config, upgraded) if not name.endswith("-preflight")}
     nodes = [n["name"] for n in config["nodes"]]
-    joined = nodes[1:]
-    expected = {f"{n}-k3s" for n in nodes} | {f"{n}-registered" for n in nodes} | {f"{n}-node-object" for n in joined}
+    # The install's update (reconfigure) sees the new version but never acts on it: only the
+    # chained drain -> upgrade -> uncordon steps move a node to it.
+    expected = {f"{n}{step}" for n in nodes for step in (*UPGRADE_STEPS, "-k3s")}
     assert updated == expected
-    assert not any(name.endswith(("-mesh", "-firewall")) for name in updated)
+    assert not any(name.endswith(("-mesh", "-firewall", "-registered", "-node-object")) for name in updated)
 
 
 def test_servers_upgrade_one_at_a_time_then_agents_each_drained_upgraded_uncordoned() -> None:
     run = run_program(_ha_stack(agents=3))
+    # each node: drain -> upgrade (after its install exists) -> confirm and uncordon
+    for name in ["server-1", "server-2", "server-3", "agent-1", "agent-2", "agent-3"]:
+        assert _before(run, f"{name}-drain", f"{name}-upgrade")
+        assert _before(run, f"{name}-k3s", f"{name}-upgrade")
+        assert _before(run, f"{name}-upgrade", f"{name}-uncordon")
     # the first server, confirmed at the new version, before anything else moves
-    assert _before(run, "server-1-k3s", "server-1-registered")
-    assert _before(run, "server-1-registered", "server-2-node-object")
-    # each joined node: drain (node-object update) -> install -> reconcile (uncordon)
-    for name in ["server-2", "server-3", "agent-1", "agent-2", "agent-3"]:
-        assert _before(run, f"{name}-node-object", f"{name}-k3s")
-        assert _before(run, f"{name}-k3s", f"{name}-registered")
+    assert _before(run, "server-1-uncordon", "server-2-drain")
     # servers one at a time
-    assert _before(run, "server-2-registered", "server-3-node-object")
-    assert not _before(run, "server-3-registered", "server-2-node-object")
+    assert _before(run, "server-2-uncordon", "server-3-drain")
+    assert not _before(run, "server-3-uncordon", "server-2-drain")
     # every agent after the last server
     for agent in ["agent-1", "agent-2", "agent-3"]:
-        assert _before(run, "server-3-registered", f"{agent}-node-object")
+        assert _before(run, "server-3-uncordon", f"{agent}-drain")
     # upgradeConcurrency 1: agents strictly one after another
-    assert _before(run, "agent-1-registered", "agent-2-node-object")
-    assert _before(run, "agent-2-registered", "agent-3-node-object")
+    assert _before(run, "agent-1-uncordon", "agent-2-drain")
+    assert _before(run, "agent-2-uncordon", "agent-3-drain")
 
 
 def test_upgrade_concurrency_lets_that_many_agents_go_at_once() -> None:
     run = run_program(_ha_stack(agents=5, concurrency=2))
     # agents 1 and 2 start together; 3 waits for 1, 4 for 2, 5 for 3
-    assert not _before(run, "agent-1-registered", "agent-2-node-object")
-    assert not _before(run, "agent-2-registered", "agent-1-node-object")
-    assert _before(run, "agent-1-registered", "agent-3-node-object")
-    assert not _before(run, "agent-2-registered", "agent-3-node-object")
-    assert _before(run, "agent-2-registered", "agent-4-node-object")
-    assert _before(run, "agent-3-registered", "agent-5-node-object")
-    assert not _before(run, "agent-4-registered", "agent-5-node-object")
+    assert not _before(run, "agent-1-uncordon", "agent-2-drain")
+    assert not _before(run, "agent-2-uncordon", "agent-1-drain")
+    assert _before(run, "agent-1-uncordon", "agent-3-drain")
+    assert not _before(run, "agent-2-uncordon", "agent-3-drain")
+    assert _before(run, "agent-2-uncordon", "agent-4-drain")
+    assert _before(run, "agent-3-uncordon", "agent-5-drain")
+    assert not _before(run, "agent-4-uncordon", "agent-5-drain")
+
+
+def test_day_one_agents_join_in_parallel_and_servers_one_at_a_time() -> None:
+    run = run_program(_ha_stack(agents=4))
+    agents = [f"agent-{i}" for i in range(1, 5)]
+    for a in agents:
+        for b in agents:
+            if a != b:
+                # No install, registration or upgrade step of one agent waits for another's
+                # install or registration: on day one they all join at once.
+                for step in ("-k3s", "-registered"):
+                    assert not _before(run, f"{a}{step}", f"{b}-k3s"), (a, b, step)
+                    assert not _before(run, f"{a}{step}", f"{b}-registered"), (a, b, step)
+        # every agent joins once the servers are up
+        assert _before(run, "server-1-registered", f"{a}-k3s")
+        assert _before(run, "server-3-k3s", f"{a}-k3s")
+    # joining servers: one at a time, each after the previous is Ready
+    assert _before(run, "server-2-registered", "server-3-k3s")
+    assert not _before(run, "server-3-k3s", "server-2-k3s")
+    # The chained steps have no create: on day one they dial nobody, so the chain costs nothing.
+    for command in run.commands():
+        if command.name.endswith(UPGRADE_STEPS):
+            assert "create" not in command.inputs, command.name
+            assert "delete" not in command.inputs, command.name
+            assert command.inputs["update"].startswith("bash -s -- "), command.name
+
+
+def test_a_node_added_during_an_upgrade_installs_the_new_version_without_waiting_for_agents() -> None:
+    config = _ha_stack(agents=3)
+    config["k3s"]["version"] = NEW_VERSION
+    config["nodes"].append({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    run = run_program(config)
+    assert _env(run.named("agent-9-k3s"))["HARBOR_K3S_VERSION"] == NEW_VERSION
+    for agent in ("agent-1", "agent-2", "agent-3"):
+        for step in ("-drain", "-upgrade", "-uncordon", "-k3s", "-registered"):
+            assert not _before(run, f"{agent}{step}", "agent-9-k3s"), step
+    # ...but never before the servers run the new version: an agent is not newer than its servers
+    assert _before(run, "server-3-uncordon", "agent-9-k3s")
 
 
 def test_lifecycle_commands_drain_before_and_reconcile_after_the_install() -> None:
     run = run_program(base_config(agents=1))
     node_object, registered = run.named("agent-1-node-object"), run.named("agent-1-registered")
+    drain, upgrade, uncordon = (run.named(f"agent-1{step}") for step in UPGRADE_STEPS)
     assert node_object.inputs["create"] == "bash -s -- node-object"
-    assert node_object.inputs["update"] == "bash -s -- prepare-upgrade"
     assert node_object.inputs["delete"] == "bash -s -- delete-node"
+    assert drain.inputs["update"] == "bash -s -- prepare-upgrade"
+    assert upgrade.inputs["update"] == "bash -s -- upgrade"
+    assert uncordon.inputs["update"] == "bash -s -- confirm-upgrade"
     assert registered.inputs["create"] == "bash -s -- reconcile"
     assert "update" not in registered.inputs  # an update runs create again: reconcile
     assert registered.inputs["delete"] == "bash -s -- drain"
-    # both run on the first server and know the version the install puts on the node
+    # the lifecycle steps run on the first server; the upgrade on the node itself
     install_version = _env(run.named("agent-1-k3s"))["HARBOR_K3S_VERSION"]
-    for command in (node_object, registered):
+    for command in (node_object, registered, drain, uncordon):
         assert command.inputs["connection"]["host"] == "192.0.2.10"
+    assert upgrade.inputs["connection"]["host"] == "192.0.2.21"
+    for command in (drain, upgrade, uncordon):
         assert _env(command)["HARBOR_K3S_VERSION"] == install_version
-    # the first server has a reconcile too, with nothing to undo on delete
+    # a registration does not depend on the version: an upgrade does not re-run it
+    assert "HARBOR_K3S_VERSION" not in _env(registered)
+    # the first server has a reconcile too, with nothing to undo on delete, and is never drained
     first = run.named("server-1-registered")
     assert first.inputs["create"] == "bash -s -- reconcile"
     assert "delete" not in first.inputs
+    assert _env(run.named("server-1-drain"))["HARBOR_DRAIN"] == "false"
+    assert _env(drain)["HARBOR_DRAIN"] == "true"
 
 
 def test_labels_and_taints_reach_the_reconcile_step() -> None:
@@ -141,7 +192,7 @@ def test_unrelated_changes_rerun_no_install(change, installs: set[str]) -> None:
     updated = _updated(config, changed)
     assert updated, "the change reached no resource at all"
     assert {name for name in updated if name.endswith("-k3s")} == installs
-    assert not any(name.endswith("-node-object") for name in updated)
+    assert not any(name.endswith(("-node-object", *UPGRADE_STEPS)) for name in updated)
 
 
 def test_three_etcd_servers_cluster_init_on_the_first_join_over_the_mesh() -> None:
@@ -158,14 +209,14 @@ def test_three_etcd_servers_cluster_init_on_the_first_join_over_the_mesh() -> No
     for name in ["server-2", "server-3"]:
         assert _env(run.named(f"{name}-k3s"))["HARBOR_K3S_ROLE"] == "server"
         assert configs[name]["node-ip"] == configs[name]["advertise-address"]
-    assert _before(run, "server-2-registered", "server-3-node-object")
+    assert _before(run, "server-2-registered", "server-3-k3s")
 
 
 def test_sqlite_to_etcd_migrates_the_single_server_in_place() -> None:
     config = base_config(agents=2)
     migrated = copy.deepcopy(config)
     migrated["k3s"] = {"datastore": "etcd"}
-    assert _updated(config, migrated) == {"server-1-k3s"}
+    assert {name for name in _updated(config, migrated) if not name.endswith("-preflight")} == {"server-1-k3s"}
     server = yaml.safe_load(_env(run_program(migrated).named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
     assert server["cluster-init"] is True
 
@@ -205,7 +256,7 @@ def test_a_removed_node_is_drained_before_any_mesh_or_firewall_drops_it() -> Non
     assert departures.inputs["create"] == "bash -s -- drain-departed"
     assert "delete" not in departures.inputs
     assert departures.inputs["connection"]["host"] == "192.0.2.10"  # the first server
-    assert _env(departures)["HARBOR_CLUSTER_NODES"].splitlines() == ["server-1", "agent-1", "agent-2", "agent-3"]
+    assert _env(departures)["HARBOR_CLUSTER_NODES"].splitlines() == ["agent-1", "agent-2", "agent-3", "server-1"]
     for node in config["nodes"]:
         for kind in ("mesh", "firewall"):
             assert _before(run, "cluster-departures", f"{node['name']}-{kind}")

@@ -57,6 +57,7 @@ KEY_FILES = {
         "/etc/rancher/k3s/k3s.yaml",
         "/var/lib/rancher/k3s/server/token",
         "/var/lib/rancher/k3s/server/node-token",
+        "/var/lib/rancher/k3s/server/agent-token",
     ],
     "n2": [f"/etc/wireguard/{MESH_INTERFACE}.conf", "/etc/rancher/k3s/config.yaml"],
 }
@@ -95,6 +96,7 @@ def audit_config(tb: Testbed, gitops_key: str) -> dict[str, Any]:
             "airgap": True,
             "version": K3S_VERSION,
             "token": marker("K3S-TOKEN"),
+            "agentToken": marker("K3S-AGENT-TOKEN"),
             "datastore": "etcd",
             "etcdSnapshots": {
                 "s3Endpoint": "s3.harbor.test",
@@ -299,6 +301,13 @@ def test_secrets_stay_in_secret_inputs_root_only_files_and_nowhere_else(audit: A
         for path, (mode, user, group) in holders.items():
             assert int(mode, 8) & 0o077 == 0 and user == "root", f"{node}: {path} holds a secret, {mode} {user}:{group}"
         print(f"{node}: secrets only in {', '.join(f'{p} ({m[0]})' for p, m in sorted(holders.items()))}")
+    # An agent holds the agent token, and nothing of the server token (k3s: cluster admin).
+    agent_files = tb.ssh("n2", f"grep -rlsF -e {marker('K3S-AGENT-TOKEN')} {SEARCHED} || true").stdout.split()
+    # (and the stand-in's own record of its config, as k3s keeps its own files)
+    assert "/etc/rancher/k3s/config.yaml" in agent_files, agent_files
+    assert set(agent_files) <= {"/etc/rancher/k3s/config.yaml", "/var/lib/rancher/k3s/standin/agent.json"}
+    server_token = tb.ssh("n2", f"grep -rlsF -e {marker('K3S-TOKEN')} {SEARCHED} || true").stdout.split()
+    assert server_token == [], f"n2 holds the server token in {server_token}"
 
     # The key files: 0600 root:root, and /etc/wireguard holds nothing else.
     for node, paths in KEY_FILES.items():

@@ -1,13 +1,15 @@
-"""Day 2 on real nodes (issue 5): an upgrade in order, a refused downgrade, live labels, decommission.
+"""Day 2 on real nodes, as the engine runs it: upgrades in order, refusals, labels, decommission,
+an unreachable node dropped by config, and a whole-stack destroy with no program running.
 
 Three booted nodes: n1 the server, n2 and n3 agents, with the k3s stand-in. Each step is a config
-change: the program runs again and the runner applies exactly the commands whose inputs changed,
-with `update` where a command has one, in dependency order, as `pulumi up` would; a removed node's
-commands run their delete from the previous run, as Pulumi does at the end of an update.
+change: the program runs again and `tests/testbed/engine.py` applies it as `pulumi up` would
+(creates and updates in dependency order with the new inputs, then deletes with the stored ones,
+skipping what `deletedWith` or `retainOnDelete` say to skip).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator
@@ -15,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness import ProgramRun
+from tests.harness import ProgramRun, run_program
 from tests.testbed.conftest import _testbed
-from tests.testbed.nodes import AIRGAP_BINARY, STANDIN_K3S, Testbed
-from tests.testbed.runner import CommandResult, RunFailed, Runner
-from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, names, program, stack_config
+from tests.testbed.engine import Engine, EngineFailed, Report, stored_inputs
+from tests.testbed.nodes import AIRGAP_BINARY, STANDIN_K3S, Testbed, call_in_netns
+from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
 
 pytestmark = pytest.mark.testbed
 
@@ -34,28 +36,28 @@ def testbed3() -> Iterator[Testbed]:
 
 
 class Cluster:
-    """The stack as last applied: its config, program run and runner."""
+    """The stack: its last config and program run, and the engine's state."""
 
     def __init__(self, tb: Testbed) -> None:
         self.tb = tb
-        self.config = stack_config(tb)
-        self.run, self.runner = program(tb, self.config)
+        self.engine = Engine(ssh_prefix=["ip", "netns", "exec", tb.ctl], workdir=tb.workdir)
+        self.config: dict[str, Any] = {}
+        self.run: ProgramRun | None = None
 
-    def change(self, config: dict[str, Any]) -> tuple[ProgramRun, Runner, set[str]]:
-        """The program on `config`, and the commands whose inputs differ from the last run."""
-        run, runner = program(self.tb, config)
-        old = {c.name: c.inputs for c in self.runner.commands}
-        changed = {c.name for c in runner.commands if c.name in old and old[c.name] != c.inputs}
-        return run, runner, changed
+    def program(self, config: dict[str, Any]) -> ProgramRun:
+        return call_in_netns(self.tb.ctl, run_program, config)
 
-    def adopt(self, config: dict[str, Any], run: ProgramRun, runner: Runner) -> None:
-        self.config, self.run, self.runner = config, run, runner
+    def up(self, config: dict[str, Any]) -> Report:
+        run = self.program(config)
+        report = self.engine.up(run)
+        self.config, self.run = config, run
+        return report
 
 
 @pytest.fixture(scope="module")
 def cluster(testbed3: Testbed) -> Cluster:
     cluster = Cluster(testbed3)
-    cluster.runner.apply()
+    cluster.up(stack_config(testbed3))
     return cluster
 
 
@@ -65,14 +67,14 @@ def node_record(tb: Testbed, name: str) -> dict[str, Any] | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-def stage_k3s(tb: Testbed, version: str) -> None:
+def stage_k3s(tb: Testbed, version: str, nodes: list[str] = NODES) -> None:
     """Put the k3s `version` binary where the air-gap install takes it from, as an operator would."""
     standin = STANDIN_K3S.read_text().replace(
         'STANDIN_VERSION="${K3S_STANDIN_VERSION:-v1.31.4+k3s1}"',
         f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{version}}}"',
     )
     assert version in standin
-    for name in NODES:
+    for name in nodes:
         # A new file moved into place: the running k3s keeps the old one open.
         tb.ssh(
             name,
@@ -81,12 +83,14 @@ def stage_k3s(tb: Testbed, version: str) -> None:
         )
 
 
-def by_name(results: list[CommandResult]) -> dict[str, CommandResult]:
-    return {result.name: result for result in results}
+def before(report: Report, first: str, then: str) -> None:
+    assert report.result(first).finished <= report.result(then).started, f"{then} started before {first} finished"
 
 
-def before(results: dict[str, CommandResult], first: str, then: str) -> None:
-    assert results[first].finished <= results[then].started, f"{then} started before {first} finished"
+def with_k3s(config: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(config)
+    changed["k3s"] = {**changed["k3s"], **changes}
+    return changed
 
 
 def test_every_node_is_marked_as_joined_by_space_harbor(cluster: Cluster) -> None:
@@ -100,24 +104,25 @@ def test_every_node_is_marked_as_joined_by_space_harbor(cluster: Cluster) -> Non
 def test_upgrade_goes_server_first_then_each_agent_drained_upgraded_uncordoned(cluster: Cluster) -> None:
     tb = cluster.tb
     stage_k3s(tb, NEW_VERSION)
-    config = {**cluster.config, "k3s": {**cluster.config["k3s"], "version": NEW_VERSION}}
-    run, runner, changed = cluster.change(config)
-    assert changed == {f"{n}-k3s" for n in NODES} | {f"{n}-registered" for n in NODES} | {
-        "n2-node-object",
-        "n3-node-object",
-    }
-    results = by_name(runner.update(changed))
+    report = cluster.up(with_k3s(cluster.config, version=NEW_VERSION))
+    chained = {f"{n}-{step}" for n in NODES for step in ("drain", "upgrade", "uncordon")}
+    assert chained <= set(report.updates)
+    assert not {u for u in report.updates if u.endswith(("-registered", "-node-object", "-mesh", "-firewall"))}
+    # the install's own update saw the new version and left it alone
+    for name in NODES:
+        assert report.result(f"{name}-k3s").stdout.strip().endswith("reconfigure: unchanged"), name
 
-    before(results, "n1-k3s", "n1-registered")
+    before(report, "n1-upgrade", "n1-uncordon")
     for agent, after in (("n2", "n1"), ("n3", "n2")):
-        before(results, f"{after}-registered", f"{agent}-node-object")
-        before(results, f"{agent}-node-object", f"{agent}-k3s")
-        before(results, f"{agent}-k3s", f"{agent}-registered")
+        before(report, f"{after}-uncordon", f"{agent}-drain")
+        before(report, f"{agent}-drain", f"{agent}-upgrade")
+        before(report, f"{agent}-upgrade", f"{agent}-uncordon")
         assert (
             f"draining node {agent} for its upgrade from {K3S_VERSION} to {NEW_VERSION}"
-            in results[f"{agent}-node-object"].stderr
+            in report.result(f"{agent}-drain").stderr
         )
-        assert f"node {agent} upgraded to {NEW_VERSION} and uncordoned" in results[f"{agent}-registered"].stderr
+        assert f"node {agent} upgraded to {NEW_VERSION} and uncordoned" in report.result(f"{agent}-uncordon").stderr
+    assert "without a drain" in report.result("n1-drain").stderr
     for name in NODES:
         record = node_record(tb, name)
         assert record is not None
@@ -125,75 +130,81 @@ def test_upgrade_goes_server_first_then_each_agent_drained_upgraded_uncordoned(c
         assert not record["unschedulable"], f"{name} stayed cordoned"
         assert "space-harbor/drained-for-upgrade" not in record["annotations"]
         assert NEW_VERSION in tb.ssh(name, "k3s --version").stdout
-    cluster.adopt(config, run, runner)
 
 
-def test_downgrade_is_refused_before_any_node_is_touched(cluster: Cluster) -> None:
+def test_downgrade_is_refused_before_any_node_moves(cluster: Cluster) -> None:
     tb = cluster.tb
-    config = {**cluster.config, "k3s": {**cluster.config["k3s"], "version": K3S_VERSION}}
-    _, runner, changed = cluster.change(config)
     before_files = {name: tb.ssh(name, "sha256sum /etc/rancher/k3s/config.yaml").stdout for name in NODES}
-    with pytest.raises(RunFailed, match=re.escape(f"refusing to downgrade k3s from {NEW_VERSION} to {K3S_VERSION}")):
-        runner.update(changed)
-    ran = {result.name for result in runner.results}
-    assert ran == {"n1-k3s"}, f"commands ran after the refusal: {sorted(ran)}"
+    with pytest.raises(EngineFailed, match=re.escape(f"refusing to downgrade node n1 from {NEW_VERSION}")) as failed:
+        cluster.engine.up(cluster.program(with_k3s(cluster.config, version=K3S_VERSION)))
+    assert not {name for name in failed.value.report.ran() if name.endswith(("-upgrade", "-uncordon"))}
     for name in NODES:
         assert tb.ssh(name, "sha256sum /etc/rancher/k3s/config.yaml").stdout == before_files[name]
         record = node_record(tb, name)
         assert record is not None and record["version"] == NEW_VERSION and not record["unschedulable"]
 
 
+def test_a_role_change_is_refused_on_the_node(cluster: Cluster) -> None:
+    tb = cluster.tb
+    config = copy.deepcopy(cluster.config)
+    for node in config["nodes"]:
+        node["role"] = "server"
+    config["k3s"] = {**config["k3s"], "datastore": "etcd", "firstServer": "n1"}
+    run = cluster.program(config)
+    # The same identities: the engine would update, never uninstall and reinstall.
+    assert {r.urn for r in run.resources} >= {urn for urn in cluster.engine.state if "K3sNode" in urn}
+    before_files = {name: tb.ssh(name, "sha256sum /etc/rancher/k3s/config.yaml").stdout for name in NODES}
+    with pytest.raises(EngineFailed, match="runs k3s as agent and the stack says server") as refused:
+        cluster.engine.up(run)
+    # The preflight refused it: no other step on any node ran.
+    assert {name for name in refused.value.report.ran() if not name.endswith("-preflight")} == set()
+    for name in NODES:
+        assert tb.ssh(name, "sha256sum /etc/rancher/k3s/config.yaml").stdout == before_files[name]
+    assert tb.ssh("n2", "systemctl is-active k3s-agent").stdout.strip() == "active"
+
+
 def test_a_label_change_reaches_the_live_node_and_only_that_node(cluster: Cluster) -> None:
-    config = json.loads(json.dumps(cluster.config))
+    # The refused runs above left steps that did succeed recorded with their inputs, as the engine
+    # records them; the next `up` of the current config converges first.
+    cluster.up(cluster.config)
+    config = copy.deepcopy(cluster.config)
     config["nodes"][1]["labels"] = {"tier": "web"}
     config["nodes"][1]["taints"] = ["dedicated=web:NoSchedule"]
-    run, runner, changed = cluster.change(config)
-    assert changed == {"n2-k3s", "n2-registered"}
-    runner.update(changed)
+    report = cluster.up(config)
+    assert {u for u in report.updates if not u.endswith("-preflight")} == {"n2-k3s", "n2-registered"}
     record = node_record(cluster.tb, "n2")
     assert record is not None
     assert record["labels"] == {"tier": "web"}
     assert list(record["taints"]) == ["dedicated:NoSchedule"]
     assert "node-label" in cluster.tb.ssh("n2", "cat /etc/rancher/k3s/config.yaml").stdout
-    cluster.adopt(config, run, runner)
 
-    config = json.loads(json.dumps(config))
+    config = copy.deepcopy(config)
     config["nodes"][1]["labels"] = {}
     config["nodes"][1]["taints"] = []
-    run, runner, changed = cluster.change(config)
-    runner.update(changed)
+    cluster.up(config)
     record = node_record(cluster.tb, "n2")
     assert record is not None and record["labels"] == {} and record["taints"] == {}
-    cluster.adopt(config, run, runner)
 
 
 def test_a_removed_agent_is_drained_while_connected_then_decommissioned(cluster: Cluster) -> None:
     tb = cluster.tb
-    old_runner = cluster.runner
     identity = {
         n: tb.ssh(n, f"cat /sys/class/net/{MESH_INTERFACE}/ifindex; pgrep -x wireguard-go").stdout for n in ("n1", "n2")
     }
+    assert cluster.run is not None
     n3_key = cluster.run.outputs["meshPublicKeys"]["n3"]
     config = stack_config(tb, node_names=["n1", "n2"])
     config["k3s"] = cluster.config["k3s"]
-    run, runner, changed = cluster.change(config)
-    assert {"cluster-departures", "n1-mesh", "n2-mesh"} <= changed
+    report = cluster.up(config)
+    assert {"cluster-departures", "n1-mesh", "n2-mesh"} <= set(report.updates)
     # The update phase: the drain first, while n3 still has its peers.
-    updates = by_name(runner.update(changed))
     for mesh in ("n1-mesh", "n2-mesh"):
-        before(updates, "cluster-departures", mesh)
-    assert "node n3 left the stack: draining it" in updates["cluster-departures"].stderr
-    record = node_record(tb, "n3")
-    assert record is not None and record["unschedulable"], "n3 was not drained"
-    # Then, as at the end of `pulumi up`, the removed node's own commands run their delete.
-    deletes = by_name(
-        old_runner.delete_only(
-            names(old_runner, "-registered", "-k3s", "-node-object", "-mesh", "-firewall", nodes=["n3"])
-        )
-    )
-    before(deletes, "n3-registered", "n3-k3s")
-    before(deletes, "n3-k3s", "n3-node-object")
-    before(deletes, "n3-node-object", "n3-mesh")
+        before(report, "cluster-departures", mesh)
+    assert "node n3 left the stack: draining it" in report.result("cluster-departures").stderr
+    # Then, after the program, the removed node's own steps run their stored deletes, in order.
+    before(report, "n3-registered", "n3-k3s")
+    before(report, "n3-k3s", "n3-node-object")
+    before(report, "n3-node-object", "n3-mesh")
     assert node_record(tb, "n3") is None, "n3's Node object is still there"
     assert tb.ssh("n3", "test -e /etc/systemd/system/k3s-agent.service", check=False).returncode != 0
     assert tb.ssh("n3", f"ip link show {MESH_INTERFACE}", check=False).returncode != 0
@@ -203,5 +214,69 @@ def test_a_removed_agent_is_drained_while_connected_then_decommissioned(cluster:
         assert (
             tb.ssh(name, f"cat /sys/class/net/{MESH_INTERFACE}/ifindex; pgrep -x wireguard-go").stdout == identity[name]
         )
-    tb.ssh("n1", f"ping -c1 -W2 -I {MESH_INTERFACE} {run.outputs['nodes'][1]['meshAddress']}")
-    cluster.adopt(config, run, runner)
+    tb.ssh("n1", f"ping -c1 -W2 -I {MESH_INTERFACE} {report_mesh_address(cluster, 'n2')}")
+    assert not any(r.name.startswith("n3-") for r in cluster.engine.state.values())
+
+
+def report_mesh_address(cluster: Cluster, name: str) -> str:
+    assert cluster.run is not None
+    return next(n["meshAddress"] for n in cluster.run.outputs["nodes"] if n["name"] == name)
+
+
+def test_an_unreachable_removed_node_is_forgotten_by_config_and_the_others_go_on(cluster: Cluster) -> None:
+    """decommission.force cannot reach a removed node's deletes (they keep their stored inputs);
+    `decommission.forget` disarms them instead, with one config change and one `up`."""
+    tb = cluster.tb
+    # n3 joins again (its uninstall took the air-gapped binary along), then dies: its sshd stops
+    # and every dial is refused.
+    stage_k3s(tb, cluster.config["k3s"]["version"], nodes=["n3"])
+    cluster.up(stack_config(tb, k3s=cluster.config["k3s"]))
+    assert node_record(tb, "n3") is not None
+    tb.stop_sshd("n3")
+    n3_address = tb.nodes["n3"].address
+    try:
+        gone = stack_config(tb, node_names=["n1", "n2"], k3s=cluster.config["k3s"])
+        # What happens without it: the update phase goes through, the deletes dial the dead node and fail.
+        with pytest.raises(EngineFailed) as failed:
+            cluster.up(gone)
+        assert any(r.host == n3_address and r.dial_failed for r in failed.value.report.results)
+        assert any(r.name.startswith("n3-") for r in cluster.engine.state.values())
+
+        forget = {**gone, "decommission": {"forget": ["n3"]}}
+        report = cluster.up(forget)
+        dialled_n3 = [r.name for r in report.results if r.host == n3_address and r.command]
+        assert dialled_n3 == [], f"steps dialled the dead node: {dialled_n3}"
+        assert "deleting its Node object without a drain" in report.result("cluster-departures").stderr
+        assert node_record(tb, "n3") is None
+        # n3's steps are still in the state, disarmed: nothing stored would dial anyone.
+        for step in ("n3-k3s", "n3-registered", "n3-node-object", "n3-mesh", "n3-firewall"):
+            stored = stored_inputs(cluster.engine, step)
+            assert not {"create", "update", "delete"} & set(stored), step
+
+        # The name leaves the list: the engine drops the disarmed steps, still without a dial.
+        report = cluster.up(gone)
+        assert {r.host for r in report.results if r.command} <= {tb.nodes["n1"].address, tb.nodes["n2"].address}
+        assert not any(r.name.startswith("n3-") for r in cluster.engine.state.values())
+        tb.ssh("n1", f"ping -c1 -W2 -I {MESH_INTERFACE} {report_mesh_address(cluster, 'n2')}")
+    finally:
+        tb.start_sshd("n3")
+
+
+def test_destroy_without_the_program_leaves_every_node_clean(cluster: Cluster) -> None:
+    """`pulumi destroy` runs no program, so no tunnel: nothing may need the Kubernetes API."""
+    tb = cluster.tb
+    report = cluster.engine.destroy(api_after_exit=False)
+    skipped = dict(report.skipped)
+    k8s_objects = [r.name for r in (cluster.run.resources if cluster.run else []) if r.type.startswith("kubernetes:")]
+    assert k8s_objects and all(name in skipped for name in k8s_objects)
+    assert all(skipped[name] == "deletedWith cluster-id" for name in ("n1-registered", "n2-node-object"))
+    assert cluster.engine.state == {}
+    for name in ("n1", "n2"):
+        leftovers = tb.ssh(
+            name,
+            f"ls /etc/rancher/k3s /usr/local/bin/k3s-uninstall.sh /usr/local/bin/k3s-agent-uninstall.sh "
+            f"/etc/wireguard/{MESH_INTERFACE}.conf 2>/dev/null; ip link show {MESH_INTERFACE} 2>/dev/null; "
+            "nft list tables | grep space_harbor; systemctl is-active k3s k3s-agent 2>/dev/null | grep -x active",
+            check=False,
+        ).stdout
+        assert leftovers == "", f"{name} kept: {leftovers}"

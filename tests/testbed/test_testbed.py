@@ -253,15 +253,21 @@ def test_k3s_installs_air_gapped_and_joins_over_the_mesh(stack: Stack) -> None:
     )
     token = tb.ssh(SERVER, "cat /var/lib/rancher/k3s/server/token").stdout.strip()
     raw_token = token.rsplit("::server:", 1)[-1]
+    agent_token = server_cfg["agent-token"]
+    assert agent_token != raw_token
 
-    kubeconfig = [r for n, r in by_name.items() if n.endswith("-kubeconfig")]
-    assert kubeconfig and yaml.safe_load(kubeconfig[0].stdout)["clusters"], "kubeconfig command printed no kubeconfig"
+    # The stack's own credential: a ServiceAccount token kubeconfig, which does not expire.
+    credential = yaml.safe_load(by_name["api-credential"].stdout)
+    assert credential["users"][0]["user"]["token"].startswith("stand-in-token-")
+    assert credential["clusters"][0]["cluster"]["certificate-authority-data"]
 
     registered = {}
     for agent in AGENTS:
         cfg = yaml.safe_load(tb.ssh(agent, "cat /etc/rancher/k3s/config.yaml").stdout)
         assert cfg["server"] == f"https://{server_mesh}:6443", f"{agent} joins {cfg.get('server')}"
-        assert cfg["token"] in (raw_token, token), f"{agent} has another token"
+        # An agent holds the agent token and nothing that would let it act as a server.
+        assert cfg["token"] == agent_token, f"{agent} has another token"
+        assert raw_token not in tb.ssh(agent, "cat /etc/rancher/k3s/config.yaml").stdout
         assert cfg["node-ip"] == stack.mesh_address(agent)
         assert cfg["flannel-iface"] == MESH_INTERFACE
         assert tb.ssh(agent, "systemctl is-active k3s-agent").stdout.strip() == "active"

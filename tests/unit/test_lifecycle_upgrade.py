@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from components.render.remote import script_payload
 
@@ -34,8 +35,12 @@ _FAKE_K3S = textwrap.dedent(
         sys.exit("error: cannot evict pod web-0: disruption budget")
     flags, words, output, pending = [], [], "", False
     for a in args:
-        if pending:
+        if pending == "namespace":
+            pending = False
+        elif pending:
             output, pending = a, False
+        elif a in ("-n", "--namespace"):
+            pending = "namespace"
         elif a in ("-o", "--output"):
             pending = True
         elif a.startswith("-o"):
@@ -45,6 +50,27 @@ _FAKE_K3S = textwrap.dedent(
         else:
             words.append(a)
     verb, rest = words[0], words[1:]
+    if verb == "apply":
+        # The deployer manifest: the token controller fills the Secret in unless told not to.
+        manifest = sys.stdin.read()
+        open(os.path.join(state, "applied.yaml"), "a").write(manifest)
+        if not os.path.exists(os.path.join(state, "no-token-controller")):
+            open(os.path.join(state, "token"), "w").write("ZGVwbG95ZXItdG9rZW4=")  # base64("deployer-token")
+        print("serviceaccount/space-harbor-deployer configured")
+        sys.exit(0)
+    if verb == "get" and rest[:1] == ["secret"]:
+        token = os.path.join(state, "token")
+        print(open(token).read() if os.path.exists(token) else "", end="")
+        sys.exit(0)
+    if verb == "config" and rest == ["view"]:
+        print("Q0EtREFUQQ==", end="")  # base64("CA-DATA")
+        sys.exit(0)
+    if verb == "delete":
+        path = os.path.join(state, "nodes", rest[1] + ".json")
+        if os.path.exists(path):
+            os.unlink(path)
+            print(f'node "{rest[1]}" deleted')
+        sys.exit(0)
     if verb == "get" and rest == ["nodes"]:
         print("\\n".join("node/" + n[:-5] for n in sorted(os.listdir(os.path.join(state, "nodes")))))
         sys.exit(0)
@@ -213,19 +239,48 @@ def test_failed_drain_keeps_the_mark_so_the_next_run_still_uncordons(cluster: Cl
     assert cluster.node("agent-1")["metadata"]["annotations"]["space-harbor/drained-for-upgrade"] == NEW
 
 
-def test_reconcile_waits_for_the_new_version_then_uncordons_what_it_drained(cluster: Cluster) -> None:
+def test_confirm_upgrade_waits_for_the_new_version_then_uncordons_what_it_drained(cluster: Cluster) -> None:
     cluster.add("agent-1", OLD)
     cluster.run("prepare-upgrade")
-    # the agent still reports the old kubelet: reconcile must not uncordon it
-    stuck = cluster.run("reconcile")
+    # the agent still reports the old kubelet: confirm-upgrade must not uncordon it
+    stuck = cluster.run("confirm-upgrade")
     assert stuck.returncode != 0
     assert "node agent-1 runs v1.31.4+k3s1, not v1.32.1+k3s1" in stuck.stderr
     assert cluster.node("agent-1")["spec"]["unschedulable"] is True
     cluster.set_version("agent-1", NEW)
-    assert _status(cluster.run("reconcile")) == "changed"
+    assert _status(cluster.run("confirm-upgrade")) == "changed"
     node = cluster.node("agent-1")
     assert node["spec"]["unschedulable"] is False
     assert "space-harbor/drained-for-upgrade" not in node["metadata"]["annotations"]
+    # a second confirmation finds nothing to undo
+    assert _status(cluster.run("confirm-upgrade")) == "unchanged"
+
+
+def test_confirm_upgrade_never_uncordons_an_operators_cordon(cluster: Cluster) -> None:
+    cluster.add("agent-1", NEW)
+    node = cluster.node("agent-1")
+    node["spec"]["unschedulable"] = True
+    (cluster.state / "nodes" / "agent-1.json").write_text(json.dumps(node))
+    assert _status(cluster.run("confirm-upgrade")) == "unchanged"
+    assert cluster.node("agent-1")["spec"]["unschedulable"] is True
+    assert "uncordon agent-1" not in cluster.calls()
+
+
+def test_prepare_upgrade_without_drain_refuses_a_downgrade_and_leaves_the_node_scheduled(cluster: Cluster) -> None:
+    # The first server: its upgrade is checked, never drained.
+    cluster.add("server-1", OLD)
+    assert _status(cluster.run("prepare-upgrade", node="server-1", HARBOR_DRAIN="false")) == "unchanged"
+    assert cluster.node("server-1")["spec"]["unschedulable"] is False
+    assert not any(call.startswith(("drain", "cordon", "annotate")) for call in cluster.calls())
+    down = cluster.run("prepare-upgrade", node="server-1", HARBOR_DRAIN="false", HARBOR_K3S_VERSION="v1.30.0+k3s1")
+    assert down.returncode != 0
+    assert "refusing to downgrade node server-1" in down.stderr
+
+
+def test_reconcile_does_not_wait_for_a_version(cluster: Cluster) -> None:
+    # Registration is about labels and taints; the version is confirm-upgrade's business.
+    cluster.add("agent-1", OLD)
+    assert _status(cluster.run("reconcile", HARBOR_K3S_VERSION="")) == "changed"
 
 
 def test_reconcile_never_uncordons_an_operators_cordon(cluster: Cluster) -> None:
@@ -271,7 +326,7 @@ def test_reconcile_applies_labels_and_taints_and_removes_only_its_own(cluster: C
 
 def test_day2_actions_refuse_a_bad_version(cluster: Cluster) -> None:
     cluster.add("agent-1", OLD)
-    for action in ("prepare-upgrade", "reconcile"):
+    for action in ("prepare-upgrade", "confirm-upgrade"):
         result = cluster.run(action, HARBOR_K3S_VERSION="latest")
         assert result.returncode != 0
         assert "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got 'latest')" in result.stderr
@@ -298,3 +353,47 @@ def test_drain_departed_before_k3s_exists_does_nothing(cluster: Cluster) -> None
     result = cluster.run("drain-departed", node="", HARBOR_CLUSTER_NODES="server-1", PATH="/usr/bin:/bin")
     assert _status(result) == "unchanged"
     assert "k3s is not installed here yet" in result.stderr
+
+
+def test_drain_departed_deletes_forgotten_nodes_without_draining_them(cluster: Cluster) -> None:
+    managed = {"annotations": {"space-harbor/managed": "true"}}
+    for name in ("server-1", "agent-1", "agent-2"):
+        cluster.add(name, NEW, **managed)
+    result = cluster.run(
+        "drain-departed", node="", HARBOR_CLUSTER_NODES="server-1\nagent-1", HARBOR_FORGET_NODES="agent-2"
+    )
+    assert _status(result) == "changed"
+    assert not (cluster.state / "nodes" / "agent-2.json").exists()
+    assert not any(call.startswith("drain") for call in cluster.calls())
+    assert "delete node agent-2 --ignore-not-found" in cluster.calls()
+    assert "agent-2 is forgotten (decommission.forget)" in result.stderr
+
+
+def test_delete_node_on_a_server_without_k3s_has_nothing_to_do(cluster: Cluster) -> None:
+    # A whole-stack destroy uninstalls the first server before nothing else needs its API.
+    result = cluster.run("delete-node", PATH="/usr/bin:/bin")
+    assert _status(result) == "unchanged"
+    assert "k3s is not installed on this server" in result.stderr
+
+
+def test_api_credential_prints_a_token_kubeconfig_and_nothing_when_it_fails(cluster: Cluster) -> None:
+    result = cluster.run("api-credential", node="")
+    assert result.returncode == 0, result.stderr
+    kubeconfig = yaml.safe_load(result.stdout)
+    assert kubeconfig["users"][0]["user"] == {"token": "deployer-token"}
+    assert kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"] == "Q0EtREFUQQ=="
+    applied = list(yaml.safe_load_all((cluster.state / "applied.yaml").read_text()))
+    assert [(d["kind"], d["metadata"]["name"]) for d in applied] == [
+        ("ServiceAccount", "space-harbor-deployer"),
+        ("ClusterRoleBinding", "space-harbor-deployer"),
+        ("Secret", "space-harbor-deployer-token"),
+    ]
+    assert applied[1]["roleRef"]["name"] == "cluster-admin"
+    assert applied[2]["type"] == "kubernetes.io/service-account-token"
+    # A token that never arrives fails the step, and stdout (which pulumi-command would put into
+    # the error) holds no credential.
+    (cluster.state / "token").unlink()
+    (cluster.state / "no-token-controller").write_text("")
+    failed = cluster.run("api-credential", node="", HARBOR_CREDENTIAL_WAIT="1")
+    assert failed.returncode != 0
+    assert failed.stdout == ""

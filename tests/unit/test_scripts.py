@@ -500,7 +500,7 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
             "v1": _k3s_env("server", config1),
             "v2": _k3s_env("server", config2),
             "up": _k3s_env("server", config2, version="v1.31.5+k3s1"),
-            "empty": {"HARBOR_K3S_ROLE": "server", "HARBOR_K3S_WAIT_TIMEOUT": "3"},
+            "agent": _k3s_env("agent", config2),
         }.items()
     }
     steps = _sandbox(
@@ -513,21 +513,28 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
         step config cat /etc/rancher/k3s/config.yaml
         payload install-2 {p["v1"]} install
         step restarts-2 count '^restart k3s' "$OUT/systemctl.log"
-        payload install-3 {p["v2"]} install
+        # The update of a new config: written, restarted, never reinstalled.
+        payload reconfigure-1 {p["v2"]} reconfigure
         step restarts-3 count '^restart k3s' "$OUT/systemctl.log"
-        # The air-gapped binary is still the old version: refused, nothing run.
-        payload upgrade-early {p["up"]} install
+        # A new version reaches the install step as an update too: it must not upgrade.
+        payload reconfigure-2 {p["up"]} reconfigure
+        # The upgrade step does. The air-gapped binary is still the old version: refused, nothing run.
+        payload upgrade-early {p["up"]} upgrade
         echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
-        payload upgrade {p["up"]} install
+        payload upgrade {p["up"]} upgrade
+        payload upgrade-again {p["up"]} upgrade
         step config-upgraded cat /etc/rancher/k3s/config.yaml
         # Back to the older release: refused before anything is written or run.
         payload downgrade {p["v2"]} install
+        payload downgrade-upgrade {p["v2"]} upgrade
         step config-after-downgrade cat /etc/rancher/k3s/config.yaml
-        payload kubeconfig {p["empty"]} kubeconfig
+        # The same node as an agent: a role is never changed in place.
+        payload role {p["agent"]} reconfigure
         payload uninstall-1 {p["v1"]} uninstall
         payload uninstall-2 {p["v1"]} uninstall
         step leftovers bash -c 'ls /etc/rancher/k3s/config.yaml 2>&1 || true'
-        payload kubeconfig-missing {p["empty"]} kubeconfig
+        # An update on a node whose k3s is gone repairs it at the stack's version.
+        payload reconfigure-repair {p["up"]} reconfigure
         """,
     )
     installs = (steps.out / "installer.log").read_text().splitlines()
@@ -541,27 +548,27 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
     )
     assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
     assert steps.stdout("restarts-2").strip() == "1"
-    assert steps.status("install-3") == "space-harbor: k3s.sh install: changed"
+    assert steps.status("reconfigure-1") == "space-harbor: k3s.sh reconfigure: changed"
     assert steps.stdout("restarts-3").strip() == "2"
+    assert steps.status("reconfigure-2") == "space-harbor: k3s.sh reconfigure: unchanged"
     assert steps.rc("upgrade-early") != 0
     assert "reports 'k3s version v1.31.4+k3s1 (fake)', the stack wants v1.31.5+k3s1" in steps.stderr("upgrade-early")
-    assert steps.status("upgrade") == "space-harbor: k3s.sh install: changed"
-    assert steps.rc("downgrade") != 0
-    assert "refusing to downgrade k3s from v1.31.5+k3s1 to v1.31.4+k3s1" in steps.stderr("downgrade")
+    assert steps.status("upgrade") == "space-harbor: k3s.sh upgrade: changed"
+    assert steps.status("upgrade-again") == "space-harbor: k3s.sh upgrade: unchanged"
+    for step in ("downgrade", "downgrade-upgrade"):
+        assert steps.rc(step) != 0
+        assert "refusing to downgrade k3s from v1.31.5+k3s1 to v1.31.4+k3s1" in steps.stderr(step)
     assert steps.stdout("config-after-downgrade") == steps.stdout("config-upgraded")
-    assert len(installs) == 2
+    assert steps.rc("role") != 0
+    assert "this node runs k3s as server and the stack says agent" in steps.stderr("role")
     assert installs[1].startswith("exec=server version=v1.31.5+k3s1 ")
-    # stdout of kubeconfig is the file and nothing else: the program parses it as YAML.
-    assert steps.rc("kubeconfig") == 0
-    assert steps.stdout("kubeconfig") == "apiVersion: v1 # fake kubeconfig\n"
-    assert "space-harbor: k3s.sh kubeconfig: unchanged" in steps.stderr("kubeconfig")
     assert steps.status("uninstall-1") == "space-harbor: k3s.sh uninstall: changed"
     assert (steps.out / "uninstall.log").read_text() == "uninstall\n"
     assert steps.status("uninstall-2") == "space-harbor: k3s.sh uninstall: unchanged"
     assert "No such file" in steps.stdout("leftovers")
-    assert steps.rc("kubeconfig-missing") != 0
-    assert steps.stdout("kubeconfig-missing") == ""
-    assert "timed out after 3s waiting for /etc/rancher/k3s/k3s.yaml" in steps.stderr("kubeconfig-missing")
+    assert steps.status("reconfigure-repair") == "space-harbor: k3s.sh reconfigure: changed"
+    assert installs[2].startswith("exec=server version=v1.31.5+k3s1 ")
+    assert len(installs) == 3
 
 
 @needs_sandbox

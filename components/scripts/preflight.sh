@@ -587,7 +587,9 @@ pf_run_checks() {
         fi
     done
     if [ "$failed" -gt 0 ]; then
-        echo "space-harbor: preflight.sh check: $failed checks failed on $pf_node" >&2
+        local noun=checks
+        [ "$failed" -ne 1 ] || noun=check
+        echo "space-harbor: preflight.sh check: $failed $noun failed on $pf_node" >&2
         exit 1
     fi
 }

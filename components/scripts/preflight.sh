@@ -352,6 +352,10 @@ pf_foreign_holders() { # PROTO PORT KIND
     done
 }
 
+pf_join() { # LINES -> "a and b and c"
+    awk 'NR > 1 { printf " and " } { printf "%s", $0 }' <<<"$1"
+}
+
 pf_check_ports() {
     if ! command -v ss >/dev/null 2>&1; then
         pf_warn ports "ss (iproute2) is missing, so the ports were not checked; install iproute2 to have them checked"
@@ -362,7 +366,7 @@ pf_check_ports() {
         holders=$(pf_foreign_holders tcp "$port" k3s)
         checked=$((checked + 1))
         if [ -n "$holders" ]; then
-            pf_fail ports "TCP port $port ($(pf_port_purpose tcp "$port")) is in use by $(paste -sd, <<<"$holders" | sed 's/,/, /g')" \
+            pf_fail ports "TCP port $port ($(pf_port_purpose tcp "$port")) is in use by $(pf_join "$holders")" \
                 "stop or move what holds it, since k3s must bind it, or add ports to preflight.skip if it will be free when k3s starts"
             problems=$((problems + 1))
         fi
@@ -371,7 +375,7 @@ pf_check_ports() {
         holders=$(pf_foreign_holders udp "$port" k3s)
         checked=$((checked + 1))
         if [ -n "$holders" ]; then
-            pf_fail ports "UDP port $port ($(pf_port_purpose udp "$port")) is in use by $(paste -sd, <<<"$holders" | sed 's/,/, /g')" \
+            pf_fail ports "UDP port $port ($(pf_port_purpose udp "$port")) is in use by $(pf_join "$holders")" \
                 "stop or move what holds it, since flannel must bind it, or choose another k3s.flannelBackend"
             problems=$((problems + 1))
         fi
@@ -380,7 +384,7 @@ pf_check_ports() {
         holders=$(pf_foreign_holders udp "$pf_mesh_port" mesh)
         checked=$((checked + 1))
         if [ -n "$holders" ]; then
-            pf_fail ports "UDP port $pf_mesh_port (the WireGuard mesh, mesh.listenPort) is in use by $(paste -sd, <<<"$holders" | sed 's/,/, /g')" \
+            pf_fail ports "UDP port $pf_mesh_port (the WireGuard mesh, mesh.listenPort) is in use by $(pf_join "$holders")" \
                 "stop what holds it, or set mesh.listenPort to a free port"
             problems=$((problems + 1))
         fi
@@ -442,7 +446,7 @@ pf_check_mtu() {
         pf_warn mtu "ip (iproute2) is missing, so the MTU was not checked"
         return 0
     fi
-    local dev="" how="" mtu overhead=80 family=IPv6 need
+    local dev="" how="" mtu="" overhead=80 family=IPv6 need
     if pf_is_ipv4 "$pf_mesh_endpoint" || [[ "$pf_mesh_endpoint" == *:* ]]; then
         dev=$(ip -o addr show to "$pf_mesh_endpoint" 2>/dev/null | awk '{ print $2; exit }')
         dev="${dev%%@*}"
@@ -453,11 +457,12 @@ pf_check_mtu() {
         [ -n "$dev" ] || dev=$(ip -6 -o route show default 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
         how="carries the default route"
     fi
-    if [ -z "$dev" ] || [ ! -r "/sys/class/net/$dev/mtu" ]; then
+    # From netlink, not /sys/class/net: a container's sysfs may show another network namespace.
+    [ -z "$dev" ] || mtu=$(ip -o link show dev "$dev" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "mtu") { print $(i + 1); exit } }')
+    if [ -z "$dev" ] || [ -z "${mtu:-}" ]; then
         pf_warn mtu "no interface holds the endpoint ${pf_mesh_endpoint:-?} and there is no default route, so the MTU was not checked"
         return 0
     fi
-    mtu=$(cat "/sys/class/net/$dev/mtu")
     # WireGuard adds 60 bytes over IPv4 and 80 over IPv6; a DNS name may resolve to either.
     if pf_is_ipv4 "$pf_mesh_endpoint"; then
         overhead=60

@@ -426,9 +426,11 @@ pf_check_timeSync() {
 }
 
 pf_check_hostname() {
-    local actual
+    local actual short
     actual=$(cat /proc/sys/kernel/hostname 2>/dev/null || uname -n)
-    if [ "$actual" = "$pf_node" ] || [ "${actual%%.*}" = "$pf_node" ]; then
+    short="${actual%%.*}"
+    # Host names compare without case, as DNS does; a fully qualified one by its first label.
+    if [ "${actual,,}" = "$pf_node" ] || [ "${short,,}" = "$pf_node" ]; then
         pf_ok hostname "$actual"
         return 0
     fi
@@ -586,8 +588,8 @@ pf_run_checks() {
         if [ "$rc" -eq "$pf_reported" ]; then
             failed=$((failed + 1))
         elif [ "$rc" -ne 0 ]; then
-            pf_fail "$check" "the check itself failed (exit $rc, see the lines above)" \
-                "report it as a Space Harbor bug; add $check to preflight.skip to go on without it"
+            pf_fail "$check" "the check could not run (exit $rc; the lines above say why)" \
+                "fix what they report, or add $check to preflight.skip to go on without it"
             failed=$((failed + 1))
         fi
     done

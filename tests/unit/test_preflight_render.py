@@ -305,6 +305,37 @@ def test_unknown_action_and_bad_parameters_are_refused_before_any_check() -> Non
         assert "preflight agent-1:" not in result.stdout + result.stderr
 
 
+@pytest.mark.skipif(Path("/etc/rancher").exists(), reason="k3s is installed on this machine; role would judge it")
+def test_a_check_that_cannot_run_is_a_problem_line_not_a_pass(tmp_path: Path) -> None:
+    # A broken tool (uname exits 1) ends the check under errexit; the run says so and goes on.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "uname").write_text("#!/bin/sh\necho 'uname: cannot read the machine' >&2\nexit 1\n")
+    (shim / "uname").chmod(0o755)
+    config = _config(base_config(agents=1))
+    others = ",".join(check for check in SKIPPABLE_PREFLIGHT_CHECKS if check != "arch")
+    env = {**preflight_env(config, config.nodes[1]), "HARBOR_PREFLIGHT_SKIP": others}
+    payload = script_payload(node_script("preflight.sh"), env)
+    result = subprocess.run(
+        ["bash", "-s", "--", "check"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "uname: cannot read the machine" in lines
+    assert [line for line in lines if line.startswith("space-harbor: preflight agent-1:")] == [
+        "space-harbor: preflight agent-1: arch: the check could not run (exit 1; the lines above say why); "
+        "fix what they report, or add arch to preflight.skip to go on without it"
+    ]
+    assert lines[-1] == "space-harbor: preflight.sh check: 1 check failed on agent-1"
+    # the checks after it still ran
+    assert "space-harbor: preflight agent-1: secretsEncryption: ok (" in result.stdout
+
+
 # --- cgroup v2, in a private mount namespace ------------------------------------------------------
 
 

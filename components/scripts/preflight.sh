@@ -63,7 +63,7 @@ pf_checks_csv=$(
 )
 # They refuse what k3s cannot do in place; skipping them would break a running server instead.
 pf_required_csv=role,secretsEncryption
-# A check that found a problem returns this after printing it; any other failure is a bug.
+# A check that found a problem returns this after printing it; any other exit means it could not run.
 pf_reported=3
 
 pf_k3s_dir=/etc/rancher/k3s

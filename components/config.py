@@ -42,6 +42,7 @@ TOP_LEVEL_KEYS = (
     "gitops",
     "components",
     "decommission",
+    "preflight",
 )
 
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
@@ -70,6 +71,25 @@ MANAGED_K3S_FLAGS = frozenset(
         "secrets-encryption",
     )
 )
+
+# The checks of components/scripts/preflight.sh, in the order it runs them. `role` and
+# `secretsEncryption` cannot be skipped: they refuse a change that k3s cannot make in place, and
+# skipping them would uninstall or break a running server instead of stopping the run.
+PREFLIGHT_CHECKS = (
+    "os",
+    "arch",
+    "cgroups",
+    "swap",
+    "ports",
+    "timeSync",
+    "hostname",
+    "mtu",
+    "role",
+    "bootstrap",
+    "secretsEncryption",
+)
+PREFLIGHT_REQUIRED = frozenset({"role", "secretsEncryption"})
+SKIPPABLE_PREFLIGHT_CHECKS = tuple(check for check in PREFLIGHT_CHECKS if check not in PREFLIGHT_REQUIRED)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _HOSTNAME = re.compile(
@@ -128,9 +148,21 @@ def _wireguard_key(value: str) -> str:
     return value
 
 
+def _preflight_check(value: str) -> str:
+    valid = ", ".join(SKIPPABLE_PREFLIGHT_CHECKS)
+    if value in PREFLIGHT_REQUIRED:
+        raise ValueError(
+            f"{value!r} cannot be skipped: it refuses a change that k3s cannot make in place; valid names: {valid}"
+        )
+    if value not in PREFLIGHT_CHECKS:
+        raise ValueError(f"{value!r} is not a preflight check; valid names: {valid}")
+    return value
+
+
 Host = Annotated[str, AfterValidator(_host)]
 Port = Annotated[int, AfterValidator(_port)]
 WireGuardKey = Annotated[str, AfterValidator(_wireguard_key)]
+PreflightCheck = Annotated[str, AfterValidator(_preflight_check)]
 Ipv4 = ipaddress.IPv4Address
 Cidr = ipaddress.IPv4Network
 
@@ -177,6 +209,8 @@ class Node(_Model):
     ssh_host_key: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[str] = Field(default_factory=list)
+    # Preflight checks skipped on this node only, beside `preflight.skip`.
+    preflight_skip: list[PreflightCheck] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -278,7 +312,9 @@ class K3s(_Model):
     # Agents join with this token only; the server token (k3s: equivalent to cluster admin) stays
     # on the servers. Generated in state when unset.
     agent_token: SecretStr | None = None
-    # k3s encrypts Secrets at rest in the datastore (and so in etcd snapshots).
+    # k3s `secrets-encryption` on servers: Secrets encrypted at rest (and so in etcd snapshots). A
+    # running server cannot switch it on in place before k3s's 2026 releases, so the preflight
+    # refuses it there (README: secrets encryption).
     secrets_encryption: bool = True
 
     @field_validator("version")
@@ -477,6 +513,11 @@ class Decommission(_Model):
         return value
 
 
+class Preflight(_Model):
+    # Checks of components/scripts/preflight.sh skipped on every node.
+    skip: list[PreflightCheck] = Field(default_factory=list)
+
+
 # --- the whole stack -----------------------------------------------------------------------
 
 
@@ -492,6 +533,7 @@ class HarborConfig(_Model):
     gitops: GitOps
     components: Components = Components()
     decommission: Decommission = Decommission()
+    preflight: Preflight = Preflight()
 
     @property
     def servers(self) -> list[Node]:

@@ -135,6 +135,12 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("bad label key", _set("nodes.1.labels", {"bad key": "x"}), "nodes[1].labels: 'bad key' is not a valid label key"),
     ("mesh off, firewall on, peer by name", _mesh_off_named_host, "nodes[1].host: 'agent-1.example.org' is a DNS name"),
     ("secret of the wrong type", _set("gitops.sshPrivateKey", 12345), "gitops.sshPrivateKey: Input should be a valid string"),
+    ("preflight skip of an unknown check", _set("preflight.skip", ["swapp"]), "preflight.skip[0]: 'swapp' is not a preflight check; valid names: os, arch, cgroups, swap, ports, timeSync, hostname, mtu, bootstrap"),
+    ("preflight skip not a list", _set("preflight.skip", "swap"), "preflight.skip: Input should be a valid list"),
+    ("node skips the role check", _set("nodes.1.preflightSkip", ["role"]), "nodes[1].preflightSkip[0]: 'role' cannot be skipped"),
+    ("node skips the secrets encryption check", _set("nodes.1.preflightSkip", ["mtu", "secretsEncryption"]), "nodes[1].preflightSkip[1]: 'secretsEncryption' cannot be skipped"),
+    ("typo in the preflight section", _set("preflight.skips", ["swap"]), "preflight.skips: is not a known key"),
+    ("secrets encryption not a bool", _set("k3s.secretsEncryption", "sometimes"), "k3s.secretsEncryption: Input should be a valid boolean"),
 ]  # fmt: skip
 
 

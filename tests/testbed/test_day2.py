@@ -154,7 +154,8 @@ def test_a_role_change_is_refused_on_the_node(cluster: Cluster) -> None:
     # The same identities: the engine would update, never uninstall and reinstall.
     assert {r.urn for r in run.resources} >= {urn for urn in cluster.engine.state if "K3sNode" in urn}
     before_files = {name: tb.ssh(name, "sha256sum /etc/rancher/k3s/config.yaml").stdout for name in NODES}
-    with pytest.raises(EngineFailed, match="runs k3s as agent and the stack says server") as refused:
+    refusal = "the role of node n2 is server in the stack but it runs k3s as agent"
+    with pytest.raises(EngineFailed, match=refusal) as refused:
         cluster.engine.up(run)
     # The preflight refused it: no other step on any node ran.
     assert {name for name in refused.value.report.ran() if not name.endswith("-preflight")} == set()

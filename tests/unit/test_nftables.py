@@ -13,10 +13,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.config import ConfigError, HarborConfig, Node, load_config
 from components.render.nftables import TABLE_NAME, render_nftables
 from tests.conftest import STACKS, base_config, mesh_off_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _render(raw: dict, node_name: str) -> tuple[HarborConfig, Node, str]:
@@ -108,6 +111,17 @@ def test_ssh_listen_ports_are_what_opens_when_a_nat_forwards_the_dialled_port() 
         assert re.search(r"tcp dport \{ 22, 2022 \} accept", _rules(agent_text, chain)[1]), chain
         assert re.search(r"tcp dport 22 accept", _rules(server_text, chain)[1]), chain
         _absent(_rules(agent_text, chain), r"\b2201\b")
+
+
+def test_the_example_stack_keeps_the_nated_node_s_own_sshd_open() -> None:
+    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
+    _, node, text = _render(raw, "harbor-3")
+    assert node.ssh_port == 2222
+    for chain in ("prerouting", "input"):
+        assert re.search(r"tcp dport 22 accept", _rules(text, chain)[1]), chain
+        _absent(_rules(text, chain), r"\b2222\b")
 
 
 def test_basics_are_accepted_before_the_protected_drops() -> None:

@@ -397,6 +397,31 @@ def test_nft_accepts_the_ruleset(tmp_path: Path, name: str, text: str) -> None:
     assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
+@needs_nft_root
+def test_loaded_chains_run_before_dnat_and_at_filter(tmp_path: Path) -> None:
+    """The priorities as the kernel holds them: prerouting must come before kube-proxy's dstnat (-100)."""
+    _, _, text = _render(_with_operator(base_config(agents=1)), "agent-1")
+    path = tmp_path / "ruleset.nft"
+    path.write_text(text)
+    result = subprocess.run(
+        ["unshare", "--net", "sh", "-c", f'{NFT} -f "$1" && {NFT} -j list table inet {TABLE_NAME}', "sh", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    chains = {
+        item["chain"]["name"]: (item["chain"]["hook"], item["chain"]["prio"], item["chain"]["policy"])
+        for item in json.loads(result.stdout)["nftables"]
+        if "chain" in item
+    }
+    assert chains == {
+        "prerouting": ("prerouting", -110, "accept"),
+        "forward": ("forward", 0, "accept"),
+        "input": ("input", 0, "drop"),
+    }
+
+
 _PROBE = textwrap.dedent(
     """
     import json, socket, sys, threading

@@ -227,8 +227,11 @@ def pod_on(tb: Testbed, node: Node, subnet_index: int) -> Iterator[Pod]:
         yield Pod(node, netns, address, gateway, subnet)
     finally:
         _in_netns(node.netns, ["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"])
-        tb.delete_netns(netns)  # takes the veth pair with it
-        subprocess.run(["ip", "-n", node.netns, "link", "del", "cni0"], capture_output=True, timeout=30)
+        # The veth pair first, synchronously: a deleted namespace takes its links down only later
+        # (in the kernel's cleanup work), and the next pod on this node reuses the name.
+        for link in (veth, "cni0"):
+            subprocess.run(["ip", "-n", node.netns, "link", "del", link], capture_output=True, timeout=30)
+        tb.delete_netns(netns)
 
 
 @contextlib.contextmanager

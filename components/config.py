@@ -49,6 +49,17 @@ DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 DEFAULT_ARGOCD_VERSION = "v2.13.3"
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
 FLANNEL_WIREGUARD_PORTS = frozenset({51820, 51821})
+# Ports that only the cluster may reach: the node firewall drops them for everyone else, so
+# `firewall.publicTcpPorts` must not open them (components/render/nftables.py).
+CLUSTER_ONLY_PORTS = {
+    6443: "the Kubernetes API",
+    10250: "the kubelet API",
+    2379: "etcd's client port",
+    2380: "etcd's peer port",
+    8472: "flannel's VXLAN port",
+    51820: "flannel's WireGuard port",
+    51821: "flannel's WireGuard port (IPv6)",
+}
 
 # config.yaml keys that Space Harbor derives from other settings (components/render/k3s.py).
 MANAGED_K3S_FLAGS = frozenset(
@@ -204,6 +215,9 @@ class Node(_Model):
     private_address: Host | None = None
     ssh_user: str | None = None
     ssh_port: Port | None = None
+    # The node's own sshd port(s), which the firewall keeps open first. Differs from ssh_port
+    # when a NAT forwards the port Pulumi dials; default: [the port Pulumi dials].
+    ssh_listen_ports: list[Port] | None = Field(default=None, min_length=1)
     ssh_private_key: SecretStr | None = None
     # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset means no host-key check at all.
     ssh_host_key: str | None = None
@@ -217,6 +231,13 @@ class Node(_Model):
     def _dns_label(cls, value: str) -> str:
         if not _DNS1123_LABEL.match(value):
             raise ValueError(f"{value!r} is not a DNS-1123 label (lower-case a-z, 0-9, '-', at most 63)")
+        return value
+
+    @field_validator("ssh_listen_ports")
+    @classmethod
+    def _unique_ports(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a port twice")
         return value
 
     @field_validator("labels")
@@ -562,6 +583,10 @@ class HarborConfig(_Model):
     def ssh_port(self, node: Node) -> int:
         return node.ssh_port or self.ssh.port
 
+    def ssh_listen_ports(self, node: Node) -> list[int]:
+        """The ports sshd listens on at the node, which the firewall opens before anything else."""
+        return list(node.ssh_listen_ports) if node.ssh_listen_ports else [self.ssh_port(node)]
+
     def ssh_key(self, node: Node) -> SecretStr:
         return node.ssh_private_key or self.ssh_private_key
 
@@ -697,6 +722,18 @@ class HarborConfig(_Model):
                     ) from None
         if self.k3s.api_access == "mesh" and not self.mesh.enabled:
             raise ValueError("k3s.apiAccess: mesh needs mesh.enabled true; use ssh-tunnel")
+        return self
+
+    @model_validator(mode="after")
+    def _public_ports(self) -> HarborConfig:
+        reach = "the mesh" if self.mesh.enabled else "the other nodes"
+        for i, port in enumerate(self.firewall.public_tcp_ports):
+            path = f"firewall.publicTcpPorts[{i}]"
+            if port in CLUSTER_ONLY_PORTS:
+                hint = "; reach it through the SSH tunnel or as a mesh operator" if port == 6443 else ""
+                raise ValueError(f"{path}: {port} is {CLUSTER_ONLY_PORTS[port]}, which answers only {reach}{hint}")
+            if self.mesh.enabled and port == self.mesh.listen_port:
+                raise ValueError(f"{path}: {port} is mesh.listenPort, which is opened for WireGuard on UDP already")
         return self
 
     @model_validator(mode="after")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Space Harbor node firewall: one nftables table of our own, applied atomically, kept across reboots.
 #
-#   firewall.sh apply   install nftables if missing, store the ruleset, validate it, then replace
-#                       our table (and only it) in one nft transaction; a oneshot unit reloads it
-#                       at boot when systemd runs
+#   firewall.sh apply   install nftables (and netbase, for /etc/protocols) if missing, store the
+#                       ruleset, validate it, then replace our table (and only it) in one nft
+#                       transaction; a oneshot unit reloads it at boot when systemd runs
 #   firewall.sh remove  delete our table, its boot unit and its file
 #
 # Parameters (environment):
@@ -52,6 +52,19 @@ fw_apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
     fi
     fw_changed=true
+}
+
+# nft resolves protocol names (icmp, ipv6-icmp) through /etc/protocols, which netbase ships;
+# slim images leave it out. dpkg keeps a conffile that was deleted by hand deleted, even on a
+# reinstall, unless told to restore missing ones.
+fw_ensure_protocols() {
+    [ -e /etc/protocols ] && return 0
+    if dpkg-query -W -f='${Status}' netbase 2>/dev/null | grep -q 'ok installed'; then
+        fw_apt_install --reinstall -o Dpkg::Options::=--force-confmiss netbase
+    else
+        fw_apt_install netbase
+    fi
+    [ -e /etc/protocols ] || fw_fail "/etc/protocols is still missing after installing netbase"
 }
 
 fw_table_live() {
@@ -129,6 +142,7 @@ fw_write_if_changed() {
 fw_apply() {
     fw_check_ruleset
     command -v nft >/dev/null 2>&1 || fw_apt_install nftables
+    fw_ensure_protocols
 
     umask 077
     mkdir -p "$fw_dir"

@@ -72,6 +72,18 @@ def _mesh_off_named_host(config: dict[str, Any]) -> None:
     config["nodes"][1]["host"] = "agent-1.example.org"
 
 
+def _public_custom_mesh_port(config: dict[str, Any]) -> None:
+    config["mesh"] = {"listenPort": 51999}
+    config["firewall"] = {"publicTcpPorts": [51999]}
+
+
+def _mesh_off_public_kubelet(config: dict[str, Any]) -> None:
+    for node in config["nodes"]:
+        del node["meshAddress"]
+    config["mesh"] = {"enabled": False}
+    config["firewall"] = {"publicTcpPorts": [10250]}
+
+
 def _https_without_password(config: dict[str, Any]) -> None:
     config["gitops"] = {"repoUrl": "https://git.example.org/ops/cluster.git", "username": "bot"}
 
@@ -118,6 +130,21 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("argocd version format", _set("argocd.version", "2.13"), "argocd.version: '2.13' is not an Argo CD release"),
     ("public port zero", _set("firewall.publicTcpPorts", [80, 0]), "firewall.publicTcpPorts[1]: 0 is not a port"),
     ("public port twice", _set("firewall.publicTcpPorts", [443, 443]), "firewall.publicTcpPorts: [443, 443] lists a port twice"),
+    ("public API port", _set("firewall.publicTcpPorts", [80, 443, 6443]), "firewall.publicTcpPorts[2]: 6443 is the Kubernetes API, which answers only the mesh; reach it through the SSH tunnel"),
+    ("public kubelet port", _set("firewall.publicTcpPorts", [10250]), "firewall.publicTcpPorts[0]: 10250 is the kubelet API, which answers only the mesh"),
+    ("public etcd client port", _set("firewall.publicTcpPorts", [2379]), "firewall.publicTcpPorts[0]: 2379 is etcd's client port, which answers only the mesh"),
+    ("public etcd peer port", _set("firewall.publicTcpPorts", [443, 2380]), "firewall.publicTcpPorts[1]: 2380 is etcd's peer port, which answers only the mesh"),
+    ("public vxlan port", _set("firewall.publicTcpPorts", [8472]), "firewall.publicTcpPorts[0]: 8472 is flannel's VXLAN port, which answers only the mesh"),
+    ("public flannel wireguard port", _set("firewall.publicTcpPorts", [51820]), "firewall.publicTcpPorts[0]: 51820 is flannel's WireGuard port, which answers only the mesh"),
+    ("public flannel wireguard v6 port", _set("firewall.publicTcpPorts", [51821]), "firewall.publicTcpPorts[0]: 51821 is flannel's WireGuard port (IPv6), which answers only the mesh"),
+    ("public mesh port", _set("firewall.publicTcpPorts", [80, 51871]), "firewall.publicTcpPorts[1]: 51871 is mesh.listenPort, which is opened for WireGuard on UDP already"),
+    ("public custom mesh port", _public_custom_mesh_port, "firewall.publicTcpPorts[0]: 51999 is mesh.listenPort, which is opened for WireGuard on UDP already"),
+    ("mesh off, public kubelet port", _mesh_off_public_kubelet, "firewall.publicTcpPorts[0]: 10250 is the kubelet API, which answers only the other nodes"),
+    ("ssh listen port zero", _set("nodes.1.sshListenPorts", [22, 0]), "nodes[1].sshListenPorts[1]: 0 is not a port"),
+    ("ssh listen port too high", _set("nodes.1.sshListenPorts", [65536]), "nodes[1].sshListenPorts[0]: 65536 is not a port"),
+    ("ssh listen port twice", _set("nodes.1.sshListenPorts", [22, 22]), "nodes[1].sshListenPorts: [22, 22] lists a port twice"),
+    ("ssh listen ports empty", _set("nodes.1.sshListenPorts", []), "nodes[1].sshListenPorts: List should have at least 1 item"),
+    ("ssh listen ports not a list", _set("nodes.1.sshListenPorts", 22), "nodes[1].sshListenPorts: Input should be a valid list"),
     ("ssh port not a number", _set("ssh.port", "ssh"), "ssh.port: Input should be a valid integer"),
     ("no gitops", _drop("gitops"), "gitops: is required"),
     ("git url", _set("gitops.repoUrl", "ftp://example.org/repo"), "gitops.repoUrl: 'ftp://example.org/repo' is not"),

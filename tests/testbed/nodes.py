@@ -292,6 +292,24 @@ class Testbed:
         _run(["ip", "-n", netns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0"])
         _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
 
+    # ---- extra namespaces (a pod behind a node, a laptop on the bridge) ----------------------
+    def add_netns(self, suffix: str, *, address: str | None = None) -> str:
+        """Namespace `shtb-<id>-<suffix>`, on the bridge at `address` when given; close() deletes it."""
+        name = f"shtb-{self.run_id}-{suffix}"
+        self._add_netns(name)
+        if address is not None:
+            self._attach(name, suffix, address)
+        self._save_state()
+        return name
+
+    def delete_netns(self, name: str) -> None:
+        """Delete a namespace of `add_netns` (its veth pairs go with it)."""
+        _run(["ip", "netns", "delete", name], check=False)
+        self._netns.remove(name)
+        suffix = name.removeprefix(f"shtb-{self.run_id}-")
+        self._hub_ports = [p for p in self._hub_ports if p != f"v-{suffix}"[:15]]
+        self._save_state()
+
     def _save_state(self) -> None:
         """What this run made, for `python -m tests.testbed.nodes --cleanup <dir>` after a crash."""
         members = [*self.nodes.values(), *([self.git] if self.git else [])]

@@ -8,16 +8,18 @@ import pulumi_random as random
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
-from components.argocd import ArgoCD
+from components.argocd import ArgoCD, load_core_manifest
 from components.config import PROJECT, ConfigError, HarborConfig, load_config, read_pulumi_config
 from components.firewall import NodeFirewall
 from components.gitops import GitOpsRepository
 from components.k3s import K3sAgent, K3sJoinedServer, K3sServer, drain_departed_nodes, upgrade_waits
 from components.mesh import WireGuardMesh
+from components.render.argocd import CoreManifestError
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.tunnel import SshTarget, ensure_tunnel
+from components.upstream import UpstreamError
 
 
 def stack_config() -> HarborConfig:
@@ -34,6 +36,11 @@ def stack_config() -> HarborConfig:
 
 
 config = stack_config()
+try:
+    # Read (and checked against its sha256) before any resource exists; never fetched here.
+    argocd_core = load_core_manifest(config.argocd.version)
+except (UpstreamError, CoreManifestError) as error:
+    raise pulumi.RunError(f"argocd.version {config.argocd.version}: {error}") from None
 stack = pulumi.get_stack()
 first = config.first_server
 
@@ -111,7 +118,13 @@ cluster = k8s.Provider(
 
 # The Sealed Secrets key pair lives in state (its backup) and reaches the cluster before Argo CD
 # deploys the controller, which adopts it. Secrets from stack config go to git only sealed with it.
-sealing = SealedSecretsKey("sealed-secrets", cluster) if config.components.sealed_secrets.enabled else None
+# In-cluster objects go with the cluster: their deletes then need no API (components/argocd.py).
+cluster_lifetime = server.install
+sealing = (
+    SealedSecretsKey("sealed-secrets", cluster, cluster_lifetime=cluster_lifetime)
+    if config.components.sealed_secrets.enabled
+    else None
+)
 sealed_files: dict[str, pulumi.Output[str]] = {}
 for spec in secret_specs(config):
     assert sealing is not None  # config validation requires sealedSecrets for these components
@@ -124,7 +137,14 @@ for spec in secret_specs(config):
     ).manifest
 
 gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
-ArgoCD("argocd", config, cluster, depends_on=[gitops, *([sealing] if sealing is not None else [])])
+ArgoCD(
+    "argocd",
+    config,
+    cluster,
+    argocd_core,
+    depends_on=[gitops, *([sealing] if sealing is not None else [])],
+    cluster_lifetime=cluster_lifetime,
+)
 
 ssh_target = f"{config.ssh_user(first)}@{first.host}"
 kube = f"KUBECONFIG=~/.kube/harbor-{stack}.yaml"

@@ -9,7 +9,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import SecretStr
 
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
-from components.argocd import ArgoCD
+from components.argocd import ArgoCD, load_core_manifest
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
 from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
@@ -21,10 +21,12 @@ from components.k3s import (
     read_api_credential,
 )
 from components.mesh import WireGuardMesh
+from components.render.argocd import CoreManifestError
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.tunnel import SshTarget, ensure_tunnel
+from components.upstream import UpstreamError
 
 
 def stack_config() -> HarborConfig:
@@ -41,6 +43,11 @@ def stack_config() -> HarborConfig:
 
 
 config = stack_config()
+try:
+    # Read (and checked against its sha256) before any resource exists; never fetched here.
+    argocd_core = load_core_manifest(config.argocd.version)
+except (UpstreamError, CoreManifestError) as error:
+    raise pulumi.RunError(f"argocd.version {config.argocd.version}: {error}") from None
 stack = pulumi.get_stack()
 first = config.first_server
 
@@ -119,11 +126,12 @@ cluster = k8s.Provider(
 
 # The Sealed Secrets key pair lives in state (its backup) and reaches the cluster before Argo CD
 # deploys the controller, which adopts it. Secrets from stack config go to git only sealed with it.
-# Objects in the cluster go with the cluster: deleting them needs no API (the engine inherits
-# deletedWith from a component to its children, remote ones included).
-with_cluster = pulumi.ResourceOptions(deleted_with=cluster_id, depends_on=[cluster_id])
+# In-cluster objects go with the cluster (its id): their deletes then need no API, which a
+# destroy, running no program, has no tunnel to (components/argocd.py).
 sealing = (
-    SealedSecretsKey("sealed-secrets", cluster, opts=with_cluster) if config.components.sealed_secrets.enabled else None
+    SealedSecretsKey("sealed-secrets", cluster, cluster_lifetime=cluster_id)
+    if config.components.sealed_secrets.enabled
+    else None
 )
 sealed_files: dict[str, pulumi.Output[str]] = {}
 for spec in secret_specs(config):
@@ -137,7 +145,14 @@ for spec in secret_specs(config):
     ).manifest
 
 gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
-ArgoCD("argocd", config, cluster, depends_on=[gitops, *([sealing] if sealing is not None else [])], opts=with_cluster)
+ArgoCD(
+    "argocd",
+    config,
+    cluster,
+    argocd_core,
+    depends_on=[gitops, *([sealing] if sealing is not None else [])],
+    cluster_lifetime=cluster_id,
+)
 
 ssh_target = f"{config.ssh_user(first)}@{first.host}"
 kube = f"KUBECONFIG=~/.kube/harbor-{stack}.yaml"

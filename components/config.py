@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.upstream import UpstreamError, pinned_versions
+
 PROJECT = "space-harbor"
 
 # Every top-level key the program reads; anything else in the namespace is a typo.
@@ -47,6 +49,8 @@ TOP_LEVEL_KEYS = (
 
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 DEFAULT_ARGOCD_VERSION = "v2.13.3"
+# The kind of Argo CD's core-install.yaml in manifests/upstream.yaml: its versions are the supported ones.
+ARGOCD_CORE_FILE = "argocd-core"
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
 FLANNEL_WIREGUARD_PORTS = frozenset({51820, 51821})
 # Ports that only the cluster may reach: the node firewall drops them for everyone else, so
@@ -379,6 +383,15 @@ class ArgoCD(_Model):
     def _version(cls, value: str) -> str:
         if not _ARGOCD_VERSION.match(value):
             raise ValueError(f"{value!r} is not an Argo CD release like v2.13.3")
+        try:
+            pinned = pinned_versions(ARGOCD_CORE_FILE)
+        except UpstreamError as error:
+            raise ValueError(str(error)) from None
+        if value not in pinned:
+            raise ValueError(
+                f"{value} is not a supported Argo CD release; supported (pinned in manifests/upstream.yaml): "
+                + ", ".join(pinned)
+            )
         return value
 
 
@@ -391,6 +404,10 @@ class GitOps(_Model):
     password: SecretStr | None = None
     # known_hosts lines for the git server; Argo CD and the commit both pin them.
     known_hosts: str | None = None
+    # Argo CD's own (read-only) credential; unset, Argo CD gets the write credential above.
+    argocd_ssh_private_key: SecretStr | None = None
+    argocd_username: str | None = None
+    argocd_password: SecretStr | None = None
     auto_sync: bool = False
     overwrite_manual_changes: bool = False
 
@@ -433,6 +450,63 @@ class GitOps(_Model):
         elif self.username is None or self.password is None:
             raise ValueError(f"gitops.username and gitops.password: are required for the HTTPS URL {self.repo_url}")
         return self
+
+    @model_validator(mode="after")
+    def _argocd_credentials(self) -> GitOps:
+        https_keys = [
+            key
+            for key, value in (
+                ("gitops.argocdUsername", self.argocd_username),
+                ("gitops.argocdPassword", self.argocd_password),
+            )
+            if value is not None
+        ]
+        if self.uses_ssh and https_keys:
+            raise ValueError(
+                f"{' and '.join(https_keys)}: {'is' if len(https_keys) == 1 else 'are'} for HTTPS URLs; for the "
+                f"SSH URL {self.repo_url} give Argo CD a read-only key in gitops.argocdSshPrivateKey"
+            )
+        if not self.uses_ssh and self.argocd_ssh_private_key is not None:
+            raise ValueError(
+                f"gitops.argocdSshPrivateKey: is for SSH URLs; for the HTTPS URL {self.repo_url} "
+                "set gitops.argocdUsername and gitops.argocdPassword"
+            )
+        if self.argocd_username is not None and self.argocd_password is None:
+            raise ValueError("gitops.argocdPassword: is required with gitops.argocdUsername")
+        if self.argocd_password is not None and self.argocd_username is None:
+            raise ValueError("gitops.argocdUsername: is required with gitops.argocdPassword")
+        if self.argocd_ssh_private_key is not None and not self.argocd_ssh_private_key.get_secret_value().strip():
+            raise ValueError("gitops.argocdSshPrivateKey: is empty")
+        return self
+
+    @property
+    def argocd_has_own_credential(self) -> bool:
+        return self.argocd_ssh_private_key is not None or self.argocd_username is not None
+
+    @property
+    def argocd_ssh_key(self) -> SecretStr:
+        """The SSH key Argo CD reads the repository with: its own, else the write key."""
+        key = self.argocd_ssh_private_key or self.ssh_private_key
+        assert key is not None  # _credentials requires the write key for SSH URLs
+        return key
+
+    @property
+    def argocd_login(self) -> tuple[str, SecretStr]:
+        """The HTTPS username and password Argo CD reads the repository with: its own, else the write ones."""
+        if self.argocd_username is not None and self.argocd_password is not None:
+            return self.argocd_username, self.argocd_password
+        assert self.username is not None and self.password is not None  # _credentials requires them for HTTPS
+        return self.username, self.password
+
+    @property
+    def write_credential_keys(self) -> str:
+        """The config keys of the write credential, for messages."""
+        return "gitops.sshPrivateKey" if self.uses_ssh else "gitops.username/gitops.password"
+
+    @property
+    def argocd_credential_keys(self) -> str:
+        """The config keys of Argo CD's own credential, for messages."""
+        return "gitops.argocdSshPrivateKey" if self.uses_ssh else "gitops.argocdUsername and gitops.argocdPassword"
 
 
 class Traefik(_Model):

@@ -62,6 +62,8 @@ class SealedSecretsKey(pulumi.ComponentResource):
         self,
         name: str,
         provider: k8s.Provider | None = None,
+        *,
+        cluster_lifetime: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("space-harbor:index:SealedSecretsKey", name, None, opts)
@@ -88,7 +90,8 @@ class SealedSecretsKey(pulumi.ComponentResource):
                         lambda pems: {"tls.crt": pems[0], "tls.key": pems[1]}
                     )
                 ),
-                opts=pulumi.ResourceOptions(parent=self, provider=provider),
+                # Gone with the cluster: its delete then needs no API (components/argocd.py says why).
+                opts=pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=cluster_lifetime),
             )
         self.register_outputs({"cert_pem": self.cert_pem, "private_key_pem": self.private_key_pem})
 

@@ -8,11 +8,14 @@ commands and keys, so they stay unknown, as they would before a real `pulumi up`
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import hashlib
 import json
 import os
 import runpy
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,12 @@ from pulumi.runtime import mocks, settings
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_in_stack
 
+from components.upstream import PinnedFiles
+
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
+# Our own small stand-ins for the pinned upstream files, and their pins (no network in tests).
+UPSTREAM_FIXTURE_PINS = ROOT / "tests" / "fixtures" / "upstream" / "upstream.yaml"
 PROJECT = "space-harbor"
 STACK = "test"
 # How the engine wire format marks a secret and an unknown value.
@@ -446,6 +453,21 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
 
 
+_FIXTURE_UPSTREAM: list[PinnedFiles] = []
+
+
+def fixture_upstream() -> PinnedFiles:
+    """The test pins, their files fetched once per process by components.upstream into a temporary cache."""
+    if not _FIXTURE_UPSTREAM:
+        cache = Path(tempfile.mkdtemp(prefix="harbor-upstream-"))
+        atexit.register(shutil.rmtree, cache, True)
+        store = PinnedFiles(UPSTREAM_FIXTURE_PINS, cache)
+        problems = store.fetch(report=lambda _line: None)
+        assert not problems, f"the upstream fixtures do not match their pins: {problems}"
+        _FIXTURE_UPSTREAM.append(store)
+    return _FIXTURE_UPSTREAM[0]
+
+
 _IDLE_LOOP: list[asyncio.AbstractEventLoop] = []
 
 
@@ -456,8 +478,11 @@ def _idle_loop() -> asyncio.AbstractEventLoop:
     return _IDLE_LOOP[0]
 
 
-def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
+def run_program(config: dict[str, Any], *, preview: bool = False, upstream: PinnedFiles | None = None) -> ProgramRun:
     """Evaluate `__main__.py` once with `config` and return everything it registered.
+
+    The program reads its pinned upstream files from `upstream`, by default the test fixtures
+    (`fixture_upstream()`), never from the operator's cache.
 
     An exception from the program propagates; the monitor's record is attached to it as
     `error.program_run`, so a test can check that nothing was registered before the refusal.
@@ -482,7 +507,10 @@ def run_program(config: dict[str, Any], *, preview: bool = False) -> ProgramRun:
 
     def program() -> None:
         # Tests never open the SSH tunnel; they record that the program asked for it.
-        with mock.patch("components.tunnel.ensure_tunnel", lambda target, port: tunnels.append((target, port))):
+        with (
+            mock.patch("components.tunnel.ensure_tunnel", lambda target, port: tunnels.append((target, port))),
+            mock.patch("components.upstream.STORE", upstream or fixture_upstream()),
+        ):
             runpy.run_path(str(PROGRAM), run_name="__main__")
 
     cwd = os.getcwd()

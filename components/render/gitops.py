@@ -14,15 +14,17 @@ Layout under `gitops.path` (default `cluster`):
 The platform part is components/render/platform.py.
 
 The root Application (created by Pulumi in the cluster, not committed) syncs `<path>/apps`
-recursively. It syncs automatically, with prune and self-heal: the set of Application and
-AppProject objects follows git without a click. What the child Applications deploy syncs on click
-unless `gitops.autoSync` is true (`manifests.child_sync_policy`).
+recursively, in an AppProject of its own (also created by Pulumi: Argo CD Core has no API server,
+and the API server is what creates the `default` project). It syncs automatically, with prune and
+self-heal: the set of Application and AppProject objects follows git without a click. What the
+child Applications deploy syncs on click unless `gitops.autoSync` is true
+(`manifests.child_sync_policy`).
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from components.config import HarborConfig
@@ -37,8 +39,12 @@ from components.render.platform import merge_sealed, render_platform
 ARGOCD_NAMESPACE = "argocd"
 IN_CLUSTER = "https://kubernetes.default.svc"
 ROOT_APPLICATION = "space-harbor"
+ROOT_PROJECT = "space-harbor-root"
 REPOSITORY_SECRET = "space-harbor-repository"  # noqa: S105 (a name, not a password)
 KNOWN_HOSTS_CONFIGMAP = "argocd-ssh-known-hosts-cm"
+KNOWN_HOSTS_KEY = "ssh_known_hosts"
+# What the root Application may create in argocd: the Applications and AppProjects under <path>/apps.
+ROOT_PROJECT_KINDS = ("Application", "AppProject")
 
 README = "README.md"
 PROJECTS = {
@@ -121,6 +127,7 @@ def render_root_application(config: HarborConfig) -> dict[str, Any]:
     app = load_template("root-application.yaml")
     app["metadata"]["name"] = ROOT_APPLICATION
     app["metadata"]["namespace"] = ARGOCD_NAMESPACE
+    app["spec"]["project"] = ROOT_PROJECT
     app["spec"]["source"] = {
         "repoURL": config.gitops.repo_url,
         "targetRevision": config.gitops.branch,
@@ -131,21 +138,39 @@ def render_root_application(config: HarborConfig) -> dict[str, Any]:
     return app
 
 
+def render_root_project(config: HarborConfig) -> dict[str, Any]:
+    """The root Application's AppProject: the cluster repo only; Applications, AppProjects (in `argocd`), Namespaces."""
+    project = load_template("root-project.yaml")
+    project["metadata"]["name"] = ROOT_PROJECT
+    project["metadata"]["namespace"] = ARGOCD_NAMESPACE
+    project["spec"]["sourceRepos"] = [config.gitops.repo_url]
+    project["spec"]["destinations"] = [{"server": IN_CLUSTER, "namespace": ARGOCD_NAMESPACE}]
+    # The one cluster-scoped kind <path>/apps holds: the plain Namespaces of users' apps, which their
+    # project `applications` may not create (apps/user/README.md says to commit them there).
+    project["spec"]["clusterResourceWhitelist"] = [{"group": "", "kind": "Namespace"}]
+    project["spec"]["namespaceResourceWhitelist"] = [
+        {"group": "argoproj.io", "kind": kind} for kind in ROOT_PROJECT_KINDS
+    ]
+    return project
+
+
 def render_repository_secret(config: HarborConfig) -> dict[str, Any]:
-    """Argo CD's repository Secret. `stringData` holds the credentials: the caller marks it secret."""
+    """Argo CD's repository Secret, with Argo CD's own credential (gitops.argocd*, else the write one).
+
+    `stringData` holds the credentials: the caller marks it secret.
+    """
     gitops = config.gitops
     secret = load_template("repository-secret.yaml")
     secret["metadata"]["name"] = REPOSITORY_SECRET
     secret["metadata"]["namespace"] = ARGOCD_NAMESPACE
     data: dict[str, str] = {"type": "git", "name": ROOT_APPLICATION, "url": gitops.repo_url}
     if gitops.uses_ssh:
-        assert gitops.ssh_private_key is not None  # config validation requires it for SSH URLs
-        key = gitops.ssh_private_key.get_secret_value()
+        key = gitops.argocd_ssh_key.get_secret_value()
         data["sshPrivateKey"] = key if key.endswith("\n") else key + "\n"
     else:
-        assert gitops.username is not None and gitops.password is not None  # idem for HTTPS
-        data["username"] = gitops.username
-        data["password"] = gitops.password.get_secret_value()
+        username, password = gitops.argocd_login
+        data["username"] = username
+        data["password"] = password.get_secret_value()
     secret["stringData"] = data
     return secret
 
@@ -159,13 +184,22 @@ def known_hosts_text(config: HarborConfig) -> str | None:
     return "\n".join(lines) + "\n" if lines else None
 
 
-def render_known_hosts_configmap(config: HarborConfig) -> dict[str, Any] | None:
-    """Argo CD's ssh_known_hosts with the git server's pinned keys, when gitops.knownHosts is set."""
-    text = known_hosts_text(config)
-    if text is None:
-        return None
+def known_hosts_lines(text: str) -> list[str]:
+    """The entries of a known_hosts text: stripped, without comments or blank lines."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def render_known_hosts_configmap(config: HarborConfig, argocd_defaults: Iterable[str]) -> dict[str, Any]:
+    """Argo CD's `argocd-ssh-known-hosts-cm`, owned by Space Harbor alone.
+
+    Its `ssh_known_hosts` is Argo CD's default host lines of the pinned release, then gitops.knownHosts,
+    each entry once: our hosts stay through an Argo CD version change, and Argo CD keeps its defaults.
+    """
+    ours = known_hosts_lines(config.gitops.known_hosts or "")
+    lines = list(dict.fromkeys([*argocd_defaults, *ours]))
     configmap = load_template("known-hosts-configmap.yaml")
     configmap["metadata"]["name"] = KNOWN_HOSTS_CONFIGMAP
     configmap["metadata"]["namespace"] = ARGOCD_NAMESPACE
-    configmap["data"] = {"ssh_known_hosts": text}
+    header = "# Managed by Space Harbor: Argo CD's default hosts, then gitops.knownHosts.\n"
+    configmap["data"] = {KNOWN_HOSTS_KEY: header + "".join(f"{line}\n" for line in lines)}
     return configmap

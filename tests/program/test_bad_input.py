@@ -88,6 +88,17 @@ def _https_without_password(config: dict[str, Any]) -> None:
     config["gitops"] = {"repoUrl": "https://git.example.org/ops/cluster.git", "username": "bot"}
 
 
+def _https_with(**gitops: Any) -> Mutation:
+    def mutate(config: dict[str, Any]) -> None:
+        config["gitops"] = {
+            "repoUrl": "https://git.example.org/ops/cluster.git",
+            "username": "bot",
+            "password": "write-token",
+        } | gitops
+
+    return mutate
+
+
 CASES: list[tuple[str, Mutation, str]] = [
     ("no ssh key", _drop("sshPrivateKey"), "sshPrivateKey: is required"),
     ("no nodes", _set("nodes", []), "nodes: List should have at least 1 item"),
@@ -168,6 +179,13 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("node skips the secrets encryption check", _set("nodes.1.preflightSkip", ["mtu", "secretsEncryption"]), "nodes[1].preflightSkip[1]: 'secretsEncryption' cannot be skipped"),
     ("typo in the preflight section", _set("preflight.skips", ["swap"]), "preflight.skips: is not a known key"),
     ("secrets encryption not a bool", _set("k3s.secretsEncryption", "sometimes"), "k3s.secretsEncryption: Input should be a valid boolean"),
+    ("argocd version not pinned", _set("argocd.version", "v2.12.0"), "argocd.version: v2.12.0 is not a supported Argo CD release; supported (pinned in manifests/upstream.yaml): v2.13.3, v2.14.21"),
+    ("argocd login on an ssh url", _set("gitops.argocdUsername", "reader"), "gitops.argocdUsername: is for HTTPS URLs"),
+    ("argocd ssh key on an https url", _https_with(argocdSshPrivateKey="key"), "gitops.argocdSshPrivateKey: is for SSH URLs"),
+    ("argocd username without password", _https_with(argocdUsername="reader"), "gitops.argocdPassword: is required with gitops.argocdUsername"),
+    ("argocd password without username", _https_with(argocdPassword="read-token"), "gitops.argocdUsername: is required with gitops.argocdPassword"),
+    ("argocd key empty", _set("gitops.argocdSshPrivateKey", "  "), "gitops.argocdSshPrivateKey: is empty"),
+    ("argocd key of the wrong type", _set("gitops.argocdSshPrivateKey", 12345), "gitops.argocdSshPrivateKey: Input should be a valid string"),
 ]  # fmt: skip
 
 

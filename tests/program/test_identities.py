@@ -81,13 +81,9 @@ def test_a_role_change_keeps_every_identity_and_reaches_the_node_as_an_update() 
     promoted["nodes"].append({"name": "server-3", "role": "server", "host": "192.0.2.13", "meshAddress": "10.160.0.3"})
     before, after = run_program(config), run_program(promoted)
     assert _urns(before) <= _urns(after)
-    changed = {r.name for r in after.resources if r.custom and r.urn in _inputs(before)}
-    changed = {name for name in changed if _inputs(before)[_urn(after, name)] != _inputs(after)[_urn(after, name)]}
+    old, new = _inputs(before), _inputs(after)
+    changed = {after.by_urn(urn).name for urn in old if urn in new and old[urn] != new[urn]}
     assert {"agent-2-preflight", "agent-2-k3s"} <= changed
-
-
-def _urn(run: ProgramRun, name: str) -> str:
-    return run.named(name).urn
 
 
 def test_changing_the_first_server_keeps_every_identity() -> None:

@@ -57,9 +57,12 @@ def audit_config(transport: str) -> dict[str, Any]:
             "repoUrl": "https://git.example.org/ops/cluster.git",
             "username": "harbor",
             "password": marker("gitops.password"),
+            "argocdUsername": "harbor-reader",
+            "argocdPassword": marker("gitops.argocdPassword"),
         }
     else:
         config["gitops"]["sshPrivateKey"] = fake_private_key(marker("gitops.sshPrivateKey"))
+        config["gitops"]["argocdSshPrivateKey"] = fake_private_key(marker("gitops.argocdSshPrivateKey"))
     components = config["components"]
     components["telegraf"] = {"tlsKey": marker("components.telegraf.tlsKey")}
     components["smtp"] = {"relayPassword": marker("components.smtp.relayPassword")}
@@ -153,6 +156,16 @@ def test_no_config_secret_reaches_a_public_input_or_output(transport: str, mode:
         stdin = " ".join(c.inputs.get("stdin", "") for c in run.commands())
         for name in ("k3s.token", "k3s.etcdSnapshots.s3SecretKey"):
             assert marker(name) in stdin
+        # Argo CD's read-only credential reaches its repository Secret, secret, and the write one does not.
+        repository = run.named("argocd-repository")
+        own, write = (
+            ("gitops.argocdPassword", "gitops.password")
+            if transport == "https"
+            else ("gitops.argocdSshPrivateKey", "gitops.sshPrivateKey")
+        )
+        assert "stringData" in repository.secret_inputs
+        assert marker(own) in json.dumps(repository.inputs["stringData"])
+        assert marker(write) not in json.dumps(repository.inputs)
 
 
 def test_generated_secrets_stay_secret() -> None:

@@ -25,13 +25,14 @@ def _env(command: Registered) -> dict[str, str]:
 
 
 def _inputs(run: ProgramRun) -> dict[str, Any]:
-    return {r.name: r.inputs for r in run.resources if r.custom}
+    # By type and name: Argo CD's objects share names across kinds (a ServiceAccount and its Role).
+    return {f"{r.type}::{r.name}": r.inputs for r in run.resources if r.custom}
 
 
 def _updated(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     old, new = _inputs(run_program(before)), _inputs(run_program(after))
     assert old.keys() == new.keys()
-    return {name for name in old if old[name] != new[name]}
+    return {key.split("::")[-1] for key in old if old[key] != new[key]}
 
 
 def _ha_stack(agents: int, concurrency: int = 1) -> dict[str, Any]:

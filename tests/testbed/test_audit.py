@@ -109,6 +109,10 @@ def audit_config(tb: Testbed, gitops_key: str) -> dict[str, Any]:
             "repoUrl": f"root@{GIT_ADDRESS}:{GIT_REPO}",
             "sshPrivateKey": gitops_key,
             "knownHosts": tb.git_known_hosts(),
+            # Argo CD's read-only key: it goes only to Argo CD's repository Secret, never to a node or git.
+            "argocdSshPrivateKey": (
+                f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker('ARGOCD-READ-KEY')}\n-----END OPENSSH PRIVATE KEY-----\n"
+            ),
         },
         components={
             "traefik": {"acmeEmail": "ops@harbor.test"},

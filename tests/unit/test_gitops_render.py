@@ -15,6 +15,7 @@ from components.render.gitops import (
     render_known_hosts_configmap,
     render_repository_secret,
     render_root_application,
+    render_root_project,
     render_tree,
 )
 from components.render.manifests import child_sync_policy
@@ -22,6 +23,8 @@ from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, base_config
 
 KUBERNETES = "1.31"
 PASSWORD = "MARKER-GIT-PASSWORD-1d9e"
+READ_ONLY_KEY = "MARKER-ARGOCD-READ-KEY-5b0a"
+READ_ONLY_PASSWORD = "MARKER-ARGOCD-READ-TOKEN-c3f1"
 
 
 def ssh_config(**gitops: Any) -> HarborConfig:
@@ -161,7 +164,8 @@ def test_root_application_reads_apps_recursively(make, url) -> None:
     app = render_root_application(config)
     assert (app["apiVersion"], app["kind"]) == ("argoproj.io/v1alpha1", "Application")
     assert app["metadata"]["namespace"] == "argocd"
-    assert app["spec"]["project"] == "default"
+    # Core has no API server to create `default`: the root lives in Space Harbor's own project.
+    assert app["spec"]["project"] == render_root_project(config)["metadata"]["name"] == "space-harbor-root"
     assert app["spec"]["source"] == {
         "repoURL": url or "https://git.example.org/ops/cluster.git",
         "targetRevision": "production",
@@ -178,6 +182,31 @@ def test_root_application_is_fresh_each_call() -> None:
     first = render_root_application(ssh_config())
     first["spec"]["source"]["path"] = "mutated"
     assert render_root_application(ssh_config())["spec"]["source"]["path"] == "cluster/apps"
+
+
+@pytest.mark.parametrize("make", [ssh_config, https_config])
+def test_root_project_admits_only_the_repo_argo_cd_objects_in_argocd_and_namespaces(make) -> None:
+    config = make()
+    project = render_root_project(config)
+    assert (project["apiVersion"], project["kind"]) == ("argoproj.io/v1alpha1", "AppProject")
+    assert project["metadata"]["namespace"] == "argocd"
+    spec = project["spec"]
+    assert spec["sourceRepos"] == [config.gitops.repo_url]
+    assert spec["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "argocd"}]
+    # The one cluster-scoped kind: users commit their apps' Namespaces under apps/user (user README).
+    assert spec["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace"}]
+    assert spec["namespaceResourceWhitelist"] == [
+        {"group": "argoproj.io", "kind": "Application"},
+        {"group": "argoproj.io", "kind": "AppProject"},
+    ]
+    assert "*" not in yaml.safe_dump(spec)
+    assert set(spec) <= {
+        "description",
+        "sourceRepos",
+        "destinations",
+        "clusterResourceWhitelist",
+        "namespaceResourceWhitelist",
+    }
 
 
 # --- repository Secret and known hosts ---------------------------------------------------------
@@ -212,24 +241,55 @@ def test_secret_values_appear_only_under_string_data() -> None:
         assert GIT_KEY_MARKER not in str(secret) and PASSWORD not in str(secret)
 
 
-def test_known_hosts_configmap() -> None:
-    lines = f"  git.example.org {EXAMPLE_HOST_KEY}\n\n[git.example.org]:2222 {EXAMPLE_HOST_KEY}  "
-    configmap = render_known_hosts_configmap(ssh_config(knownHosts=lines))
-    assert configmap is not None
+def test_repository_secret_prefers_argo_cds_own_ssh_key() -> None:
+    secret = render_repository_secret(
+        ssh_config(argocdSshPrivateKey=f"-----BEGIN KEY-----\n{READ_ONLY_KEY}\n-----END KEY-----")
+    )
+    key = secret["stringData"]["sshPrivateKey"]
+    assert READ_ONLY_KEY in key and GIT_KEY_MARKER not in key and key.endswith("\n")
+
+
+def test_repository_secret_prefers_argo_cds_own_login() -> None:
+    secret = render_repository_secret(https_config(argocdUsername="reader", argocdPassword=READ_ONLY_PASSWORD))
+    data = secret["stringData"]
+    assert (data["username"], data["password"]) == ("reader", READ_ONLY_PASSWORD)
+    assert PASSWORD not in str(secret)
+    kubernetes_validate.validate(secret, KUBERNETES, strict=True)
+
+
+ARGOCD_DEFAULTS = [f"github.com {EXAMPLE_HOST_KEY}", "gitlab.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDefaultTwo"]
+
+
+def test_known_hosts_configmap_keeps_argo_cds_defaults_then_ours() -> None:
+    lines = f"  git.example.org {EXAMPLE_HOST_KEY}\n\n# a comment\n[git.example.org]:2222 {EXAMPLE_HOST_KEY}  "
+    configmap = render_known_hosts_configmap(ssh_config(knownHosts=lines), ARGOCD_DEFAULTS)
     assert configmap["metadata"] == {
         "name": "argocd-ssh-known-hosts-cm",
         "namespace": "argocd",
         "labels": {"app.kubernetes.io/name": "argocd-ssh-known-hosts-cm", "app.kubernetes.io/part-of": "argocd"},
     }
-    assert configmap["data"] == {
-        "ssh_known_hosts": f"git.example.org {EXAMPLE_HOST_KEY}\n[git.example.org]:2222 {EXAMPLE_HOST_KEY}\n"
-    }
+    text = configmap["data"]["ssh_known_hosts"]
+    entries = [line for line in text.splitlines() if not line.startswith("#")]
+    assert entries == [
+        *ARGOCD_DEFAULTS,
+        f"git.example.org {EXAMPLE_HOST_KEY}",
+        f"[git.example.org]:2222 {EXAMPLE_HOST_KEY}",
+    ]
+    assert text.endswith("\n")
     kubernetes_validate.validate(configmap, KUBERNETES, strict=True)
 
 
-def test_no_known_hosts_no_configmap() -> None:
-    # HTTPS has no host key to pin; an SSH URL without one is refused by the config model.
-    assert render_known_hosts_configmap(https_config()) is None
+def test_known_hosts_lists_a_host_once_when_ours_repeats_a_default() -> None:
+    ours = f"{ARGOCD_DEFAULTS[0]}\ngit.example.org {EXAMPLE_HOST_KEY}\ngit.example.org {EXAMPLE_HOST_KEY}"
+    text = render_known_hosts_configmap(ssh_config(knownHosts=ours), ARGOCD_DEFAULTS)["data"]["ssh_known_hosts"]
+    entries = [line for line in text.splitlines() if not line.startswith("#")]
+    assert entries == [*ARGOCD_DEFAULTS, f"git.example.org {EXAMPLE_HOST_KEY}"]
+
+
+def test_https_keeps_argo_cds_default_known_hosts_only() -> None:
+    # HTTPS has no host key to pin, but Argo CD's defaults stay for the users' own SSH apps.
+    text = render_known_hosts_configmap(https_config(), ARGOCD_DEFAULTS)["data"]["ssh_known_hosts"]
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ARGOCD_DEFAULTS
 
 
 def test_kubernetes_validate_catches_a_broken_secret() -> None:

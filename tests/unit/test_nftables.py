@@ -277,7 +277,7 @@ def test_mesh_off_trusts_interfaces_and_the_other_nodes_only_for_what_they_need(
 )
 def test_mesh_off_peers_reach_the_backend_port_and_the_server_api(backend: str, flannel: str | None) -> None:
     raw = _mesh_off(backend)
-    raw["k3s"]["datastore"] = "etcd"
+    raw["k3s"] |= {"datastore": "etcd", "firstServer": "server-1"}
     raw["nodes"][1]["role"] = "server"  # server-1, agent-1 as a server, agent-2 an agent
     raw["nodes"][2]["role"] = "server"
     raw["nodes"][2]["name"] = "server-3"
@@ -352,7 +352,7 @@ def _variants() -> dict[str, dict]:
     found["operators-ssh-ports"] = _with_operator(ssh)
     for backend in ("vxlan", "host-gw", "wireguard-native"):
         raw = _mesh_off(backend)
-        raw["k3s"]["datastore"] = "etcd"
+        raw["k3s"] |= {"datastore": "etcd", "firstServer": "server-1"}
         raw["nodes"][1]["role"] = raw["nodes"][2]["role"] = "server"
         found[f"mesh-off-{backend}-etcd"] = raw
     v6 = mesh_off_config()

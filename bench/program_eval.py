@@ -116,7 +116,9 @@ def measure(nodes: int, preview: bool, repeat: int = 1) -> dict[str, Any]:
     code += f"print(json.dumps(measure_one({nodes}, {preview})))"
     runs = []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
+        if out.returncode != 0:
+            raise RuntimeError(f"evaluating {nodes} nodes (preview={preview}) failed:\n{out.stderr}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     seconds = [r["seconds"] for r in runs]
     return {

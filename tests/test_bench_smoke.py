@@ -45,7 +45,12 @@ SMOKE_RUNS = {
     ),
     "testbed_convergence.py": SmokeRun(
         args=("--sizes", "1"),
-        expected=("  N  boot s  cmds  apply s  converge s  slowest s   sum s  ratio", "  1 "),
+        expected=(
+            "Load before: ",
+            "  N  boot s  cmds  apply s  converge s  slowest s   sum s  ratio",
+            "  1 ",
+            "Load after: ",
+        ),
         testbed=True,
         timeout=300,
     ),

@@ -32,6 +32,11 @@ from tests.testbed.nodes import Testbed, missing_requirements  # noqa: E402
 from tests.testbed.stack import K3S_VERSION, MESH_BASE, MESH_INTERFACE, names, program, stack_config  # noqa: E402
 
 
+def load() -> str:
+    """The load averages (1, 5, 15 min) and runnable/total tasks: the machine is shared."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:4])
+
+
 def wait_pings(tb: Testbed, started: float, timeout: float = 120) -> float:
     """Seconds from `started` until every node reaches every other mesh address."""
     addresses = {n.name: f"{MESH_BASE}{n.index}" for n in tb.nodes.values()}
@@ -93,6 +98,7 @@ def main() -> int:
     if reason:
         print(f"cannot run the testbed here: {reason}", file=sys.stderr)
         return 2
+    print(f"Load before: {load()}")
     rows = [measure(size) for size in args.sizes]
     single = next((r["converge"] for r in rows if r["nodes"] == 1), None)
     header = (
@@ -111,6 +117,7 @@ def main() -> int:
             line += f" {r['converge'] / single:>10.2f}"
         print(line)
     print("ratio = converge / slowest node's own apply in the same run; near 1 = parallel, near N = serial.")
+    print(f"Load after: {load()}")
     return 0
 
 

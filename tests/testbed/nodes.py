@@ -56,6 +56,19 @@ GIT_ADDRESS = f"{SUBNET}.5"
 GIT_REPO = "/srv/git/cluster.git"
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "ip", "ssh", "mount")
 LOSS_TABLE = "shtb_loss"  # nftables table (bridge family, hub namespace) of the netem fallback
+# How long the k3s stand-in's installer runs and how long its server/agent take before READY.
+# The tests keep them short (the suite's waits still meet a slow k3s); benchmarks of the install
+# order pass the BENCH_ values, several seconds each as a real install and first start take.
+K3S_INSTALL_SECONDS = 1.0
+K3S_START_SECONDS = 1.0
+BENCH_K3S_INSTALL_SECONDS = 5.0
+BENCH_K3S_START_SECONDS = 5.0
+# Where the stand-ins read them: the units' EnvironmentFile (/etc/default/%N) and the installer's own.
+STANDIN_TIMING_FILES = {
+    "/etc/default/k3s": "K3S_STANDIN_START_SECONDS",
+    "/etc/default/k3s-agent": "K3S_STANDIN_START_SECONDS",
+    "/etc/default/k3s-install-standin": "K3S_STANDIN_INSTALL_SECONDS",
+}
 
 T = TypeVar("T")
 
@@ -203,10 +216,24 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, whatever module imports it
 
-    def __init__(self, *, k3s_version: str = "v1.31.4+k3s1", run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        k3s_version: str = "v1.31.4+k3s1",
+        run_id: str | None = None,
+        k3s_install_seconds: float = K3S_INSTALL_SECONDS,
+        k3s_start_seconds: float = K3S_START_SECONDS,
+    ) -> None:
+        """`k3s_install_seconds` / `k3s_start_seconds`: how slow the k3s stand-in is on every node."""
+        if k3s_install_seconds < 0 or k3s_start_seconds < 0:
+            raise ValueError("the k3s stand-in's install and start times are seconds >= 0")
         self.run_id = run_id or secrets.token_hex(3)
         self.workdir = RUN_ROOT / self.run_id
         self.k3s_version = k3s_version
+        self.k3s_seconds = {
+            "K3S_STANDIN_INSTALL_SECONDS": k3s_install_seconds,
+            "K3S_STANDIN_START_SECONDS": k3s_start_seconds,
+        }
         self.hub = f"shtb-{self.run_id}-hub"
         self.ctl = f"shtb-{self.run_id}-ctl"
         self.nodes: dict[str, Node] = {}
@@ -398,6 +425,9 @@ class Testbed:
             )
             self._write(merged / AIRGAP_BINARY.lstrip("/"), standin, 0o755)
             self._write(merged / AIRGAP_INSTALLER.lstrip("/"), STANDIN_INSTALLER.read_text(), 0o755)
+            for path, variable in STANDIN_TIMING_FILES.items():
+                timing = f"{variable}={round(self.k3s_seconds[variable], 3):g}"
+                self._write(merged / path.lstrip("/"), f"# testbed: timing of the k3s STAND-IN\n{timing}\n")
         node = Node(
             name=name,
             index=index,

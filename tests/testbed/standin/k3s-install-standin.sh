@@ -6,9 +6,22 @@
 # k3s-agent.service for an agent), its env file, k3s-killall.sh and an uninstall script that
 # removes everything this script made, then enables and (re)starts the service, as the real
 # installer does on every run.
+#
+# A real install takes a while (download, verify and unpack the binary and its images); the
+# stand-in sleeps K3S_STANDIN_INSTALL_SECONDS (default 0) instead, read from the environment or
+# from /etc/default/k3s-install-standin, which the testbed writes, so that a benchmark of the
+# install order measures that order and not a no-op.
 set -e
 
 echo "[INFO]  k3s install stand-in (not get.k3s.io)"
+if [ -z "${K3S_STANDIN_INSTALL_SECONDS:-}" ] && [ -r /etc/default/k3s-install-standin ]; then
+    # shellcheck source=/dev/null
+    . /etc/default/k3s-install-standin
+fi
+INSTALL_SECONDS=${K3S_STANDIN_INSTALL_SECONDS:-0}
+case "$INSTALL_SECONDS" in
+    ''|*[!0-9.]*|*.*.*) echo "[ERROR] k3s install stand-in: K3S_STANDIN_INSTALL_SECONDS must be a number of seconds, not '$INSTALL_SECONDS'" >&2; exit 1 ;;
+esac
 if [ "${INSTALL_K3S_SKIP_DOWNLOAD:-}" != "true" ]; then
     echo "[ERROR] k3s install stand-in: only the air-gap path (INSTALL_K3S_SKIP_DOWNLOAD=true) exists here" >&2
     exit 1
@@ -40,6 +53,10 @@ UNIT=$SYSTEMD_DIR/$SYSTEM_NAME.service
 ENV_FILE=$SYSTEMD_DIR/$SYSTEM_NAME.service.env
 
 echo "[INFO]  Skipping k3s download and verify (stand-in)"
+if [ "$INSTALL_SECONDS" != 0 ]; then
+    echo "[INFO]  k3s install stand-in: taking ${INSTALL_SECONDS}s, as a real install does (K3S_STANDIN_INSTALL_SECONDS)"
+    sleep "$INSTALL_SECONDS"
+fi
 for cmd in kubectl crictl ctr; do
     if [ ! -e "$BIN_DIR/$cmd" ] && ! command -v "$cmd" >/dev/null 2>&1; then
         echo "[INFO]  Creating $BIN_DIR/$cmd symlink to k3s"

@@ -1,0 +1,100 @@
+"""Every benchmark script in bench/ runs once at its smallest size, so a bench that rots fails CI.
+
+The figures stay out of the tests: each script must exit 0 and print its table, nothing more.
+A new script in bench/ needs an entry in SMOKE_RUNS, or `test_every_bench_script_has_a_smoke_run`
+fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.nodes import missing_requirements
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    args: tuple[str, ...]
+    # Lines of the script's tables that must show up in its output, header and first row.
+    expected: tuple[str, ...]
+    testbed: bool = False  # boots testbed nodes: needs root and the testbed's tools
+    timeout: float = 120
+
+
+SMOKE_RUNS = {
+    "program_eval.py": SmokeRun(
+        args=("--smoke",),
+        expected=(
+            " nodes     mode  seconds        range   cpu s  peak MiB  resources",
+            "     1  preview ",
+            "     1       up ",
+            "Scaling (same run; target: 200 nodes within 25x of 10 nodes):",
+            "change              added  removed  updated  which updated",
+            "change one label ",
+            "Load after: ",
+        ),
+    ),
+    "testbed_convergence.py": SmokeRun(
+        args=("--sizes", "1"),
+        expected=(
+            "Load before: ",
+            "  N  boot s  cmds  apply s  converge s  slowest s   sum s  ratio",
+            "  1 ",
+            "Load after: ",
+        ),
+        testbed=True,
+        timeout=300,
+    ),
+}
+
+
+def run_bench(script: str, smoke: SmokeRun) -> subprocess.CompletedProcess[str]:
+    """Run one bench script; on a timeout interrupt it first, so a testbed bench tears its nodes down."""
+    argv = [sys.executable, str(BENCH / script), *smoke.args]
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=smoke.timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                stdout, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            pytest.fail(f"{script} {' '.join(smoke.args)} took over {smoke.timeout:.0f}s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def test_every_bench_script_has_a_smoke_run() -> None:
+    scripts = {path.name for path in BENCH.glob("*.py") if path.name != "__init__.py"}
+    assert scripts == set(SMOKE_RUNS), "each bench/*.py needs its smallest-size arguments in SMOKE_RUNS"
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(name, marks=[pytest.mark.testbed] if smoke.testbed else [], id=name.removesuffix(".py"))
+        for name, smoke in SMOKE_RUNS.items()
+    ],
+)
+def test_bench_runs_at_smallest_size(script: str) -> None:
+    smoke = SMOKE_RUNS[script]
+    if smoke.testbed:
+        reason = missing_requirements()
+        if reason:
+            pytest.skip(reason)
+    result = run_bench(script, smoke)
+    output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"{script} exited {result.returncode}\n{output}"
+    missing = [line for line in smoke.expected if line not in result.stdout]
+    assert not missing, f"{script} did not print {missing}\n{output}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
@@ -41,6 +43,11 @@ def stack_config() -> HarborConfig:
     except ConfigError as error:
         raise pulumi.RunError(str(error)) from None
 
+
+# The SDK checks every new dependency for a cycle by walking the graph below it, recursively: the
+# upgrade chain (three steps per agent at upgradeConcurrency 1) goes deeper than Python's default
+# of 1000 frames at about 400 nodes.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
 
 config = stack_config()
 try:
@@ -106,11 +113,17 @@ else:
         host_key=first.ssh_host_key,
     )
 
+    if first.ssh_host_key is None:
+        pulumi.log.warn(f"the API tunnel to {first.name} does not check its host key; pin it with sshHostKey")
+
 
 def cluster_kubeconfig(raw: str) -> str:
-    if config.k3s.api_access == "ssh-tunnel":
-        # The provider gets this kubeconfig only after the tunnel it names is listening.
-        ensure_tunnel(tunnel_target, config.k3s.tunnel_port)
+    # The provider gets this kubeconfig only after the tunnel it names is listening. The tunnel is
+    # a process of its own, so deletes after the program still reach the API through it. Preview
+    # reaches nothing it does not need: it starts no tunnel (the provider previews without the
+    # cluster unless a tunnel is already open).
+    if config.k3s.api_access == "ssh-tunnel" and not pulumi.runtime.is_dry_run():
+        ensure_tunnel(tunnel_target, config.k3s.tunnel_port, warn=pulumi.log.warn)
     return kubeconfig_for(raw, api_server, context=f"harbor-{stack}")
 
 
@@ -154,13 +167,27 @@ ArgoCD(
     cluster_lifetime=cluster_id,
 )
 
-ssh_target = f"{config.ssh_user(first)}@{first.host}"
-kube = f"KUBECONFIG=~/.kube/harbor-{stack}.yaml"
-if config.k3s.api_access == "ssh-tunnel":
-    tunnel = f"ssh -fN -L {config.k3s.tunnel_port}:127.0.0.1:{API_PORT} -p {config.ssh_port(first)} {ssh_target}"
-    dashboard = f"{tunnel} && {kube} argocd admin dashboard --core --namespace {ARGOCD_NAMESPACE}"
-else:
-    dashboard = f"{kube} argocd admin dashboard --core --namespace {ARGOCD_NAMESPACE}  # with the mesh up"
+# scripts/kubeconfig writes the stack's context and, for ssh-tunnel, opens the tunnel first.
+context = f"harbor-{stack}"
+dashboard = (
+    f"./scripts/kubeconfig {stack} && "
+    f"argocd admin dashboard --core --kube-context {context} --namespace {ARGOCD_NAMESPACE}"
+)
+api_tunnel = (
+    {
+        "host": first.host,
+        "port": config.ssh_port(first),
+        "user": config.ssh_user(first),
+        "hostKey": first.ssh_host_key,
+        "localPort": config.k3s.tunnel_port,
+        # The stack config key that holds the SSH key (the node's own, else the default).
+        "sshKeyConfig": (
+            f"nodes[{config.nodes.index(first)}].sshPrivateKey" if first.ssh_private_key else "sshPrivateKey"
+        ),
+    }
+    if config.k3s.api_access == "ssh-tunnel"
+    else None
+)
 
 pulumi.export("kubeconfig", kubeconfig)
 pulumi.export("clusterId", cluster_id.result)
@@ -176,5 +203,7 @@ pulumi.export(
 pulumi.export("operatorConfigs", mesh.operator_configs if mesh is not None else pulumi.Output.secret({}))
 pulumi.export("meshPublicKeys", mesh.public_keys if mesh is not None else {})
 pulumi.export("argocdDashboard", dashboard)
+pulumi.export("kubeContext", context)
+pulumi.export("apiTunnel", api_tunnel)
 # For `kubeseal --cert`: users seal their own secrets offline with the same key.
 pulumi.export("sealedSecretsCert", sealing.cert_pem if sealing is not None else None)

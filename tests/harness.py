@@ -409,13 +409,15 @@ class HarborMocks(mocks.Mocks):
     SealedSecretManifest is sealed by its own provider, so tests can unseal what would be committed.
     """
 
-    def __init__(self, preview: bool) -> None:
+    def __init__(self, preview: bool, existing: bool = False) -> None:
         self.preview = preview
+        # A preview of a stack that exists: unchanged resources have their outputs from state.
+        self.existing = existing
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
         digest = hashlib.sha256(f"{args.typ}:{args.name}".encode()).digest()
-        if self.preview:
+        if self.preview and not self.existing:
             # Before `pulumi up`, a provider's computed outputs are unknown: return only inputs.
             return ("", outputs) if args.custom else (f"{args.name}-id", outputs)
         if args.typ == "random:index/randomBytes:RandomBytes":
@@ -478,8 +480,17 @@ def _idle_loop() -> asyncio.AbstractEventLoop:
     return _IDLE_LOOP[0]
 
 
-def run_program(config: dict[str, Any], *, preview: bool = False, upstream: PinnedFiles | None = None) -> ProgramRun:
+def run_program(
+    config: dict[str, Any],
+    *,
+    preview: bool = False,
+    existing: bool = False,
+    upstream: PinnedFiles | None = None,
+) -> ProgramRun:
     """Evaluate `__main__.py` once with `config` and return everything it registered.
+
+    `existing` (with `preview`): a preview of a stack that was applied before, where the outputs
+    of unchanged resources (the API credential, say) are known, as they are from the state.
 
     The program reads its pinned upstream files from `upstream`, by default the test fixtures
     (`fixture_upstream()`), never from the operator's cache.
@@ -494,13 +505,13 @@ def run_program(config: dict[str, Any], *, preview: bool = False, upstream: Pinn
         previous_loop = None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    monitor = RecordingMonitor(HarborMocks(preview))
+    monitor = RecordingMonitor(HarborMocks(preview, existing))
     settings.reset_options(project=PROJECT, stack=STACK, preview=preview)
     settings.SETTINGS.rpc_manager.clear()
     settings.SETTINGS.outputs.clear()
     set_all_config(config_values(config), [f"{PROJECT}:{key}" for key in SECRET_KEYS if key in config])
     settings.set_root_resource(None)  # type: ignore[arg-type]
-    mocks.set_mocks(HarborMocks(preview), project=PROJECT, stack=STACK, preview=preview, monitor=monitor)
+    mocks.set_mocks(HarborMocks(preview, existing), project=PROJECT, stack=STACK, preview=preview, monitor=monitor)
     settings.set_root_resource(None)  # type: ignore[arg-type]
 
     tunnels: list[tuple[Any, int]] = []
@@ -508,7 +519,9 @@ def run_program(config: dict[str, Any], *, preview: bool = False, upstream: Pinn
     def program() -> None:
         # Tests never open the SSH tunnel; they record that the program asked for it.
         with (
-            mock.patch("components.tunnel.ensure_tunnel", lambda target, port: tunnels.append((target, port))),
+            mock.patch(
+                "components.tunnel.ensure_tunnel", lambda target, port, warn=None: tunnels.append((target, port))
+            ),
             mock.patch("components.upstream.STORE", upstream or fixture_upstream()),
         ):
             runpy.run_path(str(PROGRAM), run_name="__main__")

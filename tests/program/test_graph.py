@@ -267,7 +267,18 @@ def test_stack_outputs() -> None:
     laptop = run.outputs["operatorConfigs"]["laptop"]
     assert "Address = 10.175.0.1/32" in laptop
     assert laptop.count("[Peer]") == 4
-    assert "ssh -fN -L 16443:127.0.0.1:6443 -p 22 root@192.0.2.10" in run.outputs["argocdDashboard"]
+    # scripts/kubeconfig writes the context and opens the tunnel the output describes (no key in it).
+    assert run.outputs["argocdDashboard"].startswith("./scripts/kubeconfig test && ")
+    assert "--kube-context harbor-test" in run.outputs["argocdDashboard"]
+    assert run.outputs["apiTunnel"] == {
+        "host": "192.0.2.10",
+        "port": 22,
+        "user": "root",
+        "hostKey": None,
+        "localPort": 16443,
+        "sshKeyConfig": "sshPrivateKey",
+    }
+    assert "apiTunnel" not in run.secret_outputs
     # The provider's kubeconfig names the tunnel, which the program opens to the first server.
     [(target, port)] = run.tunnels
     assert (target.host, target.port, target.user, port) == ("192.0.2.10", 22, "root", 16443)

@@ -164,7 +164,10 @@ def test_forgotten_nodes_keep_their_identities_with_nothing_to_run(preview: bool
     assert "agent-2" not in run.named("agent-1-mesh").inputs.get("stdin", "")
 
 
-def test_preview_opens_no_tunnel_and_up_does() -> None:
+def test_preview_of_an_existing_stack_opens_no_tunnel_and_up_does() -> None:
     config = base_config(agents=1)
-    assert run_program(config, preview=True).tunnels == []
+    preview = run_program(config, preview=True, existing=True)
+    # The credential is known from the state, so the kubeconfig is built: without a tunnel.
+    assert "127.0.0.1:16443" in preview.outputs["kubeconfig"]
+    assert preview.tunnels == []
     assert len(run_program(config).tunnels) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import shlex
+import sys
 from typing import Any
 
 import pytest
@@ -266,3 +267,22 @@ def test_a_removed_node_is_drained_before_any_mesh_or_firewall_drops_it() -> Non
     del shrunk["nodes"][2]
     after = run_program(shrunk)
     assert "agent-2" not in _env(after.named("cluster-departures"))["HARBOR_CLUSTER_NODES"].splitlines()
+
+
+def test_a_long_upgrade_chain_does_not_exhaust_the_interpreters_stack() -> None:
+    """The SDK walks the dependency graph recursively; one agent after another makes it deep.
+
+    With 300 frames (instead of Python's 1000) a 120-node chain reaches the same depth that about
+    400 nodes reach by default; the program must raise the limit itself.
+    """
+    config = base_config(agents=119)
+    for i, node in enumerate(config["nodes"][1:], start=1):
+        node["host"] = f"198.51.100.{i}"
+        node["meshAddress"] = f"10.161.0.{i}"
+    saved = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)
+    try:
+        run = run_program(config, preview=True)
+    finally:
+        sys.setrecursionlimit(saved)
+    assert _before(run, "agent-1-uncordon", "agent-99-drain")

@@ -163,8 +163,9 @@ def test_firewall_keeps_api_private(stack: Stack) -> None:
         for name in NODES:
             ruleset = tb.ssh(name, "nft list ruleset").stdout
             assert "6443" in ruleset and "10250" in ruleset, f"{name}: no API rule in\n{ruleset}"
-        # A second apply of every firewall keeps SSH open too.
-        stack.runner.apply(firewalls)
+        # A second apply of every firewall keeps SSH open too. (Only the firewalls: the preflight
+        # they follow would rightly refuse the stand-in listeners holding k3s's ports.)
+        stack.runner.apply(firewalls, with_dependencies=False)
         assert_ssh_reachable(tb, NODES)
     finally:
         for name in NODES:
@@ -284,23 +285,27 @@ def test_k3s_installs_air_gapped_and_joins_over_the_mesh(stack: Stack) -> None:
 # --- 2. re-runs are no-ops ----------------------------------------------------------------------
 
 
-def test_api_tunnel_reaches_the_private_api(stack: Stack) -> None:
-    """The program's own SSH tunnel, from the controller outside the mesh, to the server's API.
+def test_api_tunnel_reaches_the_private_api(stack: Stack, tmp_path) -> None:
+    """The tunnel process `pulumi up` starts, from the controller outside the mesh, to the server's API.
 
-    6443 is closed to the controller by the firewall; through the tunnel the stand-in API answers.
+    6443 is closed to the controller by the firewall; through the tunnel the stand-in API answers,
+    also after the process that started the tunnel has returned (deletes run after the program).
     A pinned host key of another node makes the tunnel refuse the server.
     """
+    import os
     import socket
 
-    from components.tunnel import ApiTunnel, SshTarget
+    from components.tunnel import SshTarget, ensure_tunnel, stop_tunnel
 
     tb = stack.tb
     server = tb.nodes[SERVER]
     assert not tb.tcp_open_from_ctl(server.address, 6443), "the API is reachable without the tunnel"
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path)
 
     def fetch(host_key: str, port: int) -> bytes:
         target = SshTarget(server.address, 22, "root", tb.client_key, host_key)
-        tunnel = ApiTunnel(target, port)
+        # Started and left running, as the program leaves it when it exits.
+        assert ensure_tunnel(target, port) == "started"
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
                 client.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
@@ -312,13 +317,16 @@ def test_api_tunnel_reaches_the_private_api(stack: Stack) -> None:
                     pass  # the tunnel closed on us: whatever arrived is the answer
                 return received
         finally:
-            tunnel.close()
+            stop_tunnel(port)
 
-    answer = call_in_netns(tb.ctl, fetch, server.host_key, 16443)
-    assert b"200" in answer.split(b"\r\n", 1)[0], answer
-    assert b"k3s stand-in API server" in answer
-    # A wrong pin: the tunnel must not talk to this server at all.
-    assert call_in_netns(tb.ctl, fetch, tb.nodes["n2"].host_key, 16444) == b""
+    try:
+        answer = call_in_netns(tb.ctl, fetch, server.host_key, 16443)
+        assert b"200" in answer.split(b"\r\n", 1)[0], answer
+        assert b"k3s stand-in API server" in answer
+        # A wrong pin: the tunnel must not talk to this server at all.
+        assert call_in_netns(tb.ctl, fetch, tb.nodes["n2"].host_key, 16444) == b""
+    finally:
+        del os.environ["XDG_RUNTIME_DIR"]
 
 
 def _diff(before: Snapshot, after: Snapshot) -> list[str]:

@@ -286,3 +286,25 @@ def test_a_long_upgrade_chain_does_not_exhaust_the_interpreters_stack() -> None:
     finally:
         sys.setrecursionlimit(saved)
     assert _before(run, "agent-1-uncordon", "agent-99-drain")
+
+
+def test_moving_agents_to_the_agent_token_touches_only_the_installs_servers_first() -> None:
+    """The first `up` after agents stopped holding the server token (tests/testbed/test_migrations.py
+    replays it on nodes): every install's config.yaml changes, nothing else of k3s does."""
+    from unittest import mock
+
+    from tests.testbed.test_migrations import render_before_agent_tokens
+
+    config = base_config(agents=2)
+    with mock.patch("components.k3s.render_config_yaml", render_before_agent_tokens):
+        before = run_program(config)
+    after = run_program(config)
+    old, new = _inputs(before), _inputs(after)
+    changed = {key.split("::")[-1] for key in old if old[key] != new[key]}
+    assert changed == {"server-1-k3s", "agent-1-k3s", "agent-2-k3s"}
+    for agent in ("agent-1", "agent-2"):
+        settings = yaml.safe_load(_env(after.named(f"{agent}-k3s"))["HARBOR_K3S_CONFIG"])
+        server = yaml.safe_load(_env(after.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+        assert settings["token"] == server["agent-token"] != server["token"]
+        # the engine updates in dependency order: the server restarts with agent-token first
+        assert _before(after, "server-1-k3s", f"{agent}-k3s")

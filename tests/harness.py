@@ -39,27 +39,6 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
-FAKE_KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- cluster:
-    certificate-authority-data: {ca}
-    server: https://127.0.0.1:6443
-  name: default
-contexts:
-- context:
-    cluster: default
-    user: default
-  name: default
-current-context: default
-users:
-- name: default
-  user:
-    client-certificate-data: {ca}
-    client-key-data: {key}
-"""
-
-
 # What the api-credential step prints: the cluster CA and a ServiceAccount token (no expiry).
 FAKE_API_CREDENTIAL = """apiVersion: v1
 kind: Config
@@ -431,11 +410,6 @@ class HarborMocks(mocks.Mocks):
                 stdout = FAKE_API_CREDENTIAL.format(
                     ca=base64.b64encode(_fake_pem("CERTIFICATE", args.name).encode()).decode(),
                     token=hashlib.sha256(args.name.encode()).hexdigest(),
-                )
-            elif create.endswith(" kubeconfig"):
-                stdout = FAKE_KUBECONFIG.format(
-                    ca=base64.b64encode(_fake_pem("CERTIFICATE", args.name).encode()).decode(),
-                    key=base64.b64encode(_fake_pem("EC PRIVATE KEY", args.name).encode()).decode(),
                 )
             outputs |= {"stdout": stdout, "stderr": ""}
         elif args.typ == "tls:index/privateKey:PrivateKey" and _unwrap(args.inputs.get("algorithm")) == "RSA":

@@ -255,7 +255,7 @@ class Runner:
             raise KeyError(f"no such commands: {sorted(unknown)}")
         if with_dependencies:
             wanted = self.closure(wanted)
-        return self._schedule(wanted, "create", lambda n: self.deps[n] & wanted, continue_on_error)
+        return self.schedule(wanted, "create", lambda n: self.deps[n] & wanted, continue_on_error)
 
     def update(self, names: Iterable[str], *, continue_on_error: bool = False) -> list[CommandResult]:
         """Run the update of each named (changed) command, in dependency order among them.
@@ -267,7 +267,7 @@ class Runner:
         unknown = wanted - set(self.by_name)
         if unknown:
             raise KeyError(f"no such commands: {sorted(unknown)}")
-        return self._schedule(wanted, "update", lambda n: self.deps[n] & wanted, continue_on_error)
+        return self.schedule(wanted, "update", lambda n: self.deps[n] & wanted, continue_on_error)
 
     def destroy(self, *, continue_on_error: bool = False) -> list[CommandResult]:
         """Run every `delete` in reverse dependency order: dependents first."""
@@ -280,7 +280,7 @@ class Runner:
         if unknown:
             raise KeyError(f"no such commands: {sorted(unknown)}")
         dependents = {n: {m for m in wanted if n in self.deps[m]} for n in wanted}
-        return self._schedule(wanted, "delete", lambda n: dependents[n], continue_on_error)
+        return self.schedule(wanted, "delete", lambda n: dependents[n], continue_on_error)
 
     def schedule(
         self,
@@ -290,15 +290,6 @@ class Runner:
         continue_on_error: bool = False,
     ) -> list[CommandResult]:
         """Run `action` (one for all, or one per command) of the wanted commands once `waits_for` are done."""
-        return self._schedule(wanted, action, waits_for, continue_on_error)
-
-    def _schedule(
-        self,
-        wanted: set[str],
-        action: str | Callable[[str], str],
-        waits_for: Callable[[str], set[str]],
-        continue_on_error: bool = False,
-    ) -> list[CommandResult]:
         action_of = action if callable(action) else (lambda _name: action)
         pending = set(wanted)
         finished: set[str] = set()

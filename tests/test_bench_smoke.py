@@ -7,6 +7,8 @@ fails.
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import signal
 import subprocess
 import sys
@@ -49,6 +51,23 @@ SMOKE_RUNS = {
             "Load before: ",
             "  N  boot s  cmds  apply s  converge s  slowest s   sum s  ratio",
             "  1 ",
+            "Load after: ",
+        ),
+        testbed=True,
+        timeout=300,
+    ),
+    # The whole first up of one node and its upgrade, the stand-in instant: the code paths, not the order.
+    "testbed_day1.py": SmokeRun(
+        args=(
+            *("--sizes", "1", "--upgrade-nodes", "1", "--concurrency", "1"),
+            *("--install-seconds", "0", "--start-seconds", "0"),
+        ),
+        expected=(
+            "Load before: ",
+            "  N    graph  boot s  cmds  peak  k3s s  wall s  joined s  path s  slowest  ratio",
+            "  1    today ",
+            "  N  conc  wall s  window s  node s   node range  upgrades  expected",
+            "  1     1 ",
             "Load after: ",
         ),
         testbed=True,
@@ -98,3 +117,30 @@ def test_bench_runs_at_smallest_size(script: str) -> None:
     assert result.returncode == 0, f"{script} exited {result.returncode}\n{output}"
     missing = [line for line in smoke.expected if line not in result.stdout]
     assert not missing, f"{script} did not print {missing}\n{output}"
+
+
+def test_the_old_graph_of_the_day1_bench_chains_each_agent_behind_the_previous_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`testbed_day1.py --old-graph` replays the graph before issue 12; its smoke run has too few
+    nodes to take that path, so the chain it adds is checked here, on the program's own graph."""
+    spec = importlib.util.spec_from_file_location("testbed_day1", BENCH / "testbed_day1.py")
+    assert spec is not None and spec.loader is not None
+    day1 = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, day1)  # its dataclasses look their module up there
+    spec.loader.exec_module(day1)
+    from tests.conftest import base_config
+    from tests.harness import run_program
+    from tests.testbed.runner import Runner
+
+    config = base_config(agents=3)
+    run = run_program(config)
+    agents = sorted(n["name"] for n in config["nodes"] if n["role"] == "agent")
+    with Runner(run.resources) as today, Runner(day1.chain_agents(run, agents).resources) as chained:
+        for previous, agent in itertools.pairwise(agents):
+            for step in ("node-object", "k3s", "registered"):
+                assert f"{previous}-registered" not in today.deps[f"{agent}-{step}"]
+                assert f"{previous}-registered" in chained.deps[f"{agent}-{step}"], f"{agent}-{step}"
+        assert {n: d for n, d in chained.deps.items() if not n.startswith(tuple(agents[1:]))} == {
+            n: d for n, d in today.deps.items() if not n.startswith(tuple(agents[1:]))
+        }

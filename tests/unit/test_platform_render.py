@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from components.config import HarborConfig, load_config
+from components.platform.traefik import CERT_RESOLVER
 from components.render import platform
 from components.render.gitops import create_only_paths, render_tree
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, TOKEN_MARKER, base_config, mesh_off_config
@@ -446,7 +447,7 @@ def test_traefik_binds_host_ports_on_one_node_and_keeps_acme_json() -> None:
     assert traefik["api"]["dashboard"] is False
     assert traefik["ingressRoute"]["dashboard"]["enabled"] is False
     assert traefik["service"]["spec"]["type"] != "LoadBalancer"
-    acme = traefik["certificatesResolvers"][platform.CERT_RESOLVER]["acme"]
+    acme = traefik["certificatesResolvers"][CERT_RESOLVER]["acme"]
     assert acme["email"] == "ops@example.org"
     assert traefik["persistence"]["enabled"] is True
     assert acme["storage"].startswith(traefik["persistence"]["path"] + "/")
@@ -463,7 +464,7 @@ def test_traefik_node_can_be_chosen() -> None:
 
 def test_acme_staging_switches_the_ca_server() -> None:
     def ca_server(config: HarborConfig) -> str:
-        return values(config, "traefik")["certificatesResolvers"][platform.CERT_RESOLVER]["acme"]["caServer"]
+        return values(config, "traefik")["certificatesResolvers"][CERT_RESOLVER]["acme"]["caServer"]
 
     assert ca_server(full_config()) == "https://acme-v02.api.letsencrypt.org/directory"
     staging = full_config(traefik={"acmeStaging": True})

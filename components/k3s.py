@@ -6,7 +6,8 @@ a resource's identity (a new identity would be a delete, and a k3s delete is an 
 
   preflight    (on the node)          create: read-only checks (components/scripts/preflight.sh)
   node-object  (on the first server)  create: check the API            delete: delete the Node object
-  k3s          (on the node)          create: install k3s from config.yaml at k3s.version
+  k3s          (on the node)          create: install what the enabled components need on every node,
+                                              then k3s from config.yaml at k3s.version
                                       update: reconfigure (config.yaml, registries; never the version)
                                       delete: uninstall
   drain        (on the first server)  update: before an upgrade, refuse a downgrade, cordon and drain
@@ -41,6 +42,7 @@ import pulumi_random as random
 from components.config import HarborConfig, Node
 from components.remote import disarmed_command, node_command
 from components.render.k3s import render_config_yaml
+from components.render.platform import node_packages
 from components.render.preflight import preflight_env
 
 NODE_TYPE = "space-harbor:index:K3sNode"
@@ -161,6 +163,10 @@ class K3sNode(pulumi.ComponentResource):
             "HARBOR_K3S_CONFIG": config_yaml,
             "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
         }
+        packages = node_packages(config)
+        if packages:
+            # Only then: a stack without such a component keeps the step's stdin as it was.
+            install_env["HARBOR_NODE_PACKAGES"] = " ".join(packages)
 
         def install(after: list[pulumi.Resource]) -> pulumi.Resource:
             return node_command(

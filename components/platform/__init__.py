@@ -7,7 +7,7 @@ everything else about it. docs/ADDING-A-COMPONENT.md says how to add one.
 
 from __future__ import annotations
 
-from components.platform import backup, infracheck, sealed_secrets, smtp, telegraf, traefik
+from components.platform import backup, infracheck, longhorn, sealed_secrets, smtp, telegraf, traefik
 from components.platform.base import Component
 
 # The order of the generated README's table and of `components` in error messages.
@@ -18,4 +18,5 @@ REGISTRY: tuple[Component, ...] = (
     telegraf.COMPONENT,
     smtp.COMPONENT,
     backup.COMPONENT,
+    longhorn.COMPONENT,
 )

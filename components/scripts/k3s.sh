@@ -21,6 +21,10 @@
 #                              (INSTALL_K3S_SKIP_DOWNLOAD) and the installer script below
 #   HARBOR_K3S_INSTALL_SCRIPT  air-gap installer, default /usr/local/share/space-harbor/k3s-install.sh
 #   HARBOR_K3S_WAIT_TIMEOUT    optional, seconds to wait for the service (default 180)
+#   HARBOR_NODE_PACKAGES       optional, Debian packages the enabled platform components need on
+#                              every node (Longhorn: open-iscsi nfs-common), space-separated;
+#                              install and reconfigure install the missing ones before k3s, and
+#                              never remove one
 #
 # Every setting, the token and (for joining nodes) the `server:` URL live in config.yaml, never
 # in installer flags, which a later re-run of the installer would silently drop. The upstream
@@ -41,6 +45,7 @@ k3s_version="${HARBOR_K3S_VERSION:-}"
 k3s_airgap="${HARBOR_K3S_AIRGAP:-false}"
 k3s_install_script="${HARBOR_K3S_INSTALL_SCRIPT:-/usr/local/share/space-harbor/k3s-install.sh}"
 k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
+k3s_packages="${HARBOR_NODE_PACKAGES:-}"
 k3s_bin=/usr/local/bin/k3s
 k3s_config_dir=/etc/rancher/k3s
 k3s_config="$k3s_config_dir/config.yaml"
@@ -172,6 +177,8 @@ k3s_check_parameters() {
     [[ "$k3s_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
         harbor_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${k3s_version}')"
     [[ "$k3s_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
+    [[ "$k3s_packages" =~ ^[[:space:]]*([a-z0-9][a-z0-9+.-]+([[:space:]]+|$))*$ ]] ||
+        harbor_fail "HARBOR_NODE_PACKAGES must be Debian package names separated by spaces (got '${k3s_packages}')"
     harbor_has_systemd || harbor_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
 }
 
@@ -230,11 +237,22 @@ k3s_refuse_role_change() {
     fi
 }
 
+# What the platform components need on the node comes first: a k3s that runs before them would
+# start pods (Longhorn's) that fail on the missing tools.
+k3s_ensure_node_packages() {
+    local -a packages=()
+    read -r -a packages <<<"$k3s_packages"
+    if [ "${#packages[@]}" -gt 0 ]; then
+        harbor_apt_ensure "${packages[@]}"
+    fi
+}
+
 k3s_install() {
     k3s_check_parameters
     [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
     k3s_refuse_downgrade
+    k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
         k3s_apply_config
@@ -248,6 +266,7 @@ k3s_reconfigure() {
     k3s_check_parameters
     [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
+    k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed; then
         k3s_apply_config

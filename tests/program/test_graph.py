@@ -314,3 +314,22 @@ def test_firewall_disabled_registers_no_firewall() -> None:
 
     _, run = _run("server-3-agents", "up", no_firewall)
     assert not [c for c in run.commands() if c.name.endswith("-firewall")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_packages_reach_every_k3s_install_only_while_a_component_needs_them(mode: str) -> None:
+    def with_longhorn(config: dict[str, Any]) -> None:
+        config["components"]["longhorn"] = {"enabled": True}
+
+    config, run = _run("server-3-agents", mode, with_longhorn)
+    _, plain = _run("server-3-agents", mode)
+    for node in config["nodes"]:
+        install = run.named(f"{node['name']}-k3s")
+        assert install.inputs["update"] == "bash -s -- reconfigure"
+        if mode == "up":
+            assert _env(install)["HARBOR_NODE_PACKAGES"] == "nfs-common open-iscsi"
+            assert "HARBOR_NODE_PACKAGES" not in _env(plain.named(f"{node['name']}-k3s"))
+            # the upgrade step never installs packages; its stdin stays as it was
+            assert "HARBOR_NODE_PACKAGES" not in _env(run.named(f"{node['name']}-upgrade"))
+    # the same resources either way: a component's node packages change inputs, never identities
+    assert {r.urn for r in run.resources} == {r.urn for r in plain.resources}

@@ -23,7 +23,7 @@ TELEGRAF_KEY = "MARKER-TELEGRAF-KEY-5e90"
 BACKUP_TOKEN = "MARKER-BACKUP-TOKEN-c4d8"
 GIT_PASSWORD = "MARKER-GIT-PASSWORD-0b3f"
 COMPONENT_MARKERS = {"smtp": SMTP_PASSWORD, "telegraf": TELEGRAF_KEY, "backup": BACKUP_TOKEN}
-NAMES = ("traefik", "sealed-secrets", "infracheck", "telegraf", "smtp", "backup")
+NAMES = ("traefik", "sealed-secrets", "infracheck", "telegraf", "smtp", "backup", "longhorn")
 # Kinds whose schemas kubernetes-validate ships; custom resources are checked by hand below.
 CORE_API_VERSIONS = {"v1", "networking.k8s.io/v1"}
 # Where each chart takes the main container's resources (read off each chart's values.yaml).
@@ -34,6 +34,7 @@ RESOURCES_KEY = {
     "telegraf": ("resources",),
     "smtp": ("resources",),
     "backup": ("resources",),
+    "longhorn": ("longhornManager", "resources"),
 }
 
 
@@ -66,6 +67,7 @@ def full_raw(**components: Any) -> dict[str, Any]:
             "collectionId": "harbor-prod",
             "token": BACKUP_TOKEN,
         },
+        "longhorn": {"enabled": True},
     }
     for name, settings in components.items():
         raw["components"][name] = {**raw["components"].get(name, {}), **settings}
@@ -249,6 +251,7 @@ CONFIG_KEY = {
     "telegraf": "telegraf",
     "smtp": "smtp",
     "backup": "backup",
+    "longhorn": "longhorn",
 }
 DEPENDANTS = {"traefik": ["infracheck"], "sealed-secrets": ["telegraf", "smtp", "backup"]}
 

@@ -620,6 +620,72 @@ def test_k3s_agent_installs_the_agent_unit_and_refuses_what_it_cannot_do(tmp_pat
     assert "systemd is not running" in steps.stderr("no-systemd")
 
 
+# dpkg's view of installed packages: a file per package under /run/fake-dpkg; apt-get adds them.
+_FAKE_DPKG_QUERY = """
+    #!/usr/bin/env bash
+    [ -e "/run/fake-dpkg/${*: -1}" ] && printf 'install ok installed'
+"""
+_FAKE_APT_GET = """
+    #!/usr/bin/env bash
+    echo "$*" >>"$OUT/apt.log"
+    [ ! -e /run/fake-apt-broken ] || { echo "E: Unable to locate package" >&2; exit 100; }
+    mkdir -p /run/fake-dpkg
+    for arg in "$@"; do case "$arg" in install | -*) ;; *) touch "/run/fake-dpkg/$arg" ;; esac; done
+"""
+
+
+@needs_sandbox
+def test_k3s_installs_the_packages_components_need_before_k3s_and_only_once(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    _executable(tmp_path / "fakebin" / "dpkg-query", _FAKE_DPKG_QUERY)
+    _executable(tmp_path / "fakebin" / "apt-get", _FAKE_APT_GET)
+    config = "token: T\nnode-name: agent-1\nserver: https://10.160.0.1:6443\n"
+    p = {
+        name: _payload_file(tmp_path, name, "k3s.sh", _k3s_env("agent", config, **extra))
+        for name, extra in {
+            "longhorn": {"HARBOR_NODE_PACKAGES": "nfs-common open-iscsi"},
+            "more": {"HARBOR_NODE_PACKAGES": "nfs-common open-iscsi cryptsetup"},
+            "none": {},
+            "bad": {"HARBOR_NODE_PACKAGES": "nfs-common; rm -rf /"},
+        }.items()
+    }
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        : >"$OUT/apt.log"
+        payload bad {p["bad"]} install
+        touch /run/fake-apt-broken
+        payload broken {p["longhorn"]} install
+        step no-k3s-yet bash -c 'ls /etc/rancher/k3s/config.yaml 2>&1 || true'
+        rm /run/fake-apt-broken
+        : >"$OUT/apt.log"
+        payload install-1 {p["longhorn"]} install
+        step apt-1 cat "$OUT/apt.log"
+        payload install-2 {p["longhorn"]} install
+        payload reconfigure-more {p["more"]} reconfigure
+        payload reconfigure-none {p["none"]} reconfigure
+        step apt-2 cat "$OUT/apt.log"
+        """,
+    )
+    assert steps.rc("bad") != 0
+    assert "HARBOR_NODE_PACKAGES must be Debian package names" in steps.stderr("bad")
+    # A package that cannot be installed stops the step before k3s is touched.
+    assert steps.rc("broken") != 0
+    assert "No such file" in steps.stdout("no-k3s-yet")
+    assert (steps.out / "installer.log").read_text().count("exec=agent") == 1
+    assert steps.status("install-1") == "space-harbor: k3s.sh install: changed"
+    assert steps.stdout("apt-1").splitlines() == ["install -y --no-install-recommends nfs-common open-iscsi"]
+    assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
+    # a component added later: only its package; one removed: nothing is uninstalled, nothing changes
+    assert steps.status("reconfigure-more") == "space-harbor: k3s.sh reconfigure: changed"
+    assert steps.status("reconfigure-none") == "space-harbor: k3s.sh reconfigure: unchanged"
+    assert steps.stdout("apt-2").splitlines() == [
+        "install -y --no-install-recommends nfs-common open-iscsi",
+        "install -y --no-install-recommends cryptsetup",
+    ]
+
+
 # --- k3s-lifecycle.sh --------------------------------------------------------------------------
 
 # `k3s kubectl` over node records in $STATE: <name> exists, <name>.ready holds True/False.

@@ -28,26 +28,10 @@ from components.gitops import (
     transport_of,
 )
 from tests.conftest import EXAMPLE_HOST_KEY
+from tests.helpers import GIT_ENV, git
 
 PASSWORD_MARKER = "MARKER-GIT-PASSWORD-7c41"
 KEY_MARKER = "MARKER-GIT-SSH-KEY-e02d"
-
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "A Human",
-    "GIT_AUTHOR_EMAIL": "human@example.org",
-    "GIT_COMMITTER_NAME": "A Human",
-    "GIT_COMMITTER_EMAIL": "human@example.org",
-    "LC_ALL": "C",
-}
-
-
-def git(*args: str, cwd: Path) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import STACKS, base_config
+from tests.conftest import STACKS, etcd_config
 from tests.harness import run_program
 from tests.unit.test_platform_render import full_raw
 
@@ -20,12 +20,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def operators_forget_first_server() -> dict[str, Any]:
     """Three etcd servers bootstrapped by the second, two operators, and a node gone for good."""
-    config = base_config(agents=2)
-    config["nodes"] = [
-        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
-        for i in range(1, 4)
-    ] + config["nodes"][1:]
-    config["k3s"] = {"datastore": "etcd", "firstServer": "server-2"}
+    config = etcd_config()
+    config["nodes"].append({"name": "agent-2", "role": "agent", "host": "192.0.2.22", "meshAddress": "10.160.1.2"})
+    config["k3s"]["firstServer"] = "server-2"
     config["mesh"] = {
         "operators": [
             {"name": "laptop", "meshAddress": "10.175.0.1"},

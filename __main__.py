@@ -16,13 +16,13 @@ from components.config import PROJECT, ConfigError, HarborConfig, Node, load_con
 from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
 from components.k3s import (
-    NodePreflight,
     cluster_identity,
     drain_departed_nodes,
     k3s_cluster,
     read_api_credential,
 )
 from components.mesh import WireGuardMesh
+from components.preflight import NodePreflight
 from components.render.argocd import CoreManifestError
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs

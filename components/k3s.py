@@ -4,9 +4,10 @@ Every node, the first server included, gets the same commands, so a reordered `n
 list, a change of `k3s.firstServer` or of the node that steps run on changes inputs only and never
 a resource's identity (a new identity would be a delete, and a k3s delete is an uninstall):
 
-  preflight    (on the node)          create: read-only checks (components/scripts/preflight.sh)
+  preflight    (on the node)          create: read-only checks (NodePreflight, components/preflight.py)
   node-object  (on the first server)  create: check the API            delete: delete the Node object
-  k3s          (on the node)          create: install k3s from config.yaml at k3s.version
+  k3s          (on the node)          create: install what the enabled components need on every node,
+                                              then k3s from config.yaml at k3s.version
                                       update: reconfigure (config.yaml, registries; never the version)
                                       delete: uninstall
   drain        (on the first server)  update: before an upgrade, refuse a downgrade, cordon and drain
@@ -41,7 +42,7 @@ import pulumi_random as random
 from components.config import HarborConfig, Node
 from components.remote import disarmed_command, node_command
 from components.render.k3s import render_config_yaml
-from components.render.preflight import preflight_env
+from components.render.platform import node_packages
 
 NODE_TYPE = "space-harbor:index:K3sNode"
 # Before the first server was chosen by name, each role had a component type of its own; these
@@ -161,6 +162,10 @@ class K3sNode(pulumi.ComponentResource):
             "HARBOR_K3S_CONFIG": config_yaml,
             "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
         }
+        packages = node_packages(config)
+        if packages:
+            # Only then: a stack without such a component keeps the step's stdin as it was.
+            install_env["HARBOR_NODE_PACKAGES"] = " ".join(packages)
 
         def install(after: list[pulumi.Resource]) -> pulumi.Resource:
             return node_command(
@@ -343,38 +348,6 @@ def _on_first_server(
         prints_secret=prints_secret,
         opts=opts,
     )
-
-
-class NodePreflight(pulumi.ComponentResource):
-    """One read-only check per node; every other step on every node waits for all of them."""
-
-    def __init__(
-        self,
-        name: str,
-        config: HarborConfig,
-        forget: list[str],
-        after: list[pulumi.Resource],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        """`after`: the cluster's id, which every step that is deleted with it must follow."""
-        super().__init__("space-harbor:index:NodePreflight", name, None, opts)
-        self.checks = {
-            node.name: node_command(
-                f"{node.name}-preflight",
-                config,
-                node,
-                "preflight.sh",
-                create="check",
-                delete=None,
-                env=preflight_env(config, node),
-                secret=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=after),
-            )
-            for node in config.nodes
-        }
-        for node_name in forget:
-            disarmed_command(f"{node_name}-preflight", node_name, pulumi.ResourceOptions(parent=self))
-        self.register_outputs({})
 
 
 def drain_departed_nodes(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers import FakeK3s  # noqa: E402 (needs the project root on sys.path)
+
 # Unique markers: a leak test searches for them anywhere they must not be.
 SSH_KEY_MARKER = "MARKER-SSH-KEY-6f1c"
 GIT_KEY_MARKER = "MARKER-GIT-KEY-93ab"
@@ -78,3 +80,9 @@ STACKS = {
 @pytest.fixture
 def config_dict() -> dict[str, Any]:
     return copy.deepcopy(base_config(agents=1))
+
+
+@pytest.fixture
+def fake_k3s(tmp_path: Path) -> FakeK3s:
+    """An empty cluster behind a fake `k3s kubectl`, for k3s-lifecycle.sh (tests/helpers.py)."""
+    return FakeK3s(tmp_path)

@@ -27,6 +27,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_in_stack
 
 from components.upstream import PinnedFiles
+from tests.helpers import reachable
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
@@ -124,24 +125,22 @@ class ProgramRun:
 
     def depends_on(self, dependent: Registered, dependency: Registered) -> bool:
         """Whether `dependent` waits for `dependency`, directly or through other resources."""
-        seen: set[str] = set()
-        # A resource waits for its provider, and the provider for whatever its config came from.
-        stack = [*dependent.dependencies, *([dependent.provider] if dependent.provider else [])]
-        while stack:
-            urn = stack.pop()
-            if urn == dependency.urn:
-                return True
-            if urn in seen:
-                continue
-            seen.add(urn)
-            known = [r for r in self.resources if r.urn == urn]
-            if known:
-                stack.extend(known[0].dependencies)
-                if known[0].provider:
-                    stack.append(known[0].provider)
-                # A dependency on a component means a dependency on all of its children.
-                stack.extend(r.urn for r in self.resources if r.parent == urn)
-        return False
+        by_urn = {r.urn: r for r in self.resources}
+        children: dict[str, list[str]] = {}
+        for r in self.resources:
+            if r.parent:
+                children.setdefault(r.parent, []).append(r.urn)
+
+        def waits_for(urn: str) -> list[str]:
+            known = by_urn.get(urn)
+            if known is None:
+                return []
+            # A resource waits for its provider, and the provider for whatever its config came from;
+            # a dependency on a component means a dependency on all of its children.
+            return [*known.dependencies, *([known.provider] if known.provider else []), *children.get(urn, [])]
+
+        start = [*dependent.dependencies, *([dependent.provider] if dependent.provider else [])]
+        return dependency.urn in reachable(start, waits_for)
 
 
 def _unwrap(value: Any) -> Any:

@@ -13,46 +13,17 @@
 # The whole ruleset is never flushed and /etc/nftables.conf is never touched: k3s, Docker or the
 # admin may own other tables. The last line of output is `space-harbor: firewall.sh <action>: ...`.
 set -euo pipefail
+# The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-fw_action="${1:-}"
+harbor_script=firewall.sh
+harbor_action="${1:-}"
 fw_table="${HARBOR_NFT_TABLE:-}"
 fw_dir=/etc/space-harbor
 fw_file="$fw_dir/firewall.nft"
 fw_unit=space-harbor-firewall.service
 fw_unit_file="/etc/systemd/system/$fw_unit"
-fw_changed=false
-fw_tmp_files=()
-
-fw_cleanup() {
-    if [ "${#fw_tmp_files[@]}" -gt 0 ]; then
-        rm -f -- "${fw_tmp_files[@]}"
-    fi
-}
-trap fw_cleanup EXIT
-
-fw_fail() {
-    echo "space-harbor: firewall.sh ${fw_action:-?}: error: $*" >&2
-    exit 1
-}
-
-fw_log() {
-    echo "space-harbor: firewall.sh $fw_action: $*" >&2
-}
-
-# sd_booted(3): systemd is PID 1 exactly when this directory exists.
-fw_has_systemd() {
-    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
-}
-
-fw_apt_install() {
-    fw_log "installing $*"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
-        # A fresh image may have no package lists yet.
-        DEBIAN_FRONTEND=noninteractive apt-get update >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
-    fi
-    fw_changed=true
-}
 
 # nft resolves protocol names (icmp, ipv6-icmp) through /etc/protocols, which netbase ships;
 # slim images leave it out. dpkg keeps a conffile that was deleted by hand deleted, even on a
@@ -60,11 +31,11 @@ fw_apt_install() {
 fw_ensure_protocols() {
     [ -e /etc/protocols ] && return 0
     if dpkg-query -W -f='${Status}' netbase 2>/dev/null | grep -q 'ok installed'; then
-        fw_apt_install --reinstall -o Dpkg::Options::=--force-confmiss netbase
+        harbor_apt_install --reinstall -o Dpkg::Options::=--force-confmiss netbase
     else
-        fw_apt_install netbase
+        harbor_apt_install netbase
     fi
-    [ -e /etc/protocols ] || fw_fail "/etc/protocols is still missing after installing netbase"
+    [ -e /etc/protocols ] || harbor_fail "/etc/protocols is still missing after installing netbase"
 }
 
 fw_table_live() {
@@ -81,13 +52,13 @@ fw_transaction() {
 }
 
 fw_check_ruleset() {
-    [ -n "${HARBOR_NFT_RULESET:-}" ] || fw_fail "HARBOR_NFT_RULESET is empty"
+    [ -n "${HARBOR_NFT_RULESET:-}" ] || harbor_fail "HARBOR_NFT_RULESET is empty"
     # Only our table may appear: this script must not be able to replace anybody else's.
     local tables
     tables=$(printf '%s\n' "$HARBOR_NFT_RULESET" | grep -E '^[[:space:]]*table[[:space:]]' || true)
     if [ "$(printf '%s\n' "$tables" | grep -c .)" -ne 1 ] ||
         ! printf '%s\n' "$tables" | grep -Eq "^[[:space:]]*table[[:space:]]+inet[[:space:]]+${fw_table}[[:space:]]*\{"; then
-        fw_fail "HARBOR_NFT_RULESET must declare exactly one table, 'table inet $fw_table { ... }'"
+        harbor_fail "HARBOR_NFT_RULESET must declare exactly one table, 'table inet $fw_table { ... }'"
     fi
 }
 
@@ -118,30 +89,9 @@ WantedBy=sysinit.target
 EOF
 }
 
-# Writes stdin to $1 (mode $2) through a temp file and mv, only when the bytes differ; sets
-# fw_wrote to true or false. (Not a condition-style function: `set -e` is off inside those.)
-fw_wrote=false
-fw_write_if_changed() {
-    local target=$1 mode=$2 tmp
-    fw_wrote=false
-    # A run killed before its EXIT trap leaves its temp file; the name is ours alone.
-    rm -f -- "$(dirname "$target")/.$(basename "$target")."??????
-    tmp=$(mktemp "$(dirname "$target")/.$(basename "$target").XXXXXX")
-    fw_tmp_files+=("$tmp")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
-    if [ -f "$target" ] && cmp -s "$tmp" "$target"; then
-        rm -f "$tmp"
-        chmod "$mode" "$target"
-        return 0
-    fi
-    mv -f "$tmp" "$target"
-    fw_wrote=true
-}
-
 fw_apply() {
     fw_check_ruleset
-    command -v nft >/dev/null 2>&1 || fw_apt_install nftables
+    command -v nft >/dev/null 2>&1 || harbor_apt_install nftables
     fw_ensure_protocols
 
     umask 077
@@ -151,69 +101,68 @@ fw_apply() {
 
     # Validate before anything is stored or live: a bad ruleset must leave the old one in force.
     local candidate
-    candidate=$(mktemp "$fw_dir/.candidate.XXXXXX")
-    fw_tmp_files+=("$candidate")
+    harbor_mktemp candidate "$fw_dir/.candidate.XXXXXX"
     fw_transaction >"$candidate"
     if ! nft -c -f "$candidate" >&2; then
-        fw_fail "nft rejected the ruleset for table inet $fw_table; the live firewall is unchanged"
+        harbor_fail "nft rejected the ruleset for table inet $fw_table; the live firewall is unchanged"
     fi
 
     # Load first, then store: a run cut in between leaves a stored file that differs from the
     # candidate, so the next run loads again. Stored first, a run cut before the load would leave
     # the new file beside the old live table, and the next run would find nothing to do.
     if ! { [ -f "$fw_file" ] && cmp -s "$candidate" "$fw_file" && fw_table_live; }; then
-        nft -f "$candidate" >&2 || fw_fail "loading the ruleset failed; table inet $fw_table is unchanged"
-        fw_log "table inet $fw_table loaded"
-        fw_changed=true
+        nft -f "$candidate" >&2 || harbor_fail "loading the ruleset failed; table inet $fw_table is unchanged"
+        harbor_log "table inet $fw_table loaded"
+        harbor_changed=true
     fi
-    fw_write_if_changed "$fw_file" 600 <"$candidate"
+    harbor_write_if_changed "$fw_file" 600 <"$candidate"
 
-    if fw_has_systemd; then
-        fw_write_if_changed "$fw_unit_file" 644 <<<"$(fw_unit_text)"
-        if [ "$fw_wrote" = true ]; then
+    if harbor_has_systemd; then
+        harbor_write_if_changed "$fw_unit_file" 644 <<<"$(fw_unit_text)"
+        if [ "$harbor_wrote" = true ]; then
             systemctl daemon-reload
-            fw_changed=true
+            harbor_changed=true
         fi
         if ! systemctl is-enabled --quiet "$fw_unit" 2>/dev/null; then
             systemctl enable --quiet "$fw_unit"
-            fw_changed=true
+            harbor_changed=true
         fi
         # Active, so that a restart of nftables.service re-applies our table (PartOf).
         if ! systemctl is-active --quiet "$fw_unit"; then
             systemctl start "$fw_unit"
-            fw_changed=true
+            harbor_changed=true
         fi
     else
-        fw_log "systemd is not running: table inet $fw_table is live but not reloaded at boot"
+        harbor_log "systemd is not running: table inet $fw_table is live but not reloaded at boot"
     fi
 }
 
 fw_remove() {
     if command -v nft >/dev/null 2>&1 && fw_table_live; then
         nft delete table inet "$fw_table"
-        fw_changed=true
+        harbor_changed=true
     fi
-    if fw_has_systemd; then
+    if harbor_has_systemd; then
         if systemctl is-enabled --quiet "$fw_unit" 2>/dev/null; then
             systemctl disable --quiet "$fw_unit"
-            fw_changed=true
+            harbor_changed=true
         fi
         # The unit has no ExecStop: stopping it only marks it inactive; the table is gone above.
         if systemctl is-active --quiet "$fw_unit"; then
             systemctl stop "$fw_unit"
-            fw_changed=true
+            harbor_changed=true
         fi
     fi
     if [ -e "$fw_unit_file" ]; then
         rm -f "$fw_unit_file"
-        if fw_has_systemd; then
+        if harbor_has_systemd; then
             systemctl daemon-reload
         fi
-        fw_changed=true
+        harbor_changed=true
     fi
     if [ -e "$fw_file" ]; then
         rm -f "$fw_file"
-        fw_changed=true
+        harbor_changed=true
     fi
     if [ -d "$fw_dir" ]; then
         rmdir "$fw_dir" 2>/dev/null || true
@@ -221,16 +170,12 @@ fw_remove() {
 }
 
 if ! [[ "$fw_table" =~ ^[A-Za-z][A-Za-z0-9_]{0,63}$ ]]; then
-    fw_fail "HARBOR_NFT_TABLE must be a table name like space_harbor (got '${fw_table}')"
+    harbor_fail "HARBOR_NFT_TABLE must be a table name like space_harbor (got '${fw_table}')"
 fi
-case "$fw_action" in
+case "$harbor_action" in
 apply) fw_apply ;;
 remove) fw_remove ;;
-*) fw_fail "unknown action '${fw_action}'; use apply or remove" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use apply or remove" ;;
 esac
 
-if [ "$fw_changed" = true ]; then
-    echo "space-harbor: firewall.sh $fw_action: changed"
-else
-    echo "space-harbor: firewall.sh $fw_action: unchanged"
-fi
+harbor_finish

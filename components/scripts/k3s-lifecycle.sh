@@ -48,8 +48,12 @@
 # from the stack removes it from the node while labels set by others stay.
 # The last line of output is `space-harbor: k3s-lifecycle.sh <action>: changed|unchanged`.
 set -euo pipefail
+# The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-lc_action="${1:-}"
+harbor_script="k3s-lifecycle.sh"
+harbor_action="${1:-}"
 lc_node="${HARBOR_NODE_NAME:-}"
 lc_drain_timeout="${HARBOR_DRAIN_TIMEOUT:-120}"
 lc_force="${HARBOR_FORCE:-false}"
@@ -67,28 +71,18 @@ lc_kubeconfig=/etc/rancher/k3s/k3s.yaml
 lc_credential_namespace=kube-system
 lc_credential_account=space-harbor-deployer
 lc_credential_secret=space-harbor-deployer-token
-lc_changed=false
 # Node annotations: what reconcile manages, and the version prepare-upgrade drained the node for.
 lc_labels_note=space-harbor/managed-labels
 lc_taints_note=space-harbor/managed-taints
 lc_drained_note=space-harbor/drained-for-upgrade
 lc_managed_note=space-harbor/managed
 
-lc_fail() {
-    echo "space-harbor: k3s-lifecycle.sh ${lc_action:-?}: error: $*" >&2
-    exit 1
-}
-
-lc_log() {
-    echo "space-harbor: k3s-lifecycle.sh $lc_action: $*" >&2
-}
-
 # Under HARBOR_FORCE a failed step is reported and skipped; otherwise it stops the run.
 lc_fail_or_warn() {
     if [ "$lc_force" = true ]; then
-        lc_log "warning (HARBOR_FORCE=true, continuing): $*"
+        harbor_log "warning (HARBOR_FORCE=true, continuing): $*"
     else
-        lc_fail "$* (set decommission.force to true to skip this step for a dead node)"
+        harbor_fail "$* (set decommission.force to true to skip this step for a dead node)"
     fi
 }
 
@@ -137,22 +131,22 @@ lc_older() {
 }
 
 lc_node_object() {
-    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step node-object)"
+    lc_wait_for_api || harbor_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step node-object)"
 }
 
 lc_wait_ready() {
     local deadline=$((SECONDS + lc_ready_timeout)) status=""
-    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step wait-ready)"
+    lc_wait_for_api || harbor_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step wait-ready)"
     while :; do
         # Empty while the node has not registered yet: keep waiting, it is joining.
         status=$(lc_kubectl get node "$lc_node" --ignore-not-found \
             -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
         if [ "$status" = True ]; then
-            lc_log "node $lc_node is Ready"
+            harbor_log "node $lc_node is Ready"
             return 0
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            lc_fail "node $lc_node did not become Ready within ${lc_ready_timeout}s (Ready=${status:-not registered}; step wait-ready)"
+            harbor_fail "node $lc_node did not become Ready within ${lc_ready_timeout}s (Ready=${status:-not registered}; step wait-ready)"
         fi
         sleep 3
     done
@@ -160,33 +154,33 @@ lc_wait_ready() {
 
 lc_prepare_upgrade() {
     local exists current
-    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step prepare-upgrade)"
-    exists=$(lc_node_exists) || lc_fail "cannot ask the k3s API about node $lc_node (step prepare-upgrade)"
+    lc_wait_for_api || harbor_fail "kubectl on this server cannot reach the k3s API (node $lc_node, step prepare-upgrade)"
+    exists=$(lc_node_exists) || harbor_fail "cannot ask the k3s API about node $lc_node (step prepare-upgrade)"
     if [ "$exists" = no ]; then
-        lc_log "node $lc_node has not registered: nothing to drain before its install"
+        harbor_log "node $lc_node has not registered: nothing to drain before its install"
         return 0
     fi
     current=$(lc_node_field .status.nodeInfo.kubeletVersion) ||
-        lc_fail "cannot read the k3s version of node $lc_node (step prepare-upgrade)"
+        harbor_fail "cannot read the k3s version of node $lc_node (step prepare-upgrade)"
     if [ -z "$current" ] || [ "$current" = "$lc_version" ]; then
-        lc_log "node $lc_node runs ${current:-an unknown version}: no upgrade to prepare"
+        harbor_log "node $lc_node runs ${current:-an unknown version}: no upgrade to prepare"
         return 0
     fi
     if lc_older "$lc_version" "$current"; then
-        lc_fail "refusing to downgrade node $lc_node from $current to $lc_version: k3s supports upgrades only;" \
+        harbor_fail "refusing to downgrade node $lc_node from $current to $lc_version: k3s supports upgrades only;" \
             "set k3s.version back to $current or newer (step prepare-upgrade)"
     fi
     if [ "$lc_drain_for_upgrade" != true ]; then
-        lc_log "node $lc_node moves from $current to $lc_version without a drain"
+        harbor_log "node $lc_node moves from $current to $lc_version without a drain"
         return 0
     fi
-    lc_changed=true
+    harbor_changed=true
     # The mark goes on first: if the drain fails, the next confirm-upgrade still knows to uncordon.
     lc_kubectl annotate node "$lc_node" --overwrite "$lc_drained_note=$lc_version" >&2 ||
-        lc_fail "cannot annotate node $lc_node (step prepare-upgrade)"
-    lc_log "draining node $lc_node for its upgrade from $current to $lc_version"
+        harbor_fail "cannot annotate node $lc_node (step prepare-upgrade)"
+    harbor_log "draining node $lc_node for its upgrade from $current to $lc_version"
     lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data --timeout="${lc_drain_timeout}s" >&2 ||
-        lc_fail "draining node $lc_node before its upgrade to $lc_version failed or timed out after" \
+        harbor_fail "draining node $lc_node before its upgrade to $lc_version failed or timed out after" \
             "${lc_drain_timeout}s; it stays cordoned; fix what blocks the eviction and run pulumi up again (step prepare-upgrade)"
 }
 
@@ -195,18 +189,18 @@ lc_prepare_upgrade() {
 lc_reconcile_list() {
     local kind="$1" wanted="$2" note="$3" previous item key new_keys="" changed=false
     previous=$(lc_node_field ".metadata.annotations.$note") ||
-        lc_fail "cannot read the annotations of node $lc_node (step reconcile)"
+        harbor_fail "cannot read the annotations of node $lc_node (step reconcile)"
     while IFS= read -r item; do
         [ -n "$item" ] || continue
         if [ "$kind" = label ]; then
             key="${item%%=*}"
             lc_kubectl label node "$lc_node" --overwrite "$item" >&2 ||
-                lc_fail "cannot set label $item on node $lc_node (step reconcile)"
+                harbor_fail "cannot set label $item on node $lc_node (step reconcile)"
         else
             key="${item%%=*}"
             key="${key%%:*}:${item##*:}"
             lc_kubectl taint node "$lc_node" --overwrite "$item" >&2 ||
-                lc_fail "cannot set taint $item on node $lc_node (step reconcile)"
+                harbor_fail "cannot set taint $item on node $lc_node (step reconcile)"
         fi
         new_keys="${new_keys:+$new_keys,}$key"
     done <<<"$wanted"
@@ -216,19 +210,19 @@ lc_reconcile_list() {
         case ",$new_keys," in *",$key,"*) continue ;; esac
         changed=true
         if [ "$kind" = label ]; then
-            lc_kubectl label node "$lc_node" "$key-" >&2 || lc_fail "cannot remove label $key from node $lc_node (step reconcile)"
+            lc_kubectl label node "$lc_node" "$key-" >&2 || harbor_fail "cannot remove label $key from node $lc_node (step reconcile)"
         elif ! lc_kubectl taint node "$lc_node" "$key-" >&2; then
-            lc_log "taint $key was already gone from node $lc_node"
+            harbor_log "taint $key was already gone from node $lc_node"
         fi
     done
     if [ "$previous" != "$new_keys" ]; then
         changed=true
         lc_kubectl annotate node "$lc_node" --overwrite "$note=$new_keys" >&2 ||
-            lc_fail "cannot annotate node $lc_node (step reconcile)"
+            harbor_fail "cannot annotate node $lc_node (step reconcile)"
     fi
     if [ "$changed" = true ]; then
-        lc_changed=true
-        lc_log "node $lc_node: ${kind}s now ${new_keys:-none}"
+        harbor_changed=true
+        harbor_log "node $lc_node: ${kind}s now ${new_keys:-none}"
     fi
 }
 
@@ -239,19 +233,19 @@ lc_confirm_upgrade() {
     # After an upgrade the Node reports the new kubelet only once the restarted agent checks in.
     until current=$(lc_node_field .status.nodeInfo.kubeletVersion) && [ "$current" = "$lc_version" ]; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            lc_fail "node $lc_node runs ${current:-an unknown version}, not $lc_version, after ${lc_ready_timeout}s (step confirm-upgrade)"
+            harbor_fail "node $lc_node runs ${current:-an unknown version}, not $lc_version, after ${lc_ready_timeout}s (step confirm-upgrade)"
         fi
         sleep 3
     done
     drained=$(lc_node_field ".metadata.annotations.$lc_drained_note") ||
-        lc_fail "cannot read the annotations of node $lc_node (step confirm-upgrade)"
+        harbor_fail "cannot read the annotations of node $lc_node (step confirm-upgrade)"
     if [ -n "$drained" ]; then
         # Only a cordon of our own is undone; one an operator set stays.
-        lc_kubectl uncordon "$lc_node" >&2 || lc_fail "cannot uncordon node $lc_node (step confirm-upgrade)"
+        lc_kubectl uncordon "$lc_node" >&2 || harbor_fail "cannot uncordon node $lc_node (step confirm-upgrade)"
         lc_kubectl annotate node "$lc_node" "$lc_drained_note-" >&2 ||
-            lc_fail "cannot annotate node $lc_node (step confirm-upgrade)"
-        lc_changed=true
-        lc_log "node $lc_node upgraded to $lc_version and uncordoned"
+            harbor_fail "cannot annotate node $lc_node (step confirm-upgrade)"
+        harbor_changed=true
+        harbor_log "node $lc_node upgraded to $lc_version and uncordoned"
     fi
 }
 
@@ -260,8 +254,8 @@ lc_reconcile() {
     if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
         # drain-departed only ever drains nodes with this mark
         lc_kubectl annotate node "$lc_node" --overwrite "$lc_managed_note=true" >&2 ||
-            lc_fail "cannot annotate node $lc_node (step reconcile)"
-        lc_changed=true
+            harbor_fail "cannot annotate node $lc_node (step reconcile)"
+        harbor_changed=true
     fi
     lc_reconcile_list label "$lc_labels" "$lc_labels_note"
     lc_reconcile_list taint "$lc_taints" "$lc_taints_note"
@@ -274,13 +268,13 @@ lc_drain() {
         return 0
     fi
     if [ "$exists" = no ]; then
-        lc_log "node $lc_node is not in the cluster: nothing to drain"
+        harbor_log "node $lc_node is not in the cluster: nothing to drain"
         return 0
     fi
-    lc_changed=true
+    harbor_changed=true
     if lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data \
         --timeout="${lc_drain_timeout}s" >&2; then
-        lc_log "node $lc_node drained"
+        harbor_log "node $lc_node drained"
     else
         lc_fail_or_warn "draining node $lc_node failed or timed out after ${lc_drain_timeout}s (step drain)"
     fi
@@ -290,7 +284,7 @@ lc_delete_node() {
     local output
     if ! [ -x "$(lc_k3s_bin)" ]; then
         # The cluster itself is gone from this server (a whole-stack destroy): no Node object is left.
-        lc_log "k3s is not installed on this server: no Node object of $lc_node to delete"
+        harbor_log "k3s is not installed on this server: no Node object of $lc_node to delete"
         return 0
     fi
     if ! output=$(lc_kubectl delete node "$lc_node" --ignore-not-found 2>&1); then
@@ -300,9 +294,9 @@ lc_delete_node() {
     fi
     if [ -n "$output" ]; then
         printf '%s\n' "$output" >&2
-        lc_changed=true
+        harbor_changed=true
     else
-        lc_log "node $lc_node is not in the cluster: nothing to delete"
+        harbor_log "node $lc_node is not in the cluster: nothing to delete"
     fi
 }
 
@@ -310,14 +304,14 @@ lc_drain_departed() {
     local listing name managed
     local -a names=()
     if ! [ -x "$(command -v k3s || echo /usr/local/bin/k3s)" ]; then
-        lc_log "k3s is not installed here yet: no node to drain"
+        harbor_log "k3s is not installed here yet: no node to drain"
         return 0
     fi
     if ! lc_wait_for_api; then
         lc_fail_or_warn "kubectl on this server cannot reach the k3s API to drain removed nodes (step drain-departed)"
         return 0
     fi
-    listing=$(lc_kubectl get nodes -o name) || lc_fail "cannot list the nodes (step drain-departed)"
+    listing=$(lc_kubectl get nodes -o name) || harbor_fail "cannot list the nodes (step drain-departed)"
     mapfile -t names <<<"$listing"
     for name in "${names[@]}"; do
         name="${name#node/}"
@@ -329,18 +323,18 @@ lc_drain_departed() {
             # Gone for good: a drain would wait on pods a dead kubelet never stops. Deleting the
             # Node object lets Kubernetes reschedule them now.
             lc_node="$name"
-            lc_log "node $name is forgotten (decommission.forget): deleting its Node object without a drain"
+            harbor_log "node $name is forgotten (decommission.forget): deleting its Node object without a drain"
             lc_delete_node
             continue
         fi
         lc_node="$name"
         managed=$(lc_node_field ".metadata.annotations.$lc_managed_note") ||
-            lc_fail "cannot read the annotations of node $name (step drain-departed)"
+            harbor_fail "cannot read the annotations of node $name (step drain-departed)"
         if [ "$managed" != true ]; then
-            lc_log "node $name is not in the stack but was not joined by Space Harbor: left alone"
+            harbor_log "node $name is not in the stack but was not joined by Space Harbor: left alone"
             continue
         fi
-        lc_log "node $name left the stack: draining it before the mesh drops it"
+        harbor_log "node $name left the stack: draining it before the mesh drops it"
         lc_drain
     done
 }
@@ -381,21 +375,21 @@ EOF
 # into its error message, and this one is a credential.
 lc_api_credential() {
     local token ca deadline kubeconfig
-    lc_wait_for_api || lc_fail "kubectl on this server cannot reach the k3s API (step api-credential)"
+    lc_wait_for_api || harbor_fail "kubectl on this server cannot reach the k3s API (step api-credential)"
     lc_credential_manifest | lc_kubectl apply -f - >&2 ||
-        lc_fail "cannot apply the deployer ServiceAccount (step api-credential)"
+        harbor_fail "cannot apply the deployer ServiceAccount (step api-credential)"
     deadline=$((SECONDS + lc_credential_wait))
     until token=$(lc_kubectl -n "$lc_credential_namespace" get secret "$lc_credential_secret" \
         -o 'jsonpath={.data.token}' 2>/dev/null) && [ -n "$token" ]; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            lc_fail "the token controller did not fill in $lc_credential_namespace/$lc_credential_secret within ${lc_credential_wait}s (step api-credential)"
+            harbor_fail "the token controller did not fill in $lc_credential_namespace/$lc_credential_secret within ${lc_credential_wait}s (step api-credential)"
         fi
         sleep 2
     done
-    token=$(printf '%s' "$token" | base64 -d) || lc_fail "the deployer token is not base64 (step api-credential)"
+    token=$(printf '%s' "$token" | base64 -d) || harbor_fail "the deployer token is not base64 (step api-credential)"
     ca=$(lc_kubectl config view --raw -o 'jsonpath={.clusters[0].cluster.certificate-authority-data}') ||
-        lc_fail "cannot read the cluster CA from $lc_kubeconfig (step api-credential)"
-    [ -n "$ca" ] || lc_fail "$lc_kubeconfig has no certificate-authority-data (step api-credential)"
+        harbor_fail "cannot read the cluster CA from $lc_kubeconfig (step api-credential)"
+    [ -n "$ca" ] || harbor_fail "$lc_kubeconfig has no certificate-authority-data (step api-credential)"
     kubeconfig=$(
         cat <<EOF
 apiVersion: v1
@@ -418,22 +412,22 @@ EOF
     printf '%s\n' "$kubeconfig"
 }
 
-if [ "$lc_action" != drain-departed ] && [ "$lc_action" != api-credential ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
-    lc_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
+if [ "$harbor_action" != drain-departed ] && [ "$harbor_action" != api-credential ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+    harbor_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
 fi
-[[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
-[[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
-[[ "$lc_credential_wait" =~ ^[0-9]+$ ]] || lc_fail "HARBOR_CREDENTIAL_WAIT must be a number of seconds"
-case "$lc_force" in true | false) ;; *) lc_fail "HARBOR_FORCE must be true or false" ;; esac
-case "$lc_drain_for_upgrade" in true | false) ;; *) lc_fail "HARBOR_DRAIN must be true or false" ;; esac
-case "$lc_action" in
+[[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
+[[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
+[[ "$lc_credential_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_CREDENTIAL_WAIT must be a number of seconds"
+case "$lc_force" in true | false) ;; *) harbor_fail "HARBOR_FORCE must be true or false" ;; esac
+case "$lc_drain_for_upgrade" in true | false) ;; *) harbor_fail "HARBOR_DRAIN must be true or false" ;; esac
+case "$harbor_action" in
 prepare-upgrade | confirm-upgrade)
     [[ "$lc_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
-        lc_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${lc_version}')"
+        harbor_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${lc_version}')"
     ;;
 esac
 
-case "$lc_action" in
+case "$harbor_action" in
 node-object) lc_node_object ;;
 prepare-upgrade) lc_prepare_upgrade ;;
 confirm-upgrade) lc_confirm_upgrade ;;
@@ -448,11 +442,7 @@ api-credential)
     echo "space-harbor: k3s-lifecycle.sh api-credential: unchanged" >&2
     exit 0
     ;;
-*) lc_fail "unknown action '${lc_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed or api-credential" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed or api-credential" ;;
 esac
 
-if [ "$lc_changed" = true ]; then
-    echo "space-harbor: k3s-lifecycle.sh $lc_action: changed"
-else
-    echo "space-harbor: k3s-lifecycle.sh $lc_action: unchanged"
-fi
+harbor_finish

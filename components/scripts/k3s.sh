@@ -21,6 +21,10 @@
 #                              (INSTALL_K3S_SKIP_DOWNLOAD) and the installer script below
 #   HARBOR_K3S_INSTALL_SCRIPT  air-gap installer, default /usr/local/share/space-harbor/k3s-install.sh
 #   HARBOR_K3S_WAIT_TIMEOUT    optional, seconds to wait for the service (default 180)
+#   HARBOR_NODE_PACKAGES       optional, Debian packages the enabled platform components need on
+#                              every node (Longhorn: open-iscsi nfs-common), space-separated;
+#                              install and reconfigure install the missing ones before k3s, and
+#                              never remove one
 #
 # Every setting, the token and (for joining nodes) the `server:` URL live in config.yaml, never
 # in installer flags, which a later re-run of the installer would silently drop. The upstream
@@ -30,13 +34,18 @@
 # and `token` from config.yaml. K3S_URL/K3S_TOKEN are therefore not passed (nor written into the
 # unit's env file).
 set -euo pipefail
+# The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-k3s_action="${1:-}"
+harbor_script=k3s.sh
+harbor_action="${1:-}"
 k3s_role="${HARBOR_K3S_ROLE:-}"
 k3s_version="${HARBOR_K3S_VERSION:-}"
 k3s_airgap="${HARBOR_K3S_AIRGAP:-false}"
 k3s_install_script="${HARBOR_K3S_INSTALL_SCRIPT:-/usr/local/share/space-harbor/k3s-install.sh}"
 k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
+k3s_packages="${HARBOR_NODE_PACKAGES:-}"
 k3s_bin=/usr/local/bin/k3s
 k3s_config_dir=/etc/rancher/k3s
 k3s_config="$k3s_config_dir/config.yaml"
@@ -44,28 +53,6 @@ k3s_kubeconfig="$k3s_config_dir/k3s.yaml"
 # "<role> <version>" that this script last installed and started. The binary's own version is not
 # enough: after an air-gap upgrade the new binary is on disk while the old one still runs.
 k3s_record="$k3s_config_dir/.space-harbor-installed"
-k3s_changed=false
-k3s_tmp_files=()
-
-k3s_cleanup() {
-    if [ "${#k3s_tmp_files[@]}" -gt 0 ]; then
-        rm -f -- "${k3s_tmp_files[@]}"
-    fi
-}
-trap k3s_cleanup EXIT
-
-k3s_fail() {
-    echo "space-harbor: k3s.sh ${k3s_action:-?}: error: $*" >&2
-    exit 1
-}
-
-k3s_log() {
-    echo "space-harbor: k3s.sh $k3s_action: $*" >&2
-}
-
-k3s_has_systemd() {
-    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
-}
 
 k3s_unit() {
     if [ "$k3s_role" = server ]; then echo k3s; else echo k3s-agent; fi
@@ -74,16 +61,8 @@ k3s_unit() {
 k3s_check_role() {
     case "$k3s_role" in
     server | agent) ;;
-    *) k3s_fail "HARBOR_K3S_ROLE must be server or agent (got '${k3s_role}')" ;;
+    *) harbor_fail "HARBOR_K3S_ROLE must be server or agent (got '${k3s_role}')" ;;
     esac
-}
-
-k3s_apt_install() {
-    k3s_log "installing $*"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
-        DEBIAN_FRONTEND=noninteractive apt-get update >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
-    fi
 }
 
 # The version the installed binary reports, e.g. "k3s version v1.31.4+k3s1 (a1b2c3d4)"; empty
@@ -100,48 +79,36 @@ k3s_version_matches() {
 }
 
 k3s_write_config() {
-    local tmp
-    k3s_config_changed=false
-    umask 077
-    mkdir -p "$k3s_config_dir"
-    tmp=$(mktemp "$k3s_config_dir/.config.yaml.XXXXXX")
-    k3s_tmp_files+=("$tmp")
-    printf '%s\n' "${HARBOR_K3S_CONFIG%$'\n'}" >"$tmp"
-    chmod 600 "$tmp"
-    if [ -f "$k3s_config" ] && cmp -s "$tmp" "$k3s_config"; then
-        rm -f "$tmp"
-        chmod 600 "$k3s_config"
-        return 0
+    harbor_write_if_changed "$k3s_config" 600 "$HARBOR_K3S_CONFIG"
+    k3s_config_changed=$harbor_wrote
+    if [ "$harbor_wrote" = true ]; then
+        harbor_log "$k3s_config written"
+        harbor_changed=true
     fi
-    mv -f "$tmp" "$k3s_config"
-    k3s_log "$k3s_config written"
-    k3s_config_changed=true
-    k3s_changed=true
 }
 
 # The installer script to run: the staged one for air-gap installs, else get.k3s.io.
 k3s_fetch_installer() {
     if [ "$k3s_airgap" = true ]; then
-        [ -x "$k3s_bin" ] || k3s_fail "air-gap install: $k3s_bin is missing; place the k3s $k3s_version binary there first"
+        [ -x "$k3s_bin" ] || harbor_fail "air-gap install: $k3s_bin is missing; place the k3s $k3s_version binary there first"
         if ! k3s_version_matches; then
-            k3s_fail "air-gap install: $k3s_bin reports '$(k3s_installed_version)', the stack wants $k3s_version; place that binary first"
+            harbor_fail "air-gap install: $k3s_bin reports '$(k3s_installed_version)', the stack wants $k3s_version; place that binary first"
         fi
-        [ -f "$k3s_install_script" ] || k3s_fail "air-gap install: the installer script $k3s_install_script is missing (HARBOR_K3S_INSTALL_SCRIPT)"
+        [ -f "$k3s_install_script" ] || harbor_fail "air-gap install: the installer script $k3s_install_script is missing (HARBOR_K3S_INSTALL_SCRIPT)"
         k3s_installer="$k3s_install_script"
         return 0
     fi
-    command -v curl >/dev/null 2>&1 || k3s_apt_install curl ca-certificates
-    k3s_installer=$(mktemp /tmp/k3s-install.XXXXXX)
-    k3s_tmp_files+=("$k3s_installer")
+    command -v curl >/dev/null 2>&1 || harbor_apt_install curl ca-certificates
+    harbor_mktemp k3s_installer /tmp/k3s-install.XXXXXX
     curl -sfL --retry 3 --connect-timeout 20 --max-time 300 https://get.k3s.io -o "$k3s_installer" ||
-        k3s_fail "downloading the k3s installer from https://get.k3s.io failed"
+        harbor_fail "downloading the k3s installer from https://get.k3s.io failed"
 }
 
 k3s_run_installer() {
     local unit
     unit=$(k3s_unit)
     k3s_fetch_installer
-    k3s_log "installing k3s $k3s_version as $k3s_role ($unit.service)"
+    harbor_log "installing k3s $k3s_version as $k3s_role ($unit.service)"
     # INSTALL_K3S_SKIP_START: the installer's own restart waits without a bound (TimeoutStartSec=0);
     # the restart below is bounded. K3S_* from the caller's environment must not reach the unit.
     local -a env_args=(
@@ -153,9 +120,9 @@ k3s_run_installer() {
     if [ "$k3s_airgap" = true ]; then
         env_args+=(INSTALL_K3S_SKIP_DOWNLOAD=true)
     fi
-    env "${env_args[@]}" sh "$k3s_installer" >&2 || k3s_fail "the k3s installer failed for $k3s_role $k3s_version"
+    env "${env_args[@]}" sh "$k3s_installer" >&2 || harbor_fail "the k3s installer failed for $k3s_role $k3s_version"
     k3s_restart "$unit"
-    k3s_changed=true
+    harbor_changed=true
 }
 
 # systemctl restart waits for k3s' sd_notify READY; bound it so a node that cannot join fails
@@ -163,7 +130,7 @@ k3s_run_installer() {
 k3s_restart() {
     local unit=$1
     if ! timeout "$k3s_wait" systemctl restart "$unit"; then
-        k3s_fail "$unit.service did not become active within ${k3s_wait}s; see journalctl -u $unit"
+        harbor_fail "$unit.service did not become active within ${k3s_wait}s; see journalctl -u $unit"
     fi
 }
 
@@ -172,7 +139,7 @@ k3s_wait_for() {
     shift
     until "$@"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
-            k3s_fail "timed out after ${k3s_wait}s waiting for $what"
+            harbor_fail "timed out after ${k3s_wait}s waiting for $what"
         fi
         sleep 2
     done
@@ -200,7 +167,7 @@ k3s_refuse_downgrade() {
     fi
     if [ "$(printf '%s\n%s\n' "$recorded" "$k3s_version" | k3s_sortable | sort -V | tail -n 1)" = \
         "$(printf '%s\n' "$recorded" | k3s_sortable)" ]; then
-        k3s_fail "refusing to downgrade k3s from $recorded to $k3s_version: k3s supports upgrades only;" \
+        harbor_fail "refusing to downgrade k3s from $recorded to $k3s_version: k3s supports upgrades only;" \
             "set k3s.version back to $recorded or newer (a downgrade means restoring a datastore backup)"
     fi
 }
@@ -208,9 +175,11 @@ k3s_refuse_downgrade() {
 k3s_check_parameters() {
     k3s_check_role
     [[ "$k3s_version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$ ]] ||
-        k3s_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${k3s_version}')"
-    [[ "$k3s_wait" =~ ^[0-9]+$ ]] || k3s_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
-    k3s_has_systemd || k3s_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
+        harbor_fail "HARBOR_K3S_VERSION must look like v1.31.4+k3s1 (got '${k3s_version}')"
+    [[ "$k3s_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
+    [[ "$k3s_packages" =~ ^[[:space:]]*([a-z0-9][a-z0-9+.-]+([[:space:]]+|$))*$ ]] ||
+        harbor_fail "HARBOR_NODE_PACKAGES must be Debian package names separated by spaces (got '${k3s_packages}')"
+    harbor_has_systemd || harbor_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
 }
 
 # The role and version this script last installed here, from its record ("<role> <version>").
@@ -236,12 +205,12 @@ k3s_apply_config() {
     local unit
     unit=$(k3s_unit)
     if [ "$k3s_config_changed" = true ]; then
-        k3s_log "config.yaml changed: restarting $unit"
+        harbor_log "config.yaml changed: restarting $unit"
         k3s_restart "$unit"
     elif ! k3s_unit_active; then
-        k3s_log "$unit is not running: starting it"
+        harbor_log "$unit is not running: starting it"
         k3s_restart "$unit"
-        k3s_changed=true
+        harbor_changed=true
     fi
 }
 
@@ -263,16 +232,27 @@ k3s_refuse_role_change() {
     local recorded
     recorded=$(k3s_recorded_role)
     if [ -n "$recorded" ] && [ "$recorded" != "$k3s_role" ]; then
-        k3s_fail "this node runs k3s as $recorded and the stack says $k3s_role; a role is not changed in place:" \
+        harbor_fail "this node runs k3s as $recorded and the stack says $k3s_role; a role is not changed in place:" \
             "remove the node from nodes, run pulumi up, then add it back with the new role"
+    fi
+}
+
+# What the platform components need on the node comes first: a k3s that runs before them would
+# start pods (Longhorn's) that fail on the missing tools.
+k3s_ensure_node_packages() {
+    local -a packages=()
+    read -r -a packages <<<"$k3s_packages"
+    if [ "${#packages[@]}" -gt 0 ]; then
+        harbor_apt_ensure "${packages[@]}"
     fi
 }
 
 k3s_install() {
     k3s_check_parameters
-    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
+    [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
     k3s_refuse_downgrade
+    k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
         k3s_apply_config
@@ -284,14 +264,15 @@ k3s_install() {
 
 k3s_reconfigure() {
     k3s_check_parameters
-    [ -n "${HARBOR_K3S_CONFIG:-}" ] || k3s_fail "HARBOR_K3S_CONFIG is empty"
+    [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
+    k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed; then
         k3s_apply_config
     else
         # Nothing (or a half-removed install) here: repair it at the stack's version.
-        k3s_log "k3s is not installed here: installing $k3s_version"
+        harbor_log "k3s is not installed here: installing $k3s_version"
         k3s_refuse_downgrade
         k3s_install_version
     fi
@@ -301,14 +282,14 @@ k3s_reconfigure() {
 k3s_upgrade() {
     k3s_check_parameters
     k3s_refuse_role_change
-    [ -f "$k3s_config" ] || k3s_fail "$k3s_config is missing: the install step writes it before any upgrade"
+    [ -f "$k3s_config" ] || harbor_fail "$k3s_config is missing: the install step writes it before any upgrade"
     if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
-        k3s_log "k3s $k3s_version is already installed"
+        harbor_log "k3s $k3s_version is already installed"
         k3s_wait_until_serving
         return 0
     fi
     k3s_refuse_downgrade
-    k3s_log "upgrading k3s from $(k3s_recorded_version) to $k3s_version"
+    harbor_log "upgrading k3s from $(k3s_recorded_version) to $k3s_version"
     k3s_install_version
     k3s_wait_until_serving
 }
@@ -320,27 +301,23 @@ k3s_uninstall() {
         script=/usr/local/bin/k3s-agent-uninstall.sh
     fi
     if [ -x "$script" ]; then
-        k3s_log "running $script"
-        "$script" >&2 || k3s_fail "$script failed"
-        k3s_changed=true
+        harbor_log "running $script"
+        "$script" >&2 || harbor_fail "$script failed"
+        harbor_changed=true
     fi
     if [ -e "$k3s_config" ]; then
         rm -f "$k3s_config"
-        k3s_changed=true
+        harbor_changed=true
     fi
     rm -f "$k3s_record"
 }
 
-case "$k3s_action" in
+case "$harbor_action" in
 install) k3s_install ;;
 reconfigure) k3s_reconfigure ;;
 upgrade) k3s_upgrade ;;
 uninstall) k3s_uninstall ;;
-*) k3s_fail "unknown action '${k3s_action}'; use install, reconfigure, upgrade or uninstall" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use install, reconfigure, upgrade or uninstall" ;;
 esac
 
-if [ "$k3s_changed" = true ]; then
-    echo "space-harbor: k3s.sh $k3s_action: changed"
-else
-    echo "space-harbor: k3s.sh $k3s_action: unchanged"
-fi
+harbor_finish

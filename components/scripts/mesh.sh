@@ -17,45 +17,16 @@
 # Space Harbor and are applied only when the interface comes up, never on a live change.
 # The last line of output is `space-harbor: mesh.sh <action>: changed|unchanged`.
 set -euo pipefail
+# The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-wg_action="${1:-}"
+harbor_script=mesh.sh
+harbor_action="${1:-}"
 wg_if="${HARBOR_WG_INTERFACE:-}"
 wg_dir=/etc/wireguard
 wg_file="$wg_dir/$wg_if.conf"
 wg_unit="wg-quick@$wg_if.service"
-wg_changed=false
-wg_tmp_files=()
-
-wg_cleanup() {
-    if [ "${#wg_tmp_files[@]}" -gt 0 ]; then
-        rm -f -- "${wg_tmp_files[@]}"
-    fi
-}
-trap wg_cleanup EXIT
-
-wg_fail() {
-    echo "space-harbor: mesh.sh ${wg_action:-?}: error: $*" >&2
-    exit 1
-}
-
-wg_log() {
-    echo "space-harbor: mesh.sh $wg_action: $*" >&2
-}
-
-# sd_booted(3): systemd is PID 1 exactly when this directory exists.
-wg_has_systemd() {
-    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
-}
-
-wg_apt_install() {
-    wg_log "installing $*"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
-        # A fresh image may have no package lists yet.
-        DEBIAN_FRONTEND=noninteractive apt-get update >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
-    fi
-    wg_changed=true
-}
 
 wg_link_exists() {
     ip link show dev "$wg_if" >/dev/null 2>&1
@@ -74,11 +45,11 @@ wg_kernel_supported() {
 
 wg_ensure_tools() {
     if ! command -v wg >/dev/null 2>&1 || ! command -v wg-quick >/dev/null 2>&1; then
-        wg_apt_install wireguard-tools
+        harbor_apt_install wireguard-tools
     fi
     if ! wg_kernel_supported && ! command -v wireguard-go >/dev/null 2>&1; then
-        wg_log "the kernel has no WireGuard module; using the userspace implementation"
-        wg_apt_install wireguard-go
+        harbor_log "the kernel has no WireGuard module; using the userspace implementation"
+        harbor_apt_install wireguard-go
     fi
 }
 
@@ -107,31 +78,31 @@ wg_live_signature() {
 }
 
 wg_bring_up() {
-    if wg_has_systemd; then
+    if harbor_has_systemd; then
         systemctl enable --quiet "$wg_unit"
         # The unit may think it is up while its link was deleted by hand: stop it first.
         if systemctl is-active --quiet "$wg_unit"; then
             systemctl stop "$wg_unit" || true
         fi
         systemctl reset-failed "$wg_unit" >/dev/null 2>&1 || true
-        systemctl start "$wg_unit" || wg_fail "systemctl start $wg_unit failed; see journalctl -u $wg_unit"
+        systemctl start "$wg_unit" || harbor_fail "systemctl start $wg_unit failed; see journalctl -u $wg_unit"
     else
-        wg-quick up "$wg_if" >&2 || wg_fail "wg-quick up $wg_if failed"
+        wg-quick up "$wg_if" >&2 || harbor_fail "wg-quick up $wg_if failed"
     fi
-    wg_log "interface $wg_if is up"
-    wg_changed=true
+    harbor_log "interface $wg_if is up"
+    harbor_changed=true
 }
 
 # The interface is up: change it in place. Never down/up, which would cut every tunnel.
 wg_reconcile() {
     local old_text=$1 before after stripped
     before=$(wg_live_signature)
-    stripped=$(wg-quick strip "$wg_if") || wg_fail "wg-quick strip $wg_if failed; is $wg_file valid?"
-    wg syncconf "$wg_if" <(printf '%s\n' "$stripped") || wg_fail "wg syncconf $wg_if failed"
+    stripped=$(wg-quick strip "$wg_if") || harbor_fail "wg-quick strip $wg_if failed; is $wg_file valid?"
+    wg syncconf "$wg_if" <(printf '%s\n' "$stripped") || harbor_fail "wg syncconf $wg_if failed"
     after=$(wg_live_signature)
     if [ "$before" != "$after" ]; then
-        wg_log "peers of $wg_if updated with wg syncconf"
-        wg_changed=true
+        harbor_log "peers of $wg_if updated with wg syncconf"
+        harbor_changed=true
     fi
     wg_reconcile_addresses
     wg_reconcile_mtu
@@ -147,14 +118,14 @@ wg_reconcile_addresses() {
     while read -r address; do
         [ -n "$address" ] || continue
         ip addr del "$address" dev "$wg_if"
-        wg_log "removed address $address from $wg_if"
-        wg_changed=true
+        harbor_log "removed address $address from $wg_if"
+        harbor_changed=true
     done < <(comm -13 <(printf '%s\n' "$want") <(printf '%s\n' "$have"))
     while read -r address; do
         [ -n "$address" ] || continue
         ip addr add "$address" dev "$wg_if"
-        wg_log "added address $address to $wg_if"
-        wg_changed=true
+        harbor_log "added address $address to $wg_if"
+        harbor_changed=true
     done < <(comm -23 <(printf '%s\n' "$want") <(printf '%s\n' "$have"))
 }
 
@@ -165,8 +136,8 @@ wg_reconcile_mtu() {
     have=$(ip -o link show dev "$wg_if" | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
     if [ "$want" != "$have" ]; then
         ip link set dev "$wg_if" mtu "$want"
-        wg_log "MTU of $wg_if set to $want (was $have)"
-        wg_changed=true
+        harbor_log "MTU of $wg_if set to $want (was $have)"
+        harbor_changed=true
     fi
 }
 
@@ -182,8 +153,8 @@ wg_reconcile_routes() {
             case "$prefix" in *:*) family=-6 ;; esac
             if [ -z "$(ip "$family" route show dev "$wg_if" match "$prefix" 2>/dev/null)" ]; then
                 ip "$family" route add "$prefix" dev "$wg_if"
-                wg_log "route $prefix via $wg_if added"
-                wg_changed=true
+                harbor_log "route $prefix via $wg_if added"
+                harbor_changed=true
             fi
         done
     done < <(wg show "$wg_if" allowed-ips)
@@ -200,36 +171,24 @@ wg_reconcile_routes() {
         case "$prefix" in *:*) family=-6 ;; esac
         if [ -n "$(ip "$family" route show "$prefix" dev "$wg_if" proto boot 2>/dev/null)" ]; then
             ip "$family" route del "$prefix" dev "$wg_if" proto boot
-            wg_log "route $prefix via $wg_if removed"
-            wg_changed=true
+            harbor_log "route $prefix via $wg_if removed"
+            harbor_changed=true
         fi
     done < <(wg_values "$old_text" Peer AllowedIPs | sort -u)
 }
 
 wg_write_config() {
-    local tmp
-    umask 077
-    mkdir -p "$wg_dir"
-    # A run killed before its EXIT trap leaves its temp copy (with the private key); the name is ours.
-    rm -f -- "$wg_dir/.$wg_if.conf."??????
-    tmp=$(mktemp "$wg_dir/.$wg_if.conf.XXXXXX")
-    wg_tmp_files+=("$tmp")
-    printf '%s\n' "${HARBOR_WG_CONFIG%$'\n'}" >"$tmp"
-    chmod 600 "$tmp"
-    if [ -f "$wg_file" ] && cmp -s "$tmp" "$wg_file"; then
-        rm -f "$tmp"
-        chmod 600 "$wg_file"
-        return 0
+    harbor_write_if_changed "$wg_file" 600 "$HARBOR_WG_CONFIG"
+    if [ "$harbor_wrote" = true ]; then
+        harbor_log "$wg_file written"
+        harbor_changed=true
     fi
-    mv -f "$tmp" "$wg_file"
-    wg_log "$wg_file written"
-    wg_changed=true
 }
 
 wg_apply() {
-    [ -n "${HARBOR_WG_CONFIG:-}" ] || wg_fail "HARBOR_WG_CONFIG is empty"
+    [ -n "${HARBOR_WG_CONFIG:-}" ] || harbor_fail "HARBOR_WG_CONFIG is empty"
     grep -q '^[[:space:]]*\[Interface\]' <<<"$HARBOR_WG_CONFIG" ||
-        wg_fail "HARBOR_WG_CONFIG has no [Interface] section"
+        harbor_fail "HARBOR_WG_CONFIG has no [Interface] section"
     wg_ensure_tools
 
     local old_text=""
@@ -246,22 +205,22 @@ wg_apply() {
         wg_bring_up
     fi
 
-    if wg_has_systemd && ! systemctl is-enabled --quiet "$wg_unit" 2>/dev/null; then
+    if harbor_has_systemd && ! systemctl is-enabled --quiet "$wg_unit" 2>/dev/null; then
         systemctl enable --quiet "$wg_unit"
-        wg_log "$wg_unit enabled at boot"
-        wg_changed=true
+        harbor_log "$wg_unit enabled at boot"
+        harbor_changed=true
     fi
 }
 
 wg_remove() {
-    if wg_has_systemd; then
+    if harbor_has_systemd; then
         if systemctl is-enabled --quiet "$wg_unit" 2>/dev/null; then
             systemctl disable --quiet "$wg_unit"
-            wg_changed=true
+            harbor_changed=true
         fi
         if systemctl is-active --quiet "$wg_unit"; then
-            systemctl stop "$wg_unit" || wg_log "warning: systemctl stop $wg_unit failed"
-            wg_changed=true
+            systemctl stop "$wg_unit" || harbor_log "warning: systemctl stop $wg_unit failed"
+            harbor_changed=true
         fi
     fi
     # Brought up without systemd (or the stop failed): take it down directly.
@@ -271,25 +230,21 @@ wg_remove() {
         else
             ip link delete dev "$wg_if"
         fi
-        wg_changed=true
+        harbor_changed=true
     fi
     if [ -e "$wg_file" ]; then
         rm -f "$wg_file"
-        wg_changed=true
+        harbor_changed=true
     fi
 }
 
 if ! [[ "$wg_if" =~ ^[a-zA-Z0-9_=+.-]{1,15}$ ]]; then
-    wg_fail "HARBOR_WG_INTERFACE must be an interface name of 1-15 of a-z A-Z 0-9 _=+.- (got '${wg_if}')"
+    harbor_fail "HARBOR_WG_INTERFACE must be an interface name of 1-15 of a-z A-Z 0-9 _=+.- (got '${wg_if}')"
 fi
-case "$wg_action" in
+case "$harbor_action" in
 apply) wg_apply ;;
 remove) wg_remove ;;
-*) wg_fail "unknown action '${wg_action}'; use apply or remove" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use apply or remove" ;;
 esac
 
-if [ "$wg_changed" = true ]; then
-    echo "space-harbor: mesh.sh $wg_action: changed"
-else
-    echo "space-harbor: mesh.sh $wg_action: unchanged"
-fi
+harbor_finish

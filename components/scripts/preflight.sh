@@ -39,8 +39,12 @@
 #   HARBOR_PEER_SERVERS            comma list of the other servers' cluster addresses
 #   HARBOR_PREFLIGHT_SKIP          comma list of checks to skip
 set -euo pipefail
+# The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-pf_action="${1:-}"
+harbor_script=preflight.sh
+harbor_action="${1:-}"
 pf_node="${HARBOR_NODE_NAME:-}"
 pf_role="${HARBOR_K3S_ROLE:-}"
 pf_bootstrap="${HARBOR_K3S_BOOTSTRAP:-false}"
@@ -70,11 +74,6 @@ pf_k3s_dir=/etc/rancher/k3s
 pf_k3s_record="$pf_k3s_dir/.space-harbor-installed"
 pf_cgroup_fix="enable it on the kernel command line with cgroup_memory=1 cgroup_enable=memory (on a Raspberry Pi: at the end of the one line in /boot/firmware/cmdline.txt, or /boot/cmdline.txt on older images) and reboot"
 
-pf_die() {
-    echo "space-harbor: preflight.sh ${pf_action:-?}: error: $*" >&2
-    exit 1
-}
-
 pf_ok() {
     echo "space-harbor: preflight $pf_node: $1: ok ($2)"
 }
@@ -101,20 +100,20 @@ pf_is_ipv4() {
 }
 
 pf_check_parameters() {
-    [[ "$pf_node" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || pf_die "HARBOR_NODE_NAME must be the node's name (got '${pf_node}')"
+    [[ "$pf_node" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || harbor_fail "HARBOR_NODE_NAME must be the node's name (got '${pf_node}')"
     case "$pf_role" in
     server | agent) ;;
-    *) pf_die "HARBOR_K3S_ROLE must be server or agent (got '${pf_role}')" ;;
+    *) harbor_fail "HARBOR_K3S_ROLE must be server or agent (got '${pf_role}')" ;;
     esac
     local list item
     for list in "$pf_tcp_ports" "$pf_udp_ports"; do
-        [[ "$list" =~ ^([0-9]+(,[0-9]+)*)?$ ]] || pf_die "HARBOR_K3S_TCP_PORTS/UDP_PORTS must be comma lists of ports (got '${list}')"
+        [[ "$list" =~ ^([0-9]+(,[0-9]+)*)?$ ]] || harbor_fail "HARBOR_K3S_TCP_PORTS/UDP_PORTS must be comma lists of ports (got '${list}')"
     done
-    [[ "$pf_mesh_port" =~ ^[0-9]+$ && "$pf_mesh_mtu" =~ ^[0-9]+$ ]] || pf_die "HARBOR_MESH_PORT and HARBOR_MESH_MTU must be numbers"
+    [[ "$pf_mesh_port" =~ ^[0-9]+$ && "$pf_mesh_mtu" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_MESH_PORT and HARBOR_MESH_MTU must be numbers"
     for item in ${pf_skip//,/ }; do
-        pf_in_list "$item" "$pf_checks_csv" || pf_die "HARBOR_PREFLIGHT_SKIP names '$item', which is not a check"
+        pf_in_list "$item" "$pf_checks_csv" || harbor_fail "HARBOR_PREFLIGHT_SKIP names '$item', which is not a check"
         if pf_in_list "$item" "$pf_required_csv"; then
-            pf_die "HARBOR_PREFLIGHT_SKIP names '$item', which cannot be skipped"
+            harbor_fail "HARBOR_PREFLIGHT_SKIP names '$item', which cannot be skipped"
         fi
     done
 }
@@ -601,12 +600,12 @@ pf_run_checks() {
     fi
 }
 
-case "$pf_action" in
+case "$harbor_action" in
 check)
     pf_check_parameters
     pf_run_checks
     ;;
-*) pf_die "unknown action '${pf_action}'; use check" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use check" ;;
 esac
 
-echo "space-harbor: preflight.sh $pf_action: ok"
+echo "space-harbor: preflight.sh $harbor_action: ok"

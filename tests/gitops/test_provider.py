@@ -19,7 +19,7 @@ from components.gitops import (
     MAX_PUSH_ATTEMPTS,
     GitOpsError,
     GitTreeProvider,
-    _Workspace,
+    Workspace,
     plan_changes,
     redact_url,
     sha256,
@@ -28,26 +28,10 @@ from components.gitops import (
     transport_of,
 )
 from tests.conftest import EXAMPLE_HOST_KEY
+from tests.helpers import GIT_ENV, git
 
 PASSWORD_MARKER = "MARKER-GIT-PASSWORD-7c41"
 KEY_MARKER = "MARKER-GIT-SSH-KEY-e02d"
-
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "A Human",
-    "GIT_AUTHOR_EMAIL": "human@example.org",
-    "GIT_COMMITTER_NAME": "A Human",
-    "GIT_COMMITTER_EMAIL": "human@example.org",
-    "LC_ALL": "C",
-}
-
-
-def git(*args: str, cwd: Path) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -264,25 +248,25 @@ def test_remote_that_moved_is_rebased_onto_never_forced(remote: Path, human: Hum
     created = provider.create(props(remote))
     files = dict(FILES, **{"cluster/README.md": "# v2\n"})
     # Someone pushes between the provider's fetch and its push: the first push must be rejected.
-    real_fetch = _Workspace.fetch
+    real_fetch = Workspace.fetch
     moved: list[str] = []
 
-    def fetch_then_someone_pushes(self: _Workspace) -> str | None:
+    def fetch_then_someone_pushes(self: Workspace) -> str | None:
         base = real_fetch(self)
         if not moved:
             moved.append(human.commit({"docs/other.md": "unrelated\n"}, "human: unrelated"))
         return base
 
-    monkeypatch.setattr(_Workspace, "fetch", fetch_then_someone_pushes)
+    monkeypatch.setattr(Workspace, "fetch", fetch_then_someone_pushes)
     pushes: list[tuple[str, ...]] = []
-    real_run = _Workspace.run
+    real_run = Workspace.run
 
-    def recording_run(self: _Workspace, *args: str, **kwargs: Any) -> str:
+    def recording_run(self: Workspace, *args: str, **kwargs: Any) -> str:
         if args[0] == "push":
             pushes.append(args)
         return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(_Workspace, "run", recording_run)
+    monkeypatch.setattr(Workspace, "run", recording_run)
 
     updated = provider.update("id", created.outs, props(remote, files))
 
@@ -301,15 +285,15 @@ def test_remote_that_moved_is_rebased_onto_never_forced(remote: Path, human: Hum
 
 def test_remote_that_never_stops_moving_gives_up(remote: Path, human: Human, monkeypatch) -> None:
     created = provider.create(props(remote))
-    real_fetch = _Workspace.fetch
+    real_fetch = Workspace.fetch
     counter = iter(range(100))
 
-    def fetch_then_someone_pushes(self: _Workspace) -> str | None:
+    def fetch_then_someone_pushes(self: Workspace) -> str | None:
         base = real_fetch(self)
         human.commit({"docs/other.md": f"{next(counter)}\n"}, "human: busy")
         return base
 
-    monkeypatch.setattr(_Workspace, "fetch", fetch_then_someone_pushes)
+    monkeypatch.setattr(Workspace, "fetch", fetch_then_someone_pushes)
 
     with pytest.raises(GitOpsError, match=f"moved during each of {MAX_PUSH_ATTEMPTS} attempts"):
         provider.update("id", created.outs, props(remote, dict(FILES, **{"cluster/README.md": "# v2\n"})))
@@ -513,7 +497,7 @@ def test_ssh_workspace_writes_the_key_private_and_removes_it(tmp_path: Path) -> 
             known_hosts=f"git.example.org {EXAMPLE_HOST_KEY}",
         )
     )
-    workspace = _Workspace(spec)
+    workspace = Workspace(spec)
     try:
         env = workspace.repo.git.environment()
         argv = shlex.split(env["GIT_SSH_COMMAND"])

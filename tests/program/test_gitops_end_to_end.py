@@ -8,8 +8,6 @@ stack config appears in the repository, its history, or any non-secret resource 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +20,10 @@ from components.gitops import GitTreeProvider
 from components.sealed_secrets import KEY_LABEL, KEY_NAMESPACE
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, TOKEN_MARKER
 from tests.harness import ProgramRun, Registered, run_program
+from tests.helpers import git
 from tests.unit.test_platform_render import COMPONENT_MARKERS, NAMES, full_raw
 
-GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
 MARKERS = [*COMPONENT_MARKERS.values(), GIT_KEY_MARKER, SSH_KEY_MARKER, TOKEN_MARKER]
-
-
-def git(*args: str, cwd: Path) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def _git_tree(run: ProgramRun) -> Registered:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import configparser
 import copy
 import json
-import shlex
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, STACKS, TOKEN_MARKER
-from tests.harness import UNKNOWN, ProgramRun, Registered, run_program
+from tests.harness import UNKNOWN, ProgramRun, run_program
+from tests.helpers import command_env
 
 MODES = {"preview": True, "up": False}
 COMMAND = "command:remote:Command"
@@ -30,12 +30,6 @@ def stack_run(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ProgramRu
     stack, mode = request.param
     config, run = _run(stack, mode)
     return config, run, mode
-
-
-def _env(command: Registered) -> dict[str, str]:
-    """Parameters of a node command, read back from the assignments ahead of its script."""
-    assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
-    return dict(item.split("=", 1) for item in assignments)
 
 
 def test_every_node_gets_mesh_firewall_and_k3s(stack_run) -> None:
@@ -88,7 +82,7 @@ def test_agents_join_the_first_server_and_wait_for_it(stack_run) -> None:
             assert run.depends_on(install, run.named(f"{node['name']}-mesh"))
             assert run.depends_on(install, run.named("server-1-mesh"))
         if mode == "up":
-            settings = yaml.safe_load(_env(install)["HARBOR_K3S_CONFIG"])
+            settings = yaml.safe_load(command_env(install)["HARBOR_K3S_CONFIG"])
             first = config["nodes"][0]
             address = first.get("meshAddress") or first.get("privateAddress")
             assert settings["server"] == f"https://{address}:6443"
@@ -125,7 +119,7 @@ def test_mesh_configs_list_exactly_the_other_members(stack: str) -> None:
     keys = run.outputs["meshPublicKeys"]
     for name in members:
         parser = configparser.ConfigParser(strict=False)
-        text = _env(run.named(f"{name}-mesh"))["HARBOR_WG_CONFIG"]
+        text = command_env(run.named(f"{name}-mesh"))["HARBOR_WG_CONFIG"]
         # configparser merges repeated [Peer] sections; count them from the text instead.
         peers = [block for block in text.split("[Peer]")[1:]]
         expected = {f"{m['meshAddress']}/32": m for other, m in members.items() if other != name}
@@ -211,8 +205,8 @@ def test_generated_token_comes_from_pulumi_random() -> None:
     _, run = _run("server-3-agents", "up")
     token, agent_token = run.named("k3s-token"), run.named("k3s-agent-token")
     assert {"k3sToken", "k3sAgentToken"} <= run.secret_outputs
-    server = yaml.safe_load(_env(run.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
-    agent = yaml.safe_load(_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
+    server = yaml.safe_load(command_env(run.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+    agent = yaml.safe_load(command_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
     assert server["token"] == run.outputs["k3sToken"]
     assert server["agent-token"] == agent["token"] == run.outputs["k3sAgentToken"]
     assert run.outputs["k3sToken"] != run.outputs["k3sAgentToken"]
@@ -304,7 +298,7 @@ def test_operator_with_own_public_key_gets_no_generated_key() -> None:
 
     _, run = _run("single", "up", with_operator)
     assert [r.name for r in run.of_type("random:index/randomBytes:RandomBytes")] == ["server-1-wg-key"]
-    assert own_key in _env(run.named("server-1-mesh"))["HARBOR_WG_CONFIG"]
+    assert own_key in command_env(run.named("server-1-mesh"))["HARBOR_WG_CONFIG"]
     assert "<your private key" in run.outputs["operatorConfigs"]["laptop"]
 
 
@@ -314,3 +308,22 @@ def test_firewall_disabled_registers_no_firewall() -> None:
 
     _, run = _run("server-3-agents", "up", no_firewall)
     assert not [c for c in run.commands() if c.name.endswith("-firewall")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_packages_reach_every_k3s_install_only_while_a_component_needs_them(mode: str) -> None:
+    def with_longhorn(config: dict[str, Any]) -> None:
+        config["components"]["longhorn"] = {"enabled": True}
+
+    config, run = _run("server-3-agents", mode, with_longhorn)
+    _, plain = _run("server-3-agents", mode)
+    for node in config["nodes"]:
+        install = run.named(f"{node['name']}-k3s")
+        assert install.inputs["update"] == "bash -s -- reconfigure"
+        if mode == "up":
+            assert command_env(install)["HARBOR_NODE_PACKAGES"] == "nfs-common open-iscsi"
+            assert "HARBOR_NODE_PACKAGES" not in command_env(plain.named(f"{node['name']}-k3s"))
+            # the upgrade step never installs packages; its stdin stays as it was
+            assert "HARBOR_NODE_PACKAGES" not in command_env(run.named(f"{node['name']}-upgrade"))
+    # the same resources either way: a component's node packages change inputs, never identities
+    assert {r.urn for r in run.resources} == {r.urn for r in plain.resources}

@@ -7,7 +7,6 @@ edges between the lifecycle commands are the upgrade order.
 from __future__ import annotations
 
 import copy
-import shlex
 import sys
 from typing import Any
 
@@ -15,14 +14,10 @@ import pytest
 import yaml
 
 from tests.conftest import base_config, etcd_config
-from tests.harness import ProgramRun, Registered, run_program
+from tests.harness import ProgramRun, run_program
+from tests.helpers import command_env
 
 NEW_VERSION = "v1.32.1+k3s1"
-
-
-def _env(command: Registered) -> dict[str, str]:
-    assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
-    return dict(item.split("=", 1) for item in assignments)
 
 
 def _inputs(run: ProgramRun) -> dict[str, Any]:
@@ -129,7 +124,7 @@ def test_a_node_added_during_an_upgrade_installs_the_new_version_without_waiting
     config["k3s"]["version"] = NEW_VERSION
     config["nodes"].append({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
     run = run_program(config)
-    assert _env(run.named("agent-9-k3s"))["HARBOR_K3S_VERSION"] == NEW_VERSION
+    assert command_env(run.named("agent-9-k3s"))["HARBOR_K3S_VERSION"] == NEW_VERSION
     for agent in ("agent-1", "agent-2", "agent-3"):
         for step in ("-drain", "-upgrade", "-uncordon", "-k3s", "-registered"):
             assert not _before(run, f"{agent}{step}", "agent-9-k3s"), step
@@ -150,27 +145,27 @@ def test_lifecycle_commands_drain_before_and_reconcile_after_the_install() -> No
     assert "update" not in registered.inputs  # an update runs create again: reconcile
     assert registered.inputs["delete"] == "bash -s -- drain"
     # the lifecycle steps run on the first server; the upgrade on the node itself
-    install_version = _env(run.named("agent-1-k3s"))["HARBOR_K3S_VERSION"]
+    install_version = command_env(run.named("agent-1-k3s"))["HARBOR_K3S_VERSION"]
     for command in (node_object, registered, drain, uncordon):
         assert command.inputs["connection"]["host"] == "192.0.2.10"
     assert upgrade.inputs["connection"]["host"] == "192.0.2.21"
     for command in (drain, upgrade, uncordon):
-        assert _env(command)["HARBOR_K3S_VERSION"] == install_version
+        assert command_env(command)["HARBOR_K3S_VERSION"] == install_version
     # a registration does not depend on the version: an upgrade does not re-run it
-    assert "HARBOR_K3S_VERSION" not in _env(registered)
+    assert "HARBOR_K3S_VERSION" not in command_env(registered)
     # the first server has a reconcile too, with nothing to undo on delete, and is never drained
     first = run.named("server-1-registered")
     assert first.inputs["create"] == "bash -s -- reconcile"
     assert "delete" not in first.inputs
-    assert _env(run.named("server-1-drain"))["HARBOR_DRAIN"] == "false"
-    assert _env(drain)["HARBOR_DRAIN"] == "true"
+    assert command_env(run.named("server-1-drain"))["HARBOR_DRAIN"] == "false"
+    assert command_env(drain)["HARBOR_DRAIN"] == "true"
 
 
 def test_labels_and_taints_reach_the_reconcile_step() -> None:
     config = base_config(agents=1)
     config["nodes"][1]["labels"] = {"tier": "web", "topology.kubernetes.io/zone": "fsn1"}
     config["nodes"][1]["taints"] = ["dedicated=web:NoSchedule", "spot:PreferNoSchedule"]
-    env = _env(run_program(config).named("agent-1-registered"))
+    env = command_env(run_program(config).named("agent-1-registered"))
     assert env["HARBOR_NODE_LABELS"].splitlines() == ["tier=web", "topology.kubernetes.io/zone=fsn1"]
     assert env["HARBOR_NODE_TAINTS"].splitlines() == ["dedicated=web:NoSchedule", "spot:PreferNoSchedule"]
 
@@ -201,7 +196,7 @@ def test_three_etcd_servers_cluster_init_on_the_first_join_over_the_mesh() -> No
     run = run_program(etcd_config())
     configs = {}
     for name in ["server-1", "server-2", "server-3", "agent-1"]:
-        text = _env(run.named(f"{name}-k3s"))["HARBOR_K3S_CONFIG"]
+        text = command_env(run.named(f"{name}-k3s"))["HARBOR_K3S_CONFIG"]
         configs[name] = yaml.safe_load(text)
     assert configs["server-1"].get("cluster-init") is True
     assert "server" not in configs["server-1"]
@@ -209,7 +204,7 @@ def test_three_etcd_servers_cluster_init_on_the_first_join_over_the_mesh() -> No
         assert "cluster-init" not in configs[name]
         assert configs[name]["server"] == "https://10.160.0.1:6443"
     for name in ["server-2", "server-3"]:
-        assert _env(run.named(f"{name}-k3s"))["HARBOR_K3S_ROLE"] == "server"
+        assert command_env(run.named(f"{name}-k3s"))["HARBOR_K3S_ROLE"] == "server"
         assert configs[name]["node-ip"] == configs[name]["advertise-address"]
     assert _before(run, "server-2-registered", "server-3-k3s")
 
@@ -219,7 +214,7 @@ def test_sqlite_to_etcd_migrates_the_single_server_in_place() -> None:
     migrated = copy.deepcopy(config)
     migrated["k3s"] = {"datastore": "etcd"}
     assert {name for name in _updated(config, migrated) if not name.endswith("-preflight")} == {"server-1-k3s"}
-    server = yaml.safe_load(_env(run_program(migrated).named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+    server = yaml.safe_load(command_env(run_program(migrated).named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
     assert server["cluster-init"] is True
 
 
@@ -237,7 +232,7 @@ def test_etcd_snapshots_go_to_s3_with_secret_credentials() -> None:
     for name in ["server-1", "server-2", "server-3"]:
         command = run.named(f"{name}-k3s")
         assert "stdin" in command.secret_inputs
-        settings = yaml.safe_load(_env(command)["HARBOR_K3S_CONFIG"])
+        settings = yaml.safe_load(command_env(command)["HARBOR_K3S_CONFIG"])
         assert settings["etcd-snapshot-schedule-cron"] == "0 */4 * * *"
         assert settings["etcd-snapshot-retention"] == 20
         assert settings["etcd-s3"] is True
@@ -245,7 +240,7 @@ def test_etcd_snapshots_go_to_s3_with_secret_credentials() -> None:
         assert settings["etcd-s3-bucket"] == "harbor-etcd"
         assert settings["etcd-s3-access-key"] == "MARKER-S3-ACCESS-51c0"
         assert settings["etcd-s3-secret-key"] == "MARKER-S3-SECRET-8e2f"
-    agent = yaml.safe_load(_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
+    agent = yaml.safe_load(command_env(run.named("agent-1-k3s"))["HARBOR_K3S_CONFIG"])
     assert not any(key.startswith("etcd") for key in agent)
     for resource in run.resources:
         assert "MARKER-S3" not in resource.public_text(), resource.name
@@ -258,7 +253,7 @@ def test_a_removed_node_is_drained_before_any_mesh_or_firewall_drops_it() -> Non
     assert departures.inputs["create"] == "bash -s -- drain-departed"
     assert "delete" not in departures.inputs
     assert departures.inputs["connection"]["host"] == "192.0.2.10"  # the first server
-    assert _env(departures)["HARBOR_CLUSTER_NODES"].splitlines() == ["agent-1", "agent-2", "agent-3", "server-1"]
+    assert command_env(departures)["HARBOR_CLUSTER_NODES"].splitlines() == ["agent-1", "agent-2", "agent-3", "server-1"]
     for node in config["nodes"]:
         for kind in ("mesh", "firewall"):
             assert _before(run, "cluster-departures", f"{node['name']}-{kind}")
@@ -266,7 +261,7 @@ def test_a_removed_node_is_drained_before_any_mesh_or_firewall_drops_it() -> Non
     shrunk = copy.deepcopy(config)
     del shrunk["nodes"][2]
     after = run_program(shrunk)
-    assert "agent-2" not in _env(after.named("cluster-departures"))["HARBOR_CLUSTER_NODES"].splitlines()
+    assert "agent-2" not in command_env(after.named("cluster-departures"))["HARBOR_CLUSTER_NODES"].splitlines()
 
 
 def test_a_long_upgrade_chain_does_not_exhaust_the_interpreters_stack() -> None:
@@ -303,8 +298,8 @@ def test_moving_agents_to_the_agent_token_touches_only_the_installs_servers_firs
     changed = {key.split("::")[-1] for key in old if old[key] != new[key]}
     assert changed == {"server-1-k3s", "agent-1-k3s", "agent-2-k3s"}
     for agent in ("agent-1", "agent-2"):
-        settings = yaml.safe_load(_env(after.named(f"{agent}-k3s"))["HARBOR_K3S_CONFIG"])
-        server = yaml.safe_load(_env(after.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
+        settings = yaml.safe_load(command_env(after.named(f"{agent}-k3s"))["HARBOR_K3S_CONFIG"])
+        server = yaml.safe_load(command_env(after.named("server-1-k3s"))["HARBOR_K3S_CONFIG"])
         assert settings["token"] == server["agent-token"] != server["token"]
         # the engine updates in dependency order: the server restarts with agent-token first
         assert _before(after, "server-1-k3s", f"{agent}-k3s")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import ProgramRun, Registered, resolve_identities
+from tests.helpers import reachable
 from tests.testbed.runner import COMMAND_TYPE, CommandResult, RunFailed, Runner
 
 # Inputs whose change is an update of a remote Command; `triggers` replaces.
@@ -275,20 +276,9 @@ class Engine:
         urn_of = {r.name: urn for urn, r in to_run.items()}
 
         def waits(name: str) -> set[str]:
-            # transitively through doomed non-command resources (components, keys)
-            found: set[str] = set()
-            stack = list(dependents[urn_of[name]])
-            seen: set[str] = set()
-            while stack:
-                urn = stack.pop()
-                if urn in seen:
-                    continue
-                seen.add(urn)
-                if urn in names:
-                    found.add(names[urn])
-                else:
-                    stack.extend(dependents.get(urn, ()))
-            return found
+            # transitively through doomed non-command resources (components, keys), up to a command
+            through = reachable(dependents[urn_of[name]], lambda urn: () if urn in names else dependents.get(urn, ()))
+            return {names[urn] for urn in through if urn in names}
 
         try:
             report.results += runner.schedule(set(names.values()), "delete", waits)

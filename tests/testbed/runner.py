@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import reachable
+
 COMMAND_TYPE = "command:remote:Command"
 
 # pulumi-command's defaults for a connection that sets neither (connection.go: dialErrorDefault,
@@ -192,24 +194,15 @@ class Runner:
                 children.setdefault(r.parent, []).append(r.urn)
         command_urns = {c.urn: c.name for c in self.commands}
         deps: dict[str, set[str]] = {}
+
+        def waits_for(urn: str) -> list[str]:
+            resource = by_urn.get(urn)
+            # Waiting on a component means waiting on everything beneath it.
+            return [*(resource.dependencies if resource is not None else ()), *children.get(urn, [])]
+
         for command in self.commands:
-            found: set[str] = set()
-            seen: set[str] = set()
-            stack = list(command.dependencies)
-            while stack:
-                urn = stack.pop()
-                if urn in seen:
-                    continue
-                seen.add(urn)
-                if urn in command_urns:
-                    found.add(command_urns[urn])
-                resource = by_urn.get(urn)
-                if resource is not None:
-                    stack.extend(resource.dependencies)
-                # Waiting on a component means waiting on everything beneath it.
-                stack.extend(children.get(urn, []))
-            found.discard(command.name)
-            deps[command.name] = found
+            through = reachable(command.dependencies, waits_for)
+            deps[command.name] = {command_urns[urn] for urn in through if urn in command_urns} - {command.name}
         return deps
 
     def order(self, names: Iterable[str] | None = None) -> list[str]:
@@ -228,14 +221,7 @@ class Runner:
     # ---- execution --------------------------------------------------------------------------
     def closure(self, names: Iterable[str]) -> set[str]:
         """The named commands and every command they depend on."""
-        found: set[str] = set()
-        stack = list(names)
-        while stack:
-            name = stack.pop()
-            if name not in found:
-                found.add(name)
-                stack.extend(self.deps[name])
-        return found
+        return reachable(names, lambda name: self.deps[name])
 
     def apply(
         self,

@@ -12,13 +12,11 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.harness import ProgramRun, run_program
-from tests.testbed.conftest import _testbed
 from tests.testbed.engine import Engine, EngineFailed, Report, stored_inputs
 from tests.testbed.nodes import AIRGAP_BINARY, STANDIN_K3S, Testbed, call_in_netns
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
@@ -28,11 +26,6 @@ pytestmark = pytest.mark.testbed
 NODES = ["n1", "n2", "n3"]
 NEW_VERSION = "v1.32.1+k3s1"
 STANDIN_NODES = "/var/lib/rancher/k3s/standin/nodes"
-
-
-@pytest.fixture(scope="module")
-def testbed3() -> Iterator[Testbed]:
-    yield from _testbed(NODES, git=False)
 
 
 class Cluster:

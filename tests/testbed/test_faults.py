@@ -28,6 +28,7 @@ import pytest
 
 from components.remote import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 from tests.harness import ProgramRun
+from tests.helpers import nft_table
 from tests.testbed.conftest import wait_mesh, wg_peers
 from tests.testbed.faults import cut_session
 from tests.testbed.nodes import CTL_ADDRESS, Testbed
@@ -179,12 +180,6 @@ LEFTOVERS = {
     "firewall": "rm -f /etc/space-harbor/.candidate.* /etc/space-harbor/.firewall.nft.* "
     "/etc/systemd/system/.space-harbor-firewall.service.*; rmdir /etc/space-harbor 2>/dev/null || true",
 }
-
-
-def nft_table(stdin: str) -> str:
-    match = re.search(r"^HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
-    assert match, "the firewall payload exports no HARBOR_NFT_TABLE"
-    return match.group(1).strip("'")
 
 
 @dataclass(frozen=True)

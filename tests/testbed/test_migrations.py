@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -20,20 +19,13 @@ import yaml
 
 import components.render.k3s as render_k3s
 from tests.harness import ProgramRun, run_program
-from tests.testbed.conftest import _testbed
 from tests.testbed.engine import Engine
 from tests.testbed.nodes import Testbed, call_in_netns
 from tests.testbed.stack import stack_config
 
 pytestmark = pytest.mark.testbed
 
-NODES = ["n1", "n2", "n3"]
 AGENTS = ["n2", "n3"]
-
-
-@pytest.fixture(scope="module")
-def migration_bed() -> Iterator[Testbed]:
-    yield from _testbed(NODES, git=False)
 
 
 def render_before_agent_tokens(config: Any, node: Any, *, server_token: str, agent_token: str) -> str:
@@ -57,8 +49,8 @@ def heartbeat(tb: Testbed, name: str) -> float:
     return float(record["heartbeat"])
 
 
-def test_the_first_up_after_the_change_moves_agents_to_the_agent_token(migration_bed: Testbed) -> None:
-    tb = migration_bed
+def test_the_first_up_after_the_change_moves_agents_to_the_agent_token(testbed3: Testbed) -> None:
+    tb = testbed3
     # Encryption was off in clusters of that age; the preflight would (rightly) refuse turning it on.
     config = stack_config(tb, k3s={"airgap": True, "secretsEncryption": False})
     engine = Engine(ssh_prefix=["ip", "netns", "exec", tb.ctl], workdir=tb.workdir)

@@ -7,13 +7,13 @@ uninstall -> GitOps commit). Every one of them asserts on the real hosts.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.helpers import nft_table
 from tests.testbed.conftest import Snapshot, inventory, snapshot
 from tests.testbed.nodes import AIRGAP_INSTALLER, CTL_ADDRESS, GIT_REPO, Testbed, call_in_netns
 from tests.testbed.runner import Runner
@@ -88,13 +88,6 @@ def interface_identity(tb: Testbed, node: str) -> str:
     """ifindex of the mesh interface and the wireguard-go pid serving it: both change on a bounce."""
     out = tb.ssh(node, f"cat /sys/class/net/{MESH_INTERFACE}/ifindex; pgrep -x wireguard-go || true").stdout
     return " ".join(out.split())
-
-
-def nft_table(stdin: str) -> str:
-    """The table name a firewall command's payload exports (HARBOR_NFT_TABLE)."""
-    match = re.search(r"^HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
-    assert match, "the firewall payload exports no HARBOR_NFT_TABLE"
-    return match.group(1).strip("'")
 
 
 def assert_ssh_reachable(tb: Testbed, nodes: list[str]) -> None:

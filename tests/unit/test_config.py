@@ -200,3 +200,34 @@ def test_components_with_secrets_need_sealed_secrets() -> None:
     raw["components"]["sealedSecrets"] = {"enabled": False}
     raw["components"]["smtp"] = {"enabled": True, "relayHost": "smtp.example.org"}
     assert not load_config(raw).components.sealed_secrets.enabled
+
+
+def test_every_component_that_needs_sealing_is_named_in_one_refusal() -> None:
+    raw = _backup()
+    raw["components"]["sealedSecrets"] = {"enabled": False}
+    raw["components"]["smtp"] = {
+        "enabled": True,
+        "relayHost": "smtp.example.org",
+        "relayUsername": "relay",
+        "relayPassword": "MARKER-SMTP",
+    }
+    raw["components"]["telegraf"] = {
+        "enabled": True,
+        "centralAddress": "metrics.example.org:8094",
+        "caCert": "CA",
+        "tlsCert": "CERT",
+        "tlsKey": "MARKER-TELEGRAF",
+    }
+    assert _refused(raw) == [
+        "components.sealedSecrets.enabled: must be true for smtp, telegraf, backup, "
+        "whose secrets reach the cluster as SealedSecrets"
+    ]
+
+
+def test_a_component_section_of_the_wrong_shape_names_its_section() -> None:
+    raw = base_config()
+    raw["components"]["traefik"] = 3
+    assert _refused(raw) == ["components.traefik: Input should be a valid dictionary or instance of Traefik (got 3)"]
+    raw = base_config()
+    raw["components"]["longhorm"] = {"enabled": True}
+    assert _refused(raw) == ["components.longhorm: is not a known key"]

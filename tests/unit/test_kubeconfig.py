@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from components.kubeconfig import merge_kubeconfig
 from components.tunnel import running_tunnel, stop_tunnel
 from tests.harness import FAKE_API_CREDENTIAL
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_MARKER = "MARKER-KUBECONFIG-SSH-KEY-4e0b"
@@ -43,12 +43,6 @@ def test_merge_replaces_only_the_stacks_own_entries() -> None:
     assert merged["current-context"] == "work"
     # an empty file gets the stack as its current context
     assert merge_kubeconfig(None, new)["current-context"] == "harbor-prod"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

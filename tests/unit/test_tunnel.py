@@ -20,16 +20,11 @@ import pytest
 
 from components import tunnel
 from components.tunnel import SshTarget, ensure_tunnel, running_tunnel, stop_tunnel
+from tests.helpers import free_port
 
 # A documentation address (TEST-NET-1): never dialled, since no client reaches the remote side.
 TARGET = SshTarget(host="192.0.2.10", port=22, user="root", private_key="MARKER-TUNNEL-KEY-7c1d", host_key=None)
 OTHER = SshTarget(host="192.0.2.11", port=22, user="root", private_key="MARKER-TUNNEL-KEY-7c1d", host_key=None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

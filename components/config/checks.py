@@ -1,0 +1,157 @@
+"""Checks that span sections of the stack config. Each raises ValueError with the key path first.
+
+components/config/model.py runs them in this order once every section is valid on its own, and
+`load_config` keeps the message as it is; the first check that fails is the one reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from components.config.cluster import CLUSTER_ONLY_PORTS, Decommission, Firewall, K3s, Mesh, Node, Operator
+from components.platform import REGISTRY
+from components.platform.base import Context
+from components.schema import ConfigModel, Ipv4
+
+# The order the sealing check named these components in before each had a module of its own;
+# components added since follow in registry order.
+_SEALING_MESSAGE_ORDER = ("smtp", "telegraf", "backup")
+
+
+def unique_names(nodes: Sequence[Node], operators: Sequence[Operator], ssh_port: Callable[[Node], int]) -> None:
+    seen: dict[str, str] = {}
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            raise ValueError(f"nodes[{i}].name: {node.name!r} is already used by {seen[node.name]}")
+        seen[node.name] = f"nodes[{nodes.index(node)}]"
+    for i, operator in enumerate(operators):
+        if operator.name in seen:
+            raise ValueError(f"mesh.operators[{i}].name: {operator.name!r} is already used by {seen[operator.name]}")
+        seen[operator.name] = f"mesh.operators[{i}]"
+    hosts: dict[tuple[str, int], int] = {}
+    for i, node in enumerate(nodes):
+        key = (node.host, ssh_port(node))
+        if key in hosts:
+            raise ValueError(f"nodes[{i}].host: {node.host}:{key[1]} is already nodes[{hosts[key]}]")
+        hosts[key] = i
+
+
+def server_count(servers: Sequence[Node], k3s: K3s) -> None:
+    count = len(servers)
+    if k3s.datastore == "sqlite" and count != 1:
+        raise ValueError(
+            f"nodes: k3s.datastore sqlite needs exactly one server, found {count}; "
+            "set k3s.datastore to etcd for 3 or 5 servers"
+        )
+    if k3s.datastore == "etcd" and count not in (1, 3, 5):
+        raise ValueError(f"nodes: embedded etcd needs 1, 3 or 5 servers for quorum, found {count}")
+    first = k3s.first_server
+    if first is None and count > 1:
+        raise ValueError(
+            f"k3s.firstServer: is required with {count} servers: name the server that bootstrapped the "
+            f"cluster (before this key existed, the first server listed: {servers[0].name!r}; "
+            "for a new cluster, any of them)"
+        )
+    if first is not None and first not in [node.name for node in servers]:
+        raise ValueError(f"k3s.firstServer: {first!r} is not a server in nodes; servers: {[n.name for n in servers]}")
+
+
+def forgotten_nodes(nodes: Sequence[Node], decommission: Decommission) -> None:
+    names = {node.name for node in nodes}
+    for i, name in enumerate(decommission.forget):
+        if name in names:
+            raise ValueError(
+                f"decommission.forget[{i}]: {name!r} is still in nodes; remove it from nodes to decommission "
+                "it, and list it here only when it cannot be reached"
+            )
+
+
+def mesh_addresses(nodes: Sequence[Node], mesh: Mesh) -> None:
+    if not mesh.enabled:
+        for i, node in enumerate(nodes):
+            if node.mesh_address is not None:
+                raise ValueError(f"nodes[{i}].meshAddress: is set but mesh.enabled is false")
+        if mesh.operators:
+            raise ValueError("mesh.operators: operators need the mesh; set mesh.enabled to true")
+        return
+    usable = (mesh.cidr.network_address, mesh.cidr.broadcast_address)
+    taken: dict[Ipv4, str] = {}
+    members: list[tuple[str, Ipv4 | None]] = [
+        (f"nodes[{i}].meshAddress", node.mesh_address) for i, node in enumerate(nodes)
+    ] + [(f"mesh.operators[{i}].meshAddress", op.mesh_address) for i, op in enumerate(mesh.operators)]
+    for path, address in members:
+        if address is None:
+            raise ValueError(f"{path}: is required while mesh.enabled is true")
+        if address not in mesh.cidr:
+            raise ValueError(f"{path}: {address} is outside mesh.cidr {mesh.cidr}")
+        if mesh.cidr.prefixlen < 31 and address in usable:
+            raise ValueError(f"{path}: {address} is the network or broadcast address of {mesh.cidr}")
+        if address in taken:
+            raise ValueError(f"{path}: {address} is already used by {taken[address]}")
+        taken[address] = path.rsplit(".", 1)[0]
+
+
+def networks(nodes: Sequence[Node], mesh: Mesh, k3s: K3s, firewall: Firewall) -> None:
+    cidrs = [("k3s.clusterCidr", k3s.cluster_cidr), ("k3s.serviceCidr", k3s.service_cidr)]
+    if mesh.enabled:
+        cidrs.append(("mesh.cidr", mesh.cidr))
+    for i, (path, net) in enumerate(cidrs):
+        for other_path, other in cidrs[i + 1 :]:
+            if net.overlaps(other):
+                raise ValueError(f"{path}: {net} overlaps {other_path} {other}")
+    if k3s.flannel_backend == "wireguard-native" and mesh.enabled:
+        raise ValueError(
+            "k3s.flannelBackend: wireguard-native would tunnel inside the mesh; "
+            "use vxlan with the mesh, or set mesh.enabled to false"
+        )
+    if firewall.enabled and not mesh.enabled:
+        # nftables resolves names once at load time and fails the whole table if DNS is down.
+        for i, node in enumerate(nodes):
+            try:
+                ipaddress.ip_address(node.cluster_address)
+            except ValueError:
+                key = "privateAddress" if node.private_address else "host"
+                raise ValueError(
+                    f"nodes[{i}].{key}: {node.cluster_address!r} is a DNS name, but with mesh.enabled false "
+                    "the firewall admits cluster traffic by IP address; set privateAddress to an IP"
+                ) from None
+    if k3s.api_access == "mesh" and not mesh.enabled:
+        raise ValueError("k3s.apiAccess: mesh needs mesh.enabled true; use ssh-tunnel")
+
+
+def public_ports(firewall: Firewall, mesh: Mesh) -> None:
+    reach = "the mesh" if mesh.enabled else "the other nodes"
+    for i, port in enumerate(firewall.public_tcp_ports):
+        path = f"firewall.publicTcpPorts[{i}]"
+        if port in CLUSTER_ONLY_PORTS:
+            hint = "; reach it through the SSH tunnel or as a mesh operator" if port == 6443 else ""
+            raise ValueError(f"{path}: {port} is {CLUSTER_ONLY_PORTS[port]}, which answers only {reach}{hint}")
+        if mesh.enabled and port == mesh.listen_port:
+            raise ValueError(f"{path}: {port} is mesh.listenPort, which is opened for WireGuard on UDP already")
+
+
+def platform_components(components: ConfigModel, context: Context) -> None:
+    """Each enabled component's own cross-checks, in registry order, then the sealing they need."""
+    enabled = [(c, getattr(components, c.field_name)) for c in REGISTRY if getattr(components, c.field_name).enabled]
+    for component, settings in enabled:
+        component.check(settings, context)
+    # A component with a Secret gets it as a SealedSecret; a plain Secret never enters git.
+    sealed = [component.key for component, settings in enabled if component.secrets(settings, context)]
+    sealed.sort(key=lambda key: (*_SEALING_MESSAGE_ORDER, key).index(key))
+    sealing = next(c for c in REGISTRY if c.name == "sealed-secrets")
+    if sealed and sealing.key not in context.enabled:
+        raise ValueError(
+            f"components.{sealing.key}.enabled: must be true for {', '.join(sealed)}, "
+            "whose secrets reach the cluster as SealedSecrets"
+        )
+
+
+def etcd_snapshots(k3s: K3s) -> None:
+    snapshots = k3s.etcd_snapshots
+    if snapshots is None:
+        return
+    if k3s.datastore != "etcd":
+        raise ValueError("k3s.etcdSnapshots: needs k3s.datastore etcd")
+    if snapshots.s3_bucket and (snapshots.s3_access_key is None or snapshots.s3_secret_key is None):
+        raise ValueError("k3s.etcdSnapshots.s3AccessKey and s3SecretKey: are required with s3Bucket")

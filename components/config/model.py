@@ -1,0 +1,162 @@
+"""The whole stack config as one model: its sections, the platform components' sections, the checks.
+
+`components` is made from the registry of platform components (components/platform/): one
+section per component, each the component's own `Settings`. The cross-section checks run after
+every section is valid, in the order below (components/config/checks.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, create_model, model_validator
+from pydantic.alias_generators import to_camel
+
+import components.config.checks as checks
+from components.config.cluster import Decommission, Firewall, K3s, Mesh, Node, Preflight, SshDefaults
+from components.config.gitops import ArgoCD, GitOps
+from components.platform import REGISTRY
+from components.platform.base import Component, Context, Section
+from components.schema import ConfigModel, Host
+
+
+def _components_section() -> type[ConfigModel]:
+    fields: dict[str, Any] = {}
+    for component in REGISTRY:
+        assert to_camel(component.field_name) == component.key, f"{component.key}: not a camelCase config key"
+        fields[component.field_name] = (component.settings, component.settings())
+    return create_model("Components", __base__=ConfigModel, **fields)
+
+
+# `components.<key>`: one section per platform component, in registry order.
+Components = _components_section()
+
+
+class HarborConfig(ConfigModel):
+    domain: Host | None = None
+    ssh_private_key: SecretStr
+    ssh: SshDefaults = SshDefaults()
+    nodes: list[Node] = Field(min_length=1)
+    mesh: Mesh = Mesh()
+    k3s: K3s = K3s()
+    firewall: Firewall = Firewall()
+    argocd: ArgoCD = ArgoCD()
+    gitops: GitOps
+    components: Components = Components()  # type: ignore[valid-type]
+    decommission: Decommission = Decommission()
+    preflight: Preflight = Preflight()
+
+    @property
+    def servers(self) -> list[Node]:
+        return [node for node in self.nodes if node.role == "server"]
+
+    @property
+    def agents(self) -> list[Node]:
+        return [node for node in self.nodes if node.role == "agent"]
+
+    @property
+    def first_server(self) -> Node:
+        """The server that bootstraps the cluster: `k3s.firstServer`, or the only server."""
+        name = self.k3s.first_server or self.servers[0].name
+        return next(node for node in self.nodes if node.name == name)
+
+    def node_address(self, node: Node) -> str:
+        """Where cluster traffic for `node` goes: its mesh address, or its private one."""
+        if self.mesh.enabled:
+            assert node.mesh_address is not None  # checked by checks.mesh_addresses
+            return str(node.mesh_address)
+        return node.cluster_address
+
+    def ssh_user(self, node: Node) -> str:
+        return node.ssh_user or self.ssh.user
+
+    def ssh_port(self, node: Node) -> int:
+        return node.ssh_port or self.ssh.port
+
+    def ssh_listen_ports(self, node: Node) -> list[int]:
+        """The ports sshd listens on at the node, which the firewall opens before anything else."""
+        return list(node.ssh_listen_ports) if node.ssh_listen_ports else [self.ssh_port(node)]
+
+    def ssh_key(self, node: Node) -> SecretStr:
+        return node.ssh_private_key or self.ssh_private_key
+
+    def component_settings(self, component: Component) -> Section:
+        """A platform component's own section of `components`."""
+        section: Section = getattr(self.components, component.field_name)
+        return section
+
+    def enabled_components(self) -> list[Component]:
+        return [component for component in REGISTRY if self.component_settings(component).enabled]
+
+    def platform_context(self) -> Context:
+        """What the platform components may know of the rest of the stack."""
+        return Context(
+            domain=self.domain,
+            node_names=tuple(node.name for node in self.nodes),
+            first_server=self.first_server.name,
+            node_addresses=tuple(self.node_address(node) for node in self.nodes),
+            server_addresses=tuple(self.node_address(n) for n in sorted(self.servers, key=lambda n: n.name)),
+            service_cidr=self.k3s.service_cidr,
+            gitops_path=self.gitops.path,
+            enabled=frozenset(component.key for component in self.enabled_components()),
+        )
+
+    def secret_values(self) -> list[str]:
+        """Every secret the config holds, for leak checks."""
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                if value.get_secret_value():
+                    found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for field in type(value).model_fields:
+                    walk(getattr(value, field))
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+
+        walk(self)
+        return found
+
+    # Cross-section checks, in this order; each raises with the key path first.
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> HarborConfig:
+        checks.unique_names(self.nodes, self.mesh.operators, self.ssh_port)
+        return self
+
+    @model_validator(mode="after")
+    def _server_count(self) -> HarborConfig:
+        checks.server_count(self.servers, self.k3s)
+        return self
+
+    @model_validator(mode="after")
+    def _forgotten_nodes(self) -> HarborConfig:
+        checks.forgotten_nodes(self.nodes, self.decommission)
+        return self
+
+    @model_validator(mode="after")
+    def _mesh_addresses(self) -> HarborConfig:
+        checks.mesh_addresses(self.nodes, self.mesh)
+        return self
+
+    @model_validator(mode="after")
+    def _networks(self) -> HarborConfig:
+        checks.networks(self.nodes, self.mesh, self.k3s, self.firewall)
+        return self
+
+    @model_validator(mode="after")
+    def _public_ports(self) -> HarborConfig:
+        checks.public_ports(self.firewall, self.mesh)
+        return self
+
+    @model_validator(mode="after")
+    def _components(self) -> HarborConfig:
+        # The context needs the checks above: a first server, and every node's address.
+        checks.platform_components(self.components, self.platform_context())
+        checks.etcd_snapshots(self.k3s)
+        return self

@@ -1,0 +1,94 @@
+"""The building blocks of the config model: the base of every section, shared field types, the refusal.
+
+The stack config's sections (components/config/) and the platform components' own sections
+(components/platform/) are built from these, so that every section reads camelCase keys, refuses
+typos and is frozen once validated, and every refusal names its key path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
+from pydantic.alias_generators import to_camel
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+class ConfigError(ValueError):
+    """Stack config was refused; the message has one line per problem, each naming its key path."""
+
+
+class ConfigModel(BaseModel):
+    """camelCase keys, typos refused, values frozen once validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+# --- field types ---------------------------------------------------------------------------
+
+
+def _host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port (1-65535)")
+    return value
+
+
+def _wireguard_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"decodes to {len(raw)} bytes; a WireGuard key is 32")
+    return value
+
+
+def dns_label(value: str) -> str:
+    """A Kubernetes node name: a DNS-1123 label."""
+    if not _DNS1123_LABEL.match(value):
+        raise ValueError(f"{value!r} is not a DNS-1123 label (lower-case a-z, 0-9, '-', at most 63)")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+Port = Annotated[int, AfterValidator(_port)]
+WireGuardKey = Annotated[str, AfterValidator(_wireguard_key)]
+Ipv4 = ipaddress.IPv4Address
+Cidr = ipaddress.IPv4Network
+
+
+# --- cross-field checks --------------------------------------------------------------------
+
+
+def require(value: object, path: str, why: str) -> None:
+    """Refuse an unset value: `<path>: is required <why>`."""
+    if value in (None, "", [], {}):
+        raise ValueError(f"{path}: is required {why}")
+
+
+def secret_value(secret: SecretStr | None) -> str:
+    return secret.get_secret_value() if secret is not None else ""

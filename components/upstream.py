@@ -142,6 +142,11 @@ class PinnedFiles:
     def read(self, kind: str, version: str) -> str:
         return self.read_bytes(kind, version).decode("utf-8")
 
+    def verified_path(self, kind: str, version: str) -> Path:
+        """The cached file of a pin, checked now: for a file that is shipped as it is (a FileAsset)."""
+        self.read_bytes(kind, version)
+        return self.cached_path(self.pin(kind, version))
+
     def _download(self, pin: Pin) -> bytes:
         url = self.source_url(pin)
         try:
@@ -204,6 +209,20 @@ def read_pinned(kind: str, version: str) -> str:
 
 def pinned_versions(kind: str) -> tuple[str, ...]:
     return STORE.versions(kind)
+
+
+def sole_pin(kind: str) -> Pin:
+    """The one pin of `kind`: for files the program uses in a single version (the k3s installer)."""
+    versions = STORE.versions(kind)
+    if len(versions) != 1:
+        found = ", ".join(versions) or "none"
+        raise UpstreamError(f"exactly one {kind} must be pinned in {STORE.pins_file}; found: {found}")
+    return STORE.pin(kind, versions[0])
+
+
+def pinned_path(kind: str, version: str) -> Path:
+    """The verified local copy of a pinned file; raises `UpstreamError` when it is missing or altered."""
+    return STORE.verified_path(kind, version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,12 +161,18 @@ def test_the_cli_lists_the_real_pins() -> None:
     )
     assert check.returncode == 0
     listed = [line.split() for line in check.stdout.splitlines()]
+    installer = "0136cf258954a458da1404858396342724b93d24"
     assert {(kind, version) for kind, version, *_ in listed} == {
         ("argocd-core", "v2.13.3"),
         ("argocd-core", "v2.14.21"),
+        ("k3s-installer", installer),
     }
-    for _, version, url, _, _ in listed:
-        assert url == f"https://raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/core-install.yaml"
+    for kind, version, url, _, _ in listed:
+        if kind == "argocd-core":
+            assert url == f"https://raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/core-install.yaml"
+        else:
+            # At a commit, never a branch: get.k3s.io serves whatever `main` holds that day.
+            assert url == f"https://raw.githubusercontent.com/k3s-io/k3s/{installer}/install.sh"
 
 
 @pytest.mark.parametrize("script", ["vendor", "check-pins", "up"])

@@ -27,8 +27,9 @@ from components.render.argocd import CoreManifestError
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
+from components.shipped import K3S_INSTALLER_KIND, k3s_shipped_files
 from components.tunnel import SshTarget, ensure_tunnel
-from components.upstream import UpstreamError
+from components.upstream import UpstreamError, pinned_path, sole_pin
 
 
 def stack_config() -> HarborConfig:
@@ -55,6 +56,13 @@ try:
     argocd_core = load_core_manifest(config.argocd.version)
 except (UpstreamError, CoreManifestError) as error:
     raise pulumi.RunError(f"argocd.version {config.argocd.version}: {error}") from None
+try:
+    installer_pin = sole_pin(K3S_INSTALLER_KIND)
+    shipped = k3s_shipped_files(
+        config.k3s, pinned_path(K3S_INSTALLER_KIND, installer_pin.version), installer_pin.sha256
+    )
+except UpstreamError as error:
+    raise pulumi.RunError(f"the k3s installer: {error}") from None
 stack = pulumi.get_stack()
 first = config.first_server
 
@@ -98,7 +106,7 @@ def prerequisites(node: Node) -> list[pulumi.Resource]:
     return needed
 
 
-k3s_nodes = k3s_cluster(config, server_token, agent_token, prerequisites, lifetime=cluster_id)
+k3s_nodes = k3s_cluster(config, server_token, agent_token, prerequisites, lifetime=cluster_id, shipped=shipped)
 api_credential = read_api_credential(config, after=[k3s_nodes[first.name].registered])
 
 if config.k3s.api_access == "mesh":

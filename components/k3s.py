@@ -5,6 +5,9 @@ list, a change of `k3s.firstServer` or of the node that steps run on changes inp
 a resource's identity (a new identity would be a delete, and a k3s delete is an uninstall):
 
   preflight    (on the node)          create: read-only checks (NodePreflight, components/preflight.py)
+  ship-*       (to the node)          create/update: copy the pinned installer (air-gapped: the binary
+                                              and images) to a staging path (components/shipped.py)
+  shipped      (on the node)                                              delete: remove the staged files
   node-object  (on the first server)  create: check the API            delete: delete the Node object
   k3s          (on the node)          create: install what the enabled components need on every node,
                                               then k3s from config.yaml at k3s.version
@@ -40,9 +43,10 @@ import pulumi
 import pulumi_random as random
 
 from components.config import HarborConfig, Node
-from components.remote import disarmed_command, node_command
+from components.remote import disarmed_command, node_command, node_copy
 from components.render.k3s import render_config_yaml
 from components.render.platform import node_packages
+from components.shipped import ShippedFile
 
 NODE_TYPE = "space-harbor:index:K3sNode"
 # Before the first server was chosen by name, each role had a component type of its own; these
@@ -52,7 +56,7 @@ LEGACY_COMPONENTS = (
     ("space-harbor:index:K3sJoinedServer", "server"),
     ("space-harbor:index:K3sAgent", "agent"),
 )
-STEPS = ("node-object", "k3s", "drain", "upgrade", "uncordon", "registered")
+STEPS = ("node-object", "shipped", "k3s", "drain", "upgrade", "uncordon", "registered")
 
 
 def node_component_name(node_name: str) -> str:
@@ -114,6 +118,8 @@ class K3sNodeArgs:
     upgrade_after: list[pulumi.Resource] = field(default_factory=list)
     # deleted with the cluster: the stack's API credential step (None until it exists)
     cluster_lifetime: pulumi.Resource | None = None
+    # copied to the node before its install: the pinned installer, air-gap binary and images
+    shipped: tuple[ShippedFile, ...] = ()
 
 
 class K3sNode(pulumi.ComponentResource):
@@ -156,11 +162,45 @@ class K3sNode(pulumi.ComponentResource):
         config_yaml = pulumi.Output.all(args.server_token, args.agent_token).apply(
             lambda tokens: render_config_yaml(config, node, server_token=tokens[0], agent_token=tokens[1])
         )
+        # Staged on the node before anything runs there that needs them; k3s.sh checks their sha256.
+        copies = [
+            node_copy(
+                f"{node.name}-ship-{shipped.kind}",
+                config,
+                node,
+                shipped.source,
+                shipped.staged_path,
+                pulumi.ResourceOptions(parent=self, depends_on=args.prerequisites),
+            )
+            for shipped in args.shipped
+        ]
+        shipped_env = {key: value for shipped in args.shipped for key, value in shipped.parameters().items()}
+        # The staged files' lifetime on the node: nothing to create; deleted after the uninstall
+        # (the install depends on it), so a replaced install still finds them and a node that
+        # leaves keeps none of them.
+        staged = (
+            [
+                node_command(
+                    f"{node.name}-shipped",
+                    config,
+                    node,
+                    "k3s.sh",
+                    create=None,
+                    delete="remove-shipped",
+                    env={},
+                    secret=False,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=copies),
+                )
+            ]
+            if copies
+            else []
+        )
         install_env: dict[str, pulumi.Input[str]] = {
             "HARBOR_K3S_ROLE": node.role,
             "HARBOR_K3S_VERSION": config.k3s.version,
             "HARBOR_K3S_CONFIG": config_yaml,
-            "HARBOR_K3S_AIRGAP": "true" if config.k3s.airgap else "false",
+            "HARBOR_K3S_AIRGAP": "true" if config.k3s.skips_download else "false",
+            **shipped_env,
         }
         packages = node_packages(config)
         if packages:
@@ -180,7 +220,7 @@ class K3sNode(pulumi.ComponentResource):
                 secret=True,
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[*args.prerequisites, *after, *args.join_after],
+                    depends_on=[*args.prerequisites, *copies, *staged, *after, *args.join_after],
                     # Create-then-delete would uninstall what the new install just put on the same host.
                     delete_before_replace=True,
                 ),
@@ -211,9 +251,12 @@ class K3sNode(pulumi.ComponentResource):
             create=None,
             update="upgrade",
             delete=None,
-            env={key: install_env[key] for key in ("HARBOR_K3S_ROLE", "HARBOR_K3S_VERSION", "HARBOR_K3S_AIRGAP")},
+            env={
+                **{key: install_env[key] for key in ("HARBOR_K3S_ROLE", "HARBOR_K3S_VERSION", "HARBOR_K3S_AIRGAP")},
+                **shipped_env,
+            },
             secret=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[drain, self.install]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[drain, self.install, *copies]),
         )
         self.uncordon = _on_first_server(
             f"{node.name}-uncordon",
@@ -267,6 +310,7 @@ def k3s_cluster(
     agent_token: pulumi.Input[str],
     prerequisites: Callable[[Node], list[pulumi.Resource]],
     lifetime: pulumi.Resource,
+    shipped: tuple[ShippedFile, ...] = (),
 ) -> dict[str, K3sNode]:
     """Every node's steps, wired in cluster order; forgotten nodes' steps disarmed.
 
@@ -298,6 +342,7 @@ def k3s_cluster(
                 join_after=list(dict.fromkeys(join_after)),
                 upgrade_after=[built[name].uncordon for name in chain[node.name]],
                 cluster_lifetime=lifetime,
+                shipped=shipped,
             )
         )
         if node.role == "server":

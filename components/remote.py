@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pulumi
 from pulumi_command import remote
@@ -71,6 +72,19 @@ def node_command(
         add_previous_output_in_env=False,
         triggers=triggers,
         opts=options,
+    )
+
+
+def node_copy(
+    name: str, config: HarborConfig, node: Node, source: Path, remote_path: str, opts: pulumi.ResourceOptions
+) -> remote.CopyToRemote:
+    """Copy a local file to `node` (as the SSH user) over SFTP; components/shipped.py says what and why."""
+    return remote.CopyToRemote(
+        name,
+        connection=connection(config, node),
+        source=pulumi.FileAsset(str(source)),
+        remote_path=remote_path,
+        opts=opts,
     )
 
 

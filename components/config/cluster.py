@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, Discriminator, Field, FilePath, SecretStr, Tag, field_validator
 
 from components.schema import Cidr, ConfigModel, Host, Ipv4, Port, WireGuardKey, dns_label
 
@@ -204,6 +204,38 @@ class EtcdSnapshots(ConfigModel):
     s3_secret_key: SecretStr | None = None
 
 
+# The archive formats k3s imports from its agent/images directory at start.
+AIRGAP_IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tar.zst", ".tar.lz4", ".tar.bz2")
+
+
+class AirgapFiles(ConfigModel):
+    """`k3s.airgap` as an object: files on the machine that runs Pulumi, shipped to every node."""
+
+    # The k3s binary of `k3s.version` for the nodes' architecture (k3s, k3s-arm64, ...).
+    binary: FilePath
+    # k3s-airgap-images-<arch>.tar.zst (or another archive k3s imports), optional.
+    images: FilePath | None = None
+
+    @field_validator("images")
+    @classmethod
+    def _images_archive(cls, value: FilePath | None) -> FilePath | None:
+        if value is not None and not value.name.endswith(AIRGAP_IMAGE_SUFFIXES):
+            raise ValueError(f"{str(value)!r} is not an image archive k3s imports ({', '.join(AIRGAP_IMAGE_SUFFIXES)})")
+        return value
+
+
+def _airgap_form(value: object) -> str:
+    return "union-files" if isinstance(value, dict | AirgapFiles) else "union-flag"
+
+
+# `true`, `false`, or the files to ship. Tagged (not a plain union) so that a refusal names the
+# key it is about, e.g. k3s.airgap.binary, and not one line per branch of the union.
+Airgap = Annotated[
+    Annotated[bool, Tag("union-flag")] | Annotated[AirgapFiles, Tag("union-files")],
+    Discriminator(_airgap_form),
+]
+
+
 class K3s(ConfigModel):
     version: str = DEFAULT_K3S_VERSION
     token: SecretStr | None = None
@@ -214,8 +246,9 @@ class K3s(ConfigModel):
     api_access: Literal["ssh-tunnel", "mesh"] = "ssh-tunnel"
     tunnel_port: int = Field(default=16443, ge=1024, le=65535)
     extra_args: list[str] = Field(default_factory=list)
-    # Install from a binary already on the node (INSTALL_K3S_SKIP_DOWNLOAD), for hosts without internet.
-    airgap: bool = False
+    # For hosts without internet: `true` installs the binary already at /usr/local/bin/k3s on every
+    # node (INSTALL_K3S_SKIP_DOWNLOAD); an object ships the binary (and images) there first.
+    airgap: Airgap = False
     upgrade_concurrency: int = Field(default=1, ge=1)
     etcd_snapshots: EtcdSnapshots | None = None
     # The server that bootstraps the cluster, by name: the list's order must not decide it, or a
@@ -228,6 +261,15 @@ class K3s(ConfigModel):
     # running server cannot switch it on in place before k3s's 2026 releases, so the preflight
     # refuses it there (README: secrets encryption).
     secrets_encryption: bool = True
+
+    @property
+    def airgap_files(self) -> AirgapFiles | None:
+        return self.airgap if isinstance(self.airgap, AirgapFiles) else None
+
+    @property
+    def skips_download(self) -> bool:
+        """The installer takes the binary at /usr/local/bin/k3s instead of downloading it."""
+        return self.airgap is not False
 
     @field_validator("version")
     @classmethod

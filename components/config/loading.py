@@ -41,8 +41,9 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            # pydantic appends the branch name of tagged/union types; it is not a key.
-            if part.startswith(("function-", "is-instance[", "lax-or-strict")):
+            # pydantic appends the branch name of tagged/union types; it is not a key (our own
+            # union tags start with "union-", components/config/cluster.py: Airgap).
+            if part.startswith(("function-", "is-instance[", "lax-or-strict", "union-")):
                 continue
             path += f".{part}" if path else part
     return path

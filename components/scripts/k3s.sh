@@ -11,15 +11,23 @@
 #                      order the stack gives); a node with no k3s at all is installed as by `install`
 #   k3s.sh upgrade     install HARBOR_K3S_VERSION when the node runs another one (a downgrade is
 #                      refused), restart, and wait as `install` does; nothing when it runs it
-#   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml
+#   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml and the kept installer
+#   k3s.sh remove-shipped  remove the staged copies of the shipped files (the node is leaving)
 #
 # Parameters (environment):
 #   HARBOR_K3S_ROLE            server | agent
 #   HARBOR_K3S_VERSION         e.g. v1.31.4+k3s1
 #   HARBOR_K3S_CONFIG          config.yaml text (holds the token: written 0600, never on argv)
-#   HARBOR_K3S_AIRGAP          true: use the binary already at /usr/local/bin/k3s
-#                              (INSTALL_K3S_SKIP_DOWNLOAD) and the installer script below
-#   HARBOR_K3S_INSTALL_SCRIPT  air-gap installer, default /usr/local/share/space-harbor/k3s-install.sh
+#   HARBOR_K3S_INSTALLER       the k3s installer as the stack's copy step staged it (a path), and
+#   HARBOR_K3S_INSTALLER_SHA256  its pinned sha256: it is copied to a root-only place, checked
+#                              there, and kept as /usr/local/share/space-harbor/k3s-install.sh;
+#                              nothing else is ever run as the installer
+#   HARBOR_K3S_AIRGAP          true: install the binary at /usr/local/bin/k3s (INSTALL_K3S_SKIP_DOWNLOAD)
+#                              instead of downloading it
+#   HARBOR_K3S_BINARY          optional, with _SHA256: a staged k3s binary, checked the same way and
+#   HARBOR_K3S_BINARY_SHA256   put at /usr/local/bin/k3s before an install or upgrade
+#   HARBOR_K3S_IMAGES          optional, with _SHA256: a staged image archive (.tar, .tar.zst, ...),
+#   HARBOR_K3S_IMAGES_SHA256   put into k3s' agent/images directory, which k3s imports at start
 #   HARBOR_K3S_WAIT_TIMEOUT    optional, seconds to wait for the service (default 180)
 #   HARBOR_NODE_PACKAGES       optional, Debian packages the enabled platform components need on
 #                              every node (Longhorn: open-iscsi nfs-common), space-separated;
@@ -43,7 +51,17 @@ harbor_action="${1:-}"
 k3s_role="${HARBOR_K3S_ROLE:-}"
 k3s_version="${HARBOR_K3S_VERSION:-}"
 k3s_airgap="${HARBOR_K3S_AIRGAP:-false}"
-k3s_install_script="${HARBOR_K3S_INSTALL_SCRIPT:-/usr/local/share/space-harbor/k3s-install.sh}"
+k3s_installer_staged="${HARBOR_K3S_INSTALLER:-}"
+k3s_installer_sha256="${HARBOR_K3S_INSTALLER_SHA256:-}"
+k3s_binary_staged="${HARBOR_K3S_BINARY:-}"
+k3s_binary_sha256="${HARBOR_K3S_BINARY_SHA256:-}"
+k3s_images_staged="${HARBOR_K3S_IMAGES:-}"
+k3s_images_sha256="${HARBOR_K3S_IMAGES_SHA256:-}"
+k3s_installer=/usr/local/share/space-harbor/k3s-install.sh
+# The copy steps stage files here under names that are ours (components/shipped.py).
+k3s_staged_glob="/var/tmp/space-harbor-k3s-*"
+k3s_images_dir=/var/lib/rancher/k3s/agent/images
+k3s_images_name=space-harbor-airgap-images
 k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
 k3s_packages="${HARBOR_NODE_PACKAGES:-}"
 k3s_bin=/usr/local/bin/k3s
@@ -87,27 +105,102 @@ k3s_write_config() {
     fi
 }
 
-# The installer script to run: the staged one for air-gap installs, else get.k3s.io.
-k3s_fetch_installer() {
+k3s_sha256_of() {
+    local sum
+    sum=$(sha256sum -- "$1" 2>/dev/null) || return 0
+    echo "${sum%% *}"
+}
+
+# k3s_take WHAT STAGED SHA256 DEST MODE: make DEST the file with SHA256, from STAGED when DEST is not
+# it yet. The staged file is checked, then copied into DEST's directory and checked again there:
+# the SSH user (maybe not root) owns the staged copy and could change it between a check and its use.
+k3s_take() {
+    local what=$1 staged=$2 want=$3 dest=$4 mode=$5 have tmp
+    [[ "$want" =~ ^[0-9a-f]{64}$ ]] || harbor_fail "$what: the sha256 parameter is missing or malformed"
+    if [ "$(k3s_sha256_of "$dest")" = "$want" ]; then
+        return 0
+    fi
+    [ -n "$staged" ] && [ -f "$staged" ] ||
+        harbor_fail "$what: the staged copy ${staged:-(none)} is not on this node, and $dest is not the pinned file" \
+            "(sha256 $want); the copy step of this node stages it: run \`pulumi up --replace\` with that step's URN"
+    have=$(k3s_sha256_of "$staged")
+    if [ "$have" != "$want" ]; then
+        harbor_fail "$what: $staged has sha256 $have, the stack pinned $want; refusing to use it"
+    fi
+    mkdir -p "$(dirname "$dest")"
+    harbor_mktemp tmp "$(dirname "$dest")/.$(basename "$dest").XXXXXX"
+    cp -- "$staged" "$tmp"
+    have=$(k3s_sha256_of "$tmp")
+    if [ "$have" != "$want" ]; then
+        harbor_fail "$what: $staged changed while it was copied (sha256 $have, pinned $want); refusing to use it"
+    fi
+    chmod "$mode" "$tmp"
+    mv -f -- "$tmp" "$dest"
+    harbor_log "$what: $dest is the pinned file (sha256 $want)"
+    harbor_changed=true
+}
+
+# The installer: only ever the pinned one, checked on this node.
+k3s_take_installer() {
+    k3s_take "k3s installer" "$k3s_installer_staged" "$k3s_installer_sha256" "$k3s_installer" 700
+}
+
+# Before an install or upgrade: the shipped binary in place, or (air gap) the one placed by hand
+# checked; else the installer downloads it (and checks it against the release's checksums).
+k3s_prepare_binary() {
+    if [ -n "$k3s_binary_staged" ]; then
+        k3s_take "k3s binary" "$k3s_binary_staged" "$k3s_binary_sha256" "$k3s_bin" 755
+    fi
     if [ "$k3s_airgap" = true ]; then
         [ -x "$k3s_bin" ] || harbor_fail "air-gap install: $k3s_bin is missing; place the k3s $k3s_version binary there first"
         if ! k3s_version_matches; then
-            harbor_fail "air-gap install: $k3s_bin reports '$(k3s_installed_version)', the stack wants $k3s_version; place that binary first"
+            harbor_fail "air-gap install: $k3s_bin reports '$(k3s_installed_version)', the stack wants $k3s_version;" \
+                "ship that binary (k3s.airgap.binary) or place it first"
         fi
-        [ -f "$k3s_install_script" ] || harbor_fail "air-gap install: the installer script $k3s_install_script is missing (HARBOR_K3S_INSTALL_SCRIPT)"
-        k3s_installer="$k3s_install_script"
-        return 0
+    else
+        command -v curl >/dev/null 2>&1 || harbor_apt_install curl ca-certificates
     fi
-    command -v curl >/dev/null 2>&1 || harbor_apt_install curl ca-certificates
-    harbor_mktemp k3s_installer /tmp/k3s-install.XXXXXX
-    curl -sfL --retry 3 --connect-timeout 20 --max-time 300 https://get.k3s.io -o "$k3s_installer" ||
-        harbor_fail "downloading the k3s installer from https://get.k3s.io failed"
+}
+
+# The shipped image archive, which k3s imports from its images directory at every start; another
+# archive of ours (an older one, or one of another format) goes. Sets k3s_images_changed.
+k3s_place_images() {
+    local name="" suffix old
+    k3s_images_changed=false
+    if [ -n "$k3s_images_staged" ]; then
+        suffix=${k3s_images_staged#*/space-harbor-k3s-images-*.}
+        name="$k3s_images_name.$suffix"
+        if [ "$(k3s_sha256_of "$k3s_images_dir/$name")" != "$k3s_images_sha256" ]; then
+            k3s_take "k3s images" "$k3s_images_staged" "$k3s_images_sha256" "$k3s_images_dir/$name" 644
+            k3s_images_changed=true
+        fi
+    fi
+    for old in "$k3s_images_dir/$k3s_images_name".*; do
+        if [ -f "$old" ] && [ "$old" != "$k3s_images_dir/$name" ]; then
+            rm -f -- "$old"
+            harbor_log "removed $old (no longer shipped)"
+            k3s_images_changed=true
+            harbor_changed=true
+        fi
+    done
+}
+
+# Staged copies of other runs (older versions) go; the current ones stay for a repair.
+k3s_prune_staged() {
+    local staged
+    for staged in $k3s_staged_glob; do
+        case "$staged" in
+        "$k3s_installer_staged" | "$k3s_binary_staged" | "$k3s_images_staged") ;;
+        *) [ -f "$staged" ] && rm -f -- "$staged" ;;
+        esac
+    done
 }
 
 k3s_run_installer() {
     local unit
     unit=$(k3s_unit)
-    k3s_fetch_installer
+    k3s_prepare_binary
+    k3s_place_images
     harbor_log "installing k3s $k3s_version as $k3s_role ($unit.service)"
     # INSTALL_K3S_SKIP_START: the installer's own restart waits without a bound (TimeoutStartSec=0);
     # the restart below is bounded. K3S_* from the caller's environment must not reach the unit.
@@ -200,12 +293,14 @@ k3s_installed() {
         systemctl is-enabled --quiet "$unit"
 }
 
-# Restart when config.yaml changed, start when the unit is down; the version stays as it is.
+# Restart when config.yaml or the shipped images changed, start when the unit is down; the version
+# stays as it is.
 k3s_apply_config() {
     local unit
     unit=$(k3s_unit)
-    if [ "$k3s_config_changed" = true ]; then
-        harbor_log "config.yaml changed: restarting $unit"
+    k3s_place_images
+    if [ "$k3s_config_changed" = true ] || [ "$k3s_images_changed" = true ]; then
+        harbor_log "config.yaml or the shipped images changed: restarting $unit"
         k3s_restart "$unit"
     elif ! k3s_unit_active; then
         harbor_log "$unit is not running: starting it"
@@ -252,6 +347,7 @@ k3s_install() {
     [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
     k3s_refuse_downgrade
+    k3s_take_installer
     k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
@@ -260,12 +356,14 @@ k3s_install() {
         k3s_install_version
     fi
     k3s_wait_until_serving
+    k3s_prune_staged
 }
 
 k3s_reconfigure() {
     k3s_check_parameters
     [ -n "${HARBOR_K3S_CONFIG:-}" ] || harbor_fail "HARBOR_K3S_CONFIG is empty"
     k3s_refuse_role_change
+    k3s_take_installer
     k3s_ensure_node_packages
     k3s_write_config
     if k3s_installed; then
@@ -277,6 +375,7 @@ k3s_reconfigure() {
         k3s_install_version
     fi
     k3s_wait_until_serving
+    k3s_prune_staged
 }
 
 k3s_upgrade() {
@@ -289,9 +388,11 @@ k3s_upgrade() {
         return 0
     fi
     k3s_refuse_downgrade
+    k3s_take_installer
     harbor_log "upgrading k3s from $(k3s_recorded_version) to $k3s_version"
     k3s_install_version
     k3s_wait_until_serving
+    k3s_prune_staged
 }
 
 k3s_uninstall() {
@@ -310,6 +411,25 @@ k3s_uninstall() {
         harbor_changed=true
     fi
     rm -f "$k3s_record"
+    # The staged copies stay: a replaced install step (uninstall, then install) needs them. The
+    # node's `shipped` step removes them when the node leaves (`remove-shipped`).
+    if [ -f "$k3s_installer" ]; then
+        rm -f -- "$k3s_installer"
+        harbor_changed=true
+    fi
+    rmdir /usr/local/share/space-harbor 2>/dev/null || true
+}
+
+# The staged copies of every shipped file: the copy steps' own deletes remove nothing.
+k3s_remove_shipped() {
+    local staged
+    for staged in $k3s_staged_glob; do
+        if [ -f "$staged" ]; then
+            rm -f -- "$staged"
+            harbor_log "removed $staged"
+            harbor_changed=true
+        fi
+    done
 }
 
 case "$harbor_action" in
@@ -317,7 +437,8 @@ install) k3s_install ;;
 reconfigure) k3s_reconfigure ;;
 upgrade) k3s_upgrade ;;
 uninstall) k3s_uninstall ;;
-*) harbor_fail "unknown action '${harbor_action}'; use install, reconfigure, upgrade or uninstall" ;;
+remove-shipped) k3s_remove_shipped ;;
+*) harbor_fail "unknown action '${harbor_action}'; use install, reconfigure, upgrade, uninstall or remove-shipped" ;;
 esac
 
 harbor_finish

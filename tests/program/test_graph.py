@@ -227,9 +227,11 @@ def test_four_node_stack_registers_the_full_graph() -> None:
     by_type: dict[str, int] = {}
     for resource in run.resources:
         by_type[resource.type] = by_type.get(resource.type, 0) + 1
-    # per node: preflight, mesh, firewall, and the seven k3s steps; then the API credential read
-    # and the drain of departed nodes
-    assert by_type[COMMAND] == 4 * (3 + 6) + 2
+    # per node: preflight, mesh, firewall, and the seven k3s steps (node-object, shipped, k3s, drain,
+    # upgrade, uncordon, registered); then the API credential read and the drain of departed nodes
+    assert by_type[COMMAND] == 4 * (3 + 7) + 2
+    # per node: the pinned installer, copied
+    assert by_type["command:remote:CopyToRemote"] == 4
     assert by_type["random:index/randomBytes:RandomBytes"] == 4
     assert by_type["space-harbor:index:K3sNode"] == 4
     assert by_type["space-harbor:index:NodePreflight"] == 1
@@ -242,7 +244,7 @@ def test_components_are_parents_of_their_commands() -> None:
     mesh = run.of_type("space-harbor:index:WireGuardMesh")[0]
     assert run.named("agent-2-mesh").parent == mesh.urn
     agent = next(r for r in run.of_type("space-harbor:index:K3sNode") if r.name == "agent-2-k3s-node")
-    for kind in ("node-object", "k3s", "drain", "upgrade", "uncordon", "registered"):
+    for kind in ("node-object", "ship-installer", "shipped", "k3s", "drain", "upgrade", "uncordon", "registered"):
         assert run.named(f"agent-2-{kind}").parent == agent.urn
     preflight = run.of_type("space-harbor:index:NodePreflight")[0]
     assert run.named("agent-2-preflight").parent == preflight.urn

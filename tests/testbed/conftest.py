@@ -34,7 +34,7 @@ nft list ruleset | sha256sum
 """
 
 INVENTORY_SCRIPT = r"""
-find /etc /usr/local /var/lib/rancher /var/lib/kubelet /run/k3s /var/lib/space-harbor -xdev \
+find /etc /usr/local /var/lib/rancher /var/lib/kubelet /run/k3s /var/lib/space-harbor /var/tmp -xdev \
     \( -type f -o -type l -o -type d \) 2>/dev/null | sort
 echo '##units'
 systemctl list-unit-files --no-legend --plain 2>/dev/null | awk '{print $1}' | sort

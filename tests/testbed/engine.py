@@ -20,6 +20,7 @@ No engine code is reused; this follows the documented behaviour and pulumi's ste
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from tests.harness import ProgramRun, Registered, resolve_identities
 from tests.helpers import reachable
-from tests.testbed.runner import COMMAND_TYPE, CommandResult, RunFailed, Runner
+from tests.testbed.runner import COMMAND_TYPE, COPY_TYPE, STEP_TYPES, CommandResult, RunFailed, Runner
 
 # Inputs whose change is an update of a remote Command; `triggers` replaces.
 COMMAND_REPLACE_KEYS = ("triggers",)
@@ -71,6 +72,11 @@ def _command_changed(old: Registered, new: Registered) -> str | None:
     return "update" if old.inputs != new.inputs else None
 
 
+def asset_sha256(resource: Registered) -> str:
+    """The content hash of a CopyToRemote's source file (the engine keeps an asset's hash in state)."""
+    return hashlib.sha256(Path(resource.inputs["source"]["path"]).read_bytes()).hexdigest()
+
+
 class Engine:
     """One stack's state and the operations on it. Commands dial from `ssh_prefix` (the controller)."""
 
@@ -80,6 +86,8 @@ class Engine:
         self.state: dict[str, Registered] = {}
         self.order: list[str] = []  # state URNs in registration order
         self._not_deleted: set[str] = set()
+        # CopyToRemote sources' content hashes as last copied, by URN
+        self.copied: dict[str, str] = {}
 
     # ---- up ------------------------------------------------------------------------------
     @staticmethod
@@ -120,10 +128,22 @@ class Engine:
             old_urn = matched[resource.urn]
             if old_urn is None:
                 report.creates.append(resource.name)
-                if resource.type == COMMAND_TYPE:
+                if resource.type in STEP_TYPES:
                     actions[resource.name] = "create"
                 continue
             old = self.state[old_urn]
+            if resource.type == COPY_TYPE:
+                change = _command_changed(old, resource)
+                if change == "replace":
+                    report.replaces.append(resource.name)
+                    actions[resource.name] = "create"
+                elif change == "update":
+                    report.updates.append(resource.name)
+                    # The provider copies again only for a new file or path; a new connection alone is stored.
+                    same_file = self.copied.get(old_urn) == asset_sha256(resource)
+                    if not same_file or old.inputs["remotePath"] != resource.inputs["remotePath"]:
+                        actions[resource.name] = "update"
+                continue
             if resource.type != COMMAND_TYPE:
                 if resource.custom and old.inputs != resource.inputs:
                     report.updates.append(resource.name)
@@ -209,8 +229,11 @@ class Engine:
         """The state after the create/update phase: registered resources replace what they matched."""
         for resource in run.resources:
             old = matched[resource.urn]
-            if resource.name in failed and resource.type == COMMAND_TYPE:
+            if resource.name in failed and resource.type in STEP_TYPES:
                 continue  # a failed create is not in the state; a failed update keeps the old inputs
+            if resource.type == COPY_TYPE:
+                self.copied.pop(old or "", None)
+                self.copied[resource.urn] = asset_sha256(resource)
             if old is not None and old != resource.urn:
                 self.state.pop(old, None)
                 self.order = [resource.urn if urn == old else urn for urn in self.order]
@@ -256,7 +279,7 @@ class Engine:
                 report.skipped.append((resource.name, "retainOnDelete"))
             elif resource.deleted_with and resource.deleted_with in deleting:
                 report.skipped.append((resource.name, f"deletedWith {resource.deleted_with.rsplit('::', 1)[-1]}"))
-            elif resource.type == COMMAND_TYPE:
+            elif resource.type in STEP_TYPES:
                 to_run[resource.urn] = resource
             elif _is_k8s(resource) and not api_after_exit:
                 report.failures.append(resource.name)

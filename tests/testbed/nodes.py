@@ -47,7 +47,8 @@ STANDIN_K3S = HERE / "standin" / "k3s-standin"
 STANDIN_INSTALLER = HERE / "standin" / "k3s-install-standin.sh"
 # Where the product's air-gap feature expects the pre-placed files (docs/INTERFACES.md).
 AIRGAP_BINARY = "/usr/local/bin/k3s"
-AIRGAP_INSTALLER = "/usr/local/share/space-harbor/k3s-install.sh"
+# Where k3s.sh keeps the shipped installer once it checked its sha256.
+KEPT_INSTALLER = "/usr/local/share/space-harbor/k3s-install.sh"
 RUN_ROOT = Path(os.environ.get("TESTBED_RUN_ROOT", "/var/tmp/space-harbor-testbed"))
 SUBNET = "192.168.77"
 PREFIX = 24
@@ -418,13 +419,13 @@ class Testbed:
         (merged / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
         self._write(merged / "root/.ssh/authorized_keys", self.client_public_key + " space-harbor-testbed\n", 0o600)
         if stage_k3s:
-            # The air-gap path of the product: the binary and the installer, pre-placed.
+            # The air-gap path of the product (`k3s.airgap: true`): the binary, pre-placed. The
+            # installer is the program's to ship (its test pin is the stand-in installer).
             standin = STANDIN_K3S.read_text().replace(
                 'STANDIN_VERSION="${K3S_STANDIN_VERSION:-v1.31.4+k3s1}"',
                 f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{self.k3s_version}}}"',
             )
             self._write(merged / AIRGAP_BINARY.lstrip("/"), standin, 0o755)
-            self._write(merged / AIRGAP_INSTALLER.lstrip("/"), STANDIN_INSTALLER.read_text(), 0o755)
             for path, variable in STANDIN_TIMING_FILES.items():
                 timing = f"{variable}={round(self.k3s_seconds[variable], 3):g}"
                 self._write(merged / path.lstrip("/"), f"# testbed: timing of the k3s STAND-IN\n{timing}\n")

@@ -3,7 +3,9 @@
 A test tool, not a second engine. It does what pulumi-command does for one Command: dial the
 `connection` (host, port, user, privateKey; hostKey pinned when set, any host key accepted when
 not), open one exec channel without a pty, send `environment` as env requests, write `stdin` and
-run `create` (or `delete`). Commands whose dependencies are done run in parallel, as the Pulumi
+run `create` (or `delete`). A `CopyToRemote` writes its source file to `remotePath` as the
+connection's user (the provider does it over SFTP; here `cat` on the same connection), and its
+delete does nothing, as the provider has none. Commands whose dependencies are done run in parallel, as the Pulumi
 engine runs independent resources. The system `ssh` client does the SSH; `ssh_prefix` (e.g.
 `ip netns exec <ns>`) puts it in the testbed's controller namespace.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -38,6 +41,9 @@ from typing import Any
 from tests.helpers import reachable
 
 COMMAND_TYPE = "command:remote:Command"
+COPY_TYPE = "command:remote:CopyToRemote"
+# The resources the runner executes: both dial the node over SSH.
+STEP_TYPES = (COMMAND_TYPE, COPY_TYPE)
 
 # pulumi-command's defaults for a connection that sets neither (connection.go: dialErrorDefault,
 # the perDialTimeout default). The program sets both (components/remote.py); a test compares them.
@@ -165,7 +171,7 @@ class Runner:
         workdir: Path | None = None,
     ) -> None:
         self.resources = list(resources)
-        self.commands = [r for r in self.resources if r.type == COMMAND_TYPE]
+        self.commands = [r for r in self.resources if r.type in STEP_TYPES]
         self.by_name = {c.name: c for c in self.commands}
         if len(self.by_name) != len(self.commands):
             raise ValueError("command names are not unique")
@@ -313,7 +319,15 @@ class Runner:
         """
         resource = self.by_name[name]
         inputs = resource.inputs
-        command = inputs.get(action) or (inputs.get("create") if action == "update" else None)
+        payload: str | bytes | None
+        if resource.type == COPY_TYPE:
+            # create and update copy (the engine asks for an update only when the file or path
+            # changed); there is no delete.
+            command = None if action == "delete" else f"cat >{shlex.quote(inputs['remotePath'])}"
+            payload = Path(inputs["source"]["path"]).read_bytes() if command else None
+        else:
+            command = inputs.get(action) or (inputs.get("create") if action == "update" else None)
+            payload = inputs.get("stdin")
         conn = inputs["connection"]
         host = conn["host"]
         if not command:
@@ -324,21 +338,15 @@ class Runner:
             return result
         policy = DialPolicy.from_connection(conn)
         argv = self._ssh_argv(name, conn, inputs.get("environment") or {}, policy)
-        stdin = inputs.get("stdin")
+        stdin = payload.encode() if isinstance(payload, str) else (payload or b"")
         started = time.time()
         t0 = time.monotonic()
         delays = policy.delays()
         dials = 0
         while True:
             dials += 1
-            proc = subprocess.run(
-                [*argv, command],
-                input=stdin if stdin is not None else "",
-                text=True,
-                capture_output=True,
-                check=False,
-            )
-            lines = proc.stderr.splitlines()
+            proc = subprocess.run([*argv, command], input=stdin, capture_output=True, check=False)
+            lines = proc.stderr.decode(errors="replace").splitlines()
             dial_failed = proc.returncode == 255 and not any(_AUTHENTICATED.match(line) for line in lines)
             if dial_failed and (policy.max_dials is None or dials < policy.max_dials):
                 time.sleep(next(delays))
@@ -351,7 +359,7 @@ class Runner:
             host=host,
             command=command,
             returncode=proc.returncode,
-            stdout=proc.stdout,
+            stdout=proc.stdout.decode(errors="replace"),
             stderr=stderr,
             seconds=time.monotonic() - t0,
             started=started,

@@ -7,8 +7,9 @@ import shlex
 from typing import Any
 
 from components.config import DEFAULT_K3S_VERSION
+from components.shipped import ShippedFile, file_sha256
 from tests.harness import ProgramRun, run_program
-from tests.testbed.nodes import GIT_ADDRESS, GIT_REPO, Testbed, call_in_netns
+from tests.testbed.nodes import GIT_ADDRESS, GIT_REPO, STANDIN_INSTALLER, Testbed, call_in_netns
 from tests.testbed.runner import Runner
 
 MESH_INTERFACE = "wg-harbor"
@@ -67,3 +68,13 @@ def names(runner: Runner, *suffixes: str, nodes: list[str] | None = None) -> lis
 
 def quote(text: str) -> str:
     return shlex.quote(text)
+
+
+def stage_installer(tb: Testbed, node: str) -> dict[str, str]:
+    """Stage the (stand-in) installer on `node` as the copy step does; the k3s.sh parameters naming it.
+
+    For tests that run k3s.sh on a node directly, without the program's steps.
+    """
+    shipped = ShippedFile("installer", STANDIN_INSTALLER, file_sha256(STANDIN_INSTALLER))
+    tb.ssh(node, f"cat >{shipped.staged_path}", input=STANDIN_INSTALLER.read_text())
+    return shipped.parameters()

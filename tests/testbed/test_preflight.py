@@ -25,7 +25,7 @@ from components.render.preflight import preflight_env
 from components.render.remote import node_script, script_payload
 from tests.testbed.conftest import Snapshot, snapshot
 from tests.testbed.nodes import Testbed
-from tests.testbed.stack import K3S_VERSION, stack_config
+from tests.testbed.stack import K3S_VERSION, stack_config, stage_installer
 
 pytestmark = pytest.mark.testbed
 
@@ -548,6 +548,7 @@ def test_day_two_on_an_installed_server_passes_with_its_ports_held_by_k3s(bed: B
             model, node, server_token="testbed-preflight-token", agent_token="testbed-agent-token"
         ),
         "HARBOR_K3S_AIRGAP": "true",
+        **stage_installer(tb, "n1"),
     }
     install = script_payload(node_script("k3s.sh"), install_env)
     tb.ssh("n1", "bash -s -- install", input=install, timeout=240)

@@ -7,6 +7,7 @@ uninstall -> GitOps commit). Every one of them asserts on the real hosts.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import yaml
 
 from tests.helpers import nft_table
 from tests.testbed.conftest import Snapshot, inventory, snapshot
-from tests.testbed.nodes import AIRGAP_INSTALLER, CTL_ADDRESS, GIT_REPO, Testbed, call_in_netns
+from tests.testbed.nodes import CTL_ADDRESS, GIT_REPO, KEPT_INSTALLER, STANDIN_INSTALLER, Testbed, call_in_netns
 from tests.testbed.runner import Runner
 from tests.testbed.stack import MESH_BASE, MESH_INTERFACE, names, program, stack_config
 
@@ -236,15 +237,16 @@ def test_k3s_installs_air_gapped_and_joins_over_the_mesh(stack: Stack) -> None:
     assert "server" not in server_cfg
     assert tb.ssh(SERVER, "stat -c %a /etc/rancher/k3s/config.yaml").stdout.strip() == "600"
 
-    # Installed by the air-gap path: the pre-placed binary, through the pre-placed installer
-    # (the stand-in's unit says so), as a running service.
+    # Installed by the air-gap path: the pre-placed binary, through the installer the program
+    # shipped (the test pin is the stand-in's; its unit says so), as a running service.
     unit = tb.ssh(SERVER, "cat /etc/systemd/system/k3s.service").stdout
     assert "STAND-IN" in unit and "ExecStart=/usr/local/bin/k3s server" in unit
     assert tb.ssh(SERVER, "systemctl is-active k3s").stdout.strip() == "active"
-    assert (
-        tb.ssh(SERVER, "test -x /usr/local/bin/k3s-uninstall.sh && test -x " + AIRGAP_INSTALLER, check=False).returncode
-        == 0
-    )
+    assert tb.ssh(SERVER, "test -x /usr/local/bin/k3s-uninstall.sh", check=False).returncode == 0
+    shipped = stack.runner.by_name[f"{SERVER}-ship-installer"].inputs["remotePath"]
+    kept = tb.ssh(SERVER, f"stat -c '%a %U' {KEPT_INSTALLER}; sha256sum {KEPT_INSTALLER} {shipped}").stdout.split()
+    standin_sha = hashlib.sha256(STANDIN_INSTALLER.read_bytes()).hexdigest()
+    assert kept == ["700", "root", standin_sha, KEPT_INSTALLER, standin_sha, shipped]
     token = tb.ssh(SERVER, "cat /var/lib/rancher/k3s/server/token").stdout.strip()
     raw_token = token.rsplit("::server:", 1)[-1]
     agent_token = server_cfg["agent-token"]
@@ -361,7 +363,9 @@ def test_k3s_uninstall_removes_what_install_made(stack: Stack) -> None:
     decommission = [n for n in runner.by_name if n.startswith(f"{agent}-") and not n.endswith(("-mesh", "-firewall"))]
     results = runner.delete_only(decommission)
     order = [r.name for r in sorted(results, key=lambda r: r.started) if r.command]
-    assert order == [f"{agent}-registered", f"{agent}-k3s", f"{agent}-node-object"], order
+    assert order[:2] == [f"{agent}-registered", f"{agent}-k3s"], order
+    # after the uninstall: the Node object, and the staged copies of what the program shipped
+    assert sorted(order[2:]) == [f"{agent}-node-object", f"{agent}-shipped"], order
     assert tb.ssh(SERVER, f"k3s kubectl get node {agent}", check=False).returncode != 0
     # Then the rest of k3s, as `pulumi destroy` would (mesh and firewall stay).
     k3s_commands = [n for n in runner.by_name if not n.endswith(("-mesh", "-firewall")) and n not in decommission]

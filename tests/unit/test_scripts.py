@@ -25,6 +25,8 @@ import pytest
 from components.config import load_config
 from components.render.nftables import TABLE_NAME, render_nftables
 from components.render.remote import script_payload
+from components.shipped import ShippedFile
+from components.upstream import sha256_of
 from tests.conftest import base_config
 from tests.helpers import SCRIPTS, STANDALONE_LIBRARY, FakeK3s, namespace_problem, shellcheck, status_line
 
@@ -104,11 +106,13 @@ set -euo pipefail
 export PATH="$FAKEBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Overlays need an upper directory on a real file system: a tmpfs of this sandbox.
 mount -t tmpfs tmpfs "$SCRATCH"
-for dir in etc usr-local; do mkdir -p "$SCRATCH/$dir/upper" "$SCRATCH/$dir/work"; done
+for dir in etc usr-local var-lib; do mkdir -p "$SCRATCH/$dir/upper" "$SCRATCH/$dir/work"; done
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$SCRATCH/etc/upper,workdir=$SCRATCH/etc/work" /etc
 mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$SCRATCH/usr-local/upper,workdir=$SCRATCH/usr-local/work" \
     /usr/local
+mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$SCRATCH/var-lib/upper,workdir=$SCRATCH/var-lib/work" /var/lib
 mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/tmp
 ip link set lo up
 
 # step NAME CMD...: run CMD, keep its stdout, stderr and exit code under $OUT.
@@ -441,13 +445,19 @@ _FAKE_INSTALLER = """
 """
 
 
+# The fake installer as the program ships it: staged under its sha256, which k3s.sh checks.
+FAKE_INSTALLER = ShippedFile(
+    "installer", Path("fake-installer"), sha256_of(textwrap.dedent(_FAKE_INSTALLER).lstrip().encode())
+)
+
+
 def _k3s_env(role: str, config: str, version: str = "v1.31.4+k3s1", **extra: str) -> dict[str, str]:
     return {
         "HARBOR_K3S_ROLE": role,
         "HARBOR_K3S_VERSION": version,
         "HARBOR_K3S_CONFIG": config,
         "HARBOR_K3S_AIRGAP": "true",
-        "HARBOR_K3S_INSTALL_SCRIPT": "/usr/local/share/space-harbor/k3s-install.sh",
+        **FAKE_INSTALLER.parameters(),
         "HARBOR_K3S_WAIT_TIMEOUT": "5",
         **extra,
     }
@@ -459,9 +469,9 @@ def _k3s_fakes(tmp_path: Path) -> str:
     _executable(tmp_path / "fake-k3s", _FAKE_K3S)
     _executable(tmp_path / "fake-installer", _FAKE_INSTALLER)
     return f"""
-        mkdir -p /run/systemd/system /usr/local/share/space-harbor /usr/local/bin
+        mkdir -p /run/systemd/system /usr/local/bin
         cp {tmp_path}/fake-k3s /usr/local/bin/k3s
-        cp {tmp_path}/fake-installer /usr/local/share/space-harbor/k3s-install.sh
+        cp {tmp_path}/fake-installer {FAKE_INSTALLER.staged_path}
         echo v1.31.4+k3s1 >/usr/local/share/fake-k3s-version
         : >"$OUT/systemctl.log"
         : >"$OUT/installer.log"
@@ -512,8 +522,15 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
         payload uninstall-1 {p["v1"]} uninstall
         payload uninstall-2 {p["v1"]} uninstall
         step leftovers bash -c 'ls /etc/rancher/k3s/config.yaml 2>&1 || true'
-        # An update on a node whose k3s is gone repairs it at the stack's version.
+        step share-after-uninstall bash -c 'ls /usr/local/share/space-harbor 2>&1 || true'
+        # An update on a node whose k3s is gone repairs it at the stack's version, from the staged
+        # installer that the uninstall left for exactly this.
         payload reconfigure-repair {p["up"]} reconfigure
+        step kept-installer sha256sum /usr/local/share/space-harbor/k3s-install.sh
+        step kept-mode stat -c '%a %U' /usr/local/share/space-harbor/k3s-install.sh
+        payload remove-shipped {p["up"]} remove-shipped
+        payload remove-shipped-again {p["up"]} remove-shipped
+        step staged-left bash -c 'ls -A /var/tmp'
         """,
     )
     installs = (steps.out / "installer.log").read_text().splitlines()
@@ -545,9 +562,15 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
     assert (steps.out / "uninstall.log").read_text() == "uninstall\n"
     assert steps.status("uninstall-2") == "space-harbor: k3s.sh uninstall: unchanged"
     assert "No such file" in steps.stdout("leftovers")
+    assert "No such file" in steps.stdout("share-after-uninstall")
     assert steps.status("reconfigure-repair") == "space-harbor: k3s.sh reconfigure: changed"
     assert installs[2].startswith("exec=server version=v1.31.5+k3s1 ")
     assert len(installs) == 3
+    assert steps.stdout("kept-installer").split()[0] == FAKE_INSTALLER.sha256
+    assert steps.stdout("kept-mode").split() == ["700", "root"]
+    assert steps.status("remove-shipped") == "space-harbor: k3s.sh remove-shipped: changed"
+    assert steps.status("remove-shipped-again") == "space-harbor: k3s.sh remove-shipped: unchanged"
+    assert steps.stdout("staged-left") == ""
 
 
 @needs_sandbox
@@ -555,14 +578,22 @@ def test_k3s_agent_installs_the_agent_unit_and_refuses_what_it_cannot_do(tmp_pat
     (tmp_path / "fakebin").mkdir()
     config = "server: https://10.160.0.1:6443\ntoken: T\n"
     agent = _payload_file(tmp_path, "agent", "k3s.sh", _k3s_env("agent", config))
-    no_script = _payload_file(
-        tmp_path, "noscript", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALL_SCRIPT="/nonexistent/install.sh")
+    other = "0" * 64
+    unstaged = _payload_file(
+        tmp_path, "unstaged", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALLER="/var/tmp/nothing-here.sh")
+    )
+    wrong_pin = _payload_file(
+        tmp_path, "wrong-pin", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALLER_SHA256=other)
     )
     steps = _sandbox(
         tmp_path,
         _k3s_fakes(tmp_path)
         + f"""
-        payload no-script {no_script} install
+        payload no-script {unstaged} install
+        # The staged file is not what the stack pinned (altered on the way, or by the SSH user).
+        payload wrong-pin {wrong_pin} install
+        step after-refusals bash -c \
+            'ls /usr/local/share/space-harbor /etc/rancher/k3s 2>&1 || true; cat "$OUT/installer.log"'
         payload install-1 {agent} install
         payload install-2 {agent} install
         step active bash -c 'ls /run/fake-systemd'
@@ -575,7 +606,14 @@ def test_k3s_agent_installs_the_agent_unit_and_refuses_what_it_cannot_do(tmp_pat
         """,
     )
     assert steps.rc("no-script") != 0
-    assert "the installer script /nonexistent/install.sh is missing" in steps.stderr("no-script")
+    assert "the staged copy /var/tmp/nothing-here.sh is not on this node" in steps.stderr("no-script")
+    assert steps.rc("wrong-pin") != 0
+    assert f"has sha256 {FAKE_INSTALLER.sha256}, the stack pinned {other}; refusing to use it" in steps.stderr(
+        "wrong-pin"
+    )
+    # Refused before k3s, its config or the kept installer were touched.
+    assert steps.stdout("after-refusals").count("No such file") == 2
+    assert "exec=" not in steps.stdout("after-refusals")
     assert steps.status("install-1") == "space-harbor: k3s.sh install: changed"
     assert steps.status("install-2") == "space-harbor: k3s.sh install: unchanged"
     assert steps.stdout("active").split() == ["k3s-agent.active", "k3s-agent.enabled"]

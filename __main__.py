@@ -106,7 +106,9 @@ def prerequisites(node: Node) -> list[pulumi.Resource]:
     return needed
 
 
-k3s_nodes = k3s_cluster(config, server_token, agent_token, prerequisites, lifetime=cluster_id, shipped=shipped)
+k3s_nodes = k3s_cluster(
+    config, server_token, agent_token, prerequisites, lifetime=cluster_id, shipped=shipped, gate=departures
+)
 api_credential = read_api_credential(config, after=[k3s_nodes[first.name].registered])
 
 if config.k3s.api_access == "mesh":

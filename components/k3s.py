@@ -120,6 +120,8 @@ class K3sNodeArgs:
     cluster_lifetime: pulumi.Resource | None = None
     # copied to the node before its install: the pinned installer, air-gap binary and images
     shipped: tuple[ShippedFile, ...] = ()
+    # what the copies wait for: every node's preflight (they need neither mesh nor firewall)
+    gate: list[pulumi.Resource] = field(default_factory=list)
 
 
 class K3sNode(pulumi.ComponentResource):
@@ -170,7 +172,7 @@ class K3sNode(pulumi.ComponentResource):
                 node,
                 shipped.source,
                 shipped.staged_path,
-                pulumi.ResourceOptions(parent=self, depends_on=args.prerequisites),
+                pulumi.ResourceOptions(parent=self, depends_on=args.gate or args.prerequisites),
             )
             for shipped in args.shipped
         ]
@@ -311,6 +313,7 @@ def k3s_cluster(
     prerequisites: Callable[[Node], list[pulumi.Resource]],
     lifetime: pulumi.Resource,
     shipped: tuple[ShippedFile, ...] = (),
+    gate: list[pulumi.Resource] | None = None,
 ) -> dict[str, K3sNode]:
     """Every node's steps, wired in cluster order; forgotten nodes' steps disarmed.
 
@@ -343,6 +346,7 @@ def k3s_cluster(
                 upgrade_after=[built[name].uncordon for name in chain[node.name]],
                 cluster_lifetime=lifetime,
                 shipped=shipped,
+                gate=list(gate or []),
             )
         )
         if node.role == "server":

@@ -54,7 +54,17 @@ def node_command(
     in plain text. `update` is the action for a changed input; without it `create` runs again.
     A step without `create` (and `update`) dials nobody: pulumi-command runs nothing for it.
     """
-    payload = pulumi.Output.all(**env).apply(lambda values: script_payload(node_script(script), values))
+    # Most steps' parameters are plain strings: their payload is built at once, not through an
+    # Output per parameter (at a few hundred nodes that machinery was most of the up-mode run).
+    plain = {key: value for key, value in env.items() if isinstance(value, str)}
+    pending = {key: value for key, value in env.items() if not isinstance(value, str)}
+    payload: pulumi.Input[str]
+    if pending:
+        payload = pulumi.Output.all(**pending).apply(
+            lambda values: script_payload(node_script(script), {**plain, **values})
+        )
+    else:
+        payload = script_payload(node_script(script), plain)
     user = config.ssh_user(node)
     options = opts
     if prints_secret:

@@ -9,6 +9,7 @@ The shared shell library, components/scripts/lib.sh, goes ahead of every script'
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ _ENV_NAME = re.compile(r"^HARBOR_[A-Z0-9_]+$")
 LIBRARY = "lib.sh"
 
 
+@functools.cache
 def node_script(name: str) -> str:
     """The text of a shipped script in components/scripts/."""
     return resources.files("components.scripts").joinpath(name).read_text(encoding="utf-8")

@@ -82,14 +82,15 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _testbed(nodes: list[str], *, git: bool) -> Iterator[Testbed]:
+def booted_testbed(nodes: list[str], *, git: bool, stage_k3s: bool = True) -> Iterator[Testbed]:
+    """Booted nodes (the k3s binary pre-placed unless `stage_k3s` is false), closed after use."""
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
     tb = Testbed(k3s_version=K3S_VERSION)
     try:
         tb.start()
-        tb.add_nodes(nodes)
+        tb.add_nodes(nodes, stage_k3s=stage_k3s)
         if git:
             tb.add_git_server()
         yield tb
@@ -100,19 +101,19 @@ def _testbed(nodes: list[str], *, git: bool) -> Iterator[Testbed]:
 @pytest.fixture(scope="module")
 def testbed4() -> Iterator[Testbed]:
     """Four booted nodes n1..n4 (n1 will be the server) and a git server, for one module."""
-    yield from _testbed(["n1", "n2", "n3", "n4"], git=True)
+    yield from booted_testbed(["n1", "n2", "n3", "n4"], git=True)
 
 
 @pytest.fixture(scope="module")
 def testbed3() -> Iterator[Testbed]:
     """Three booted nodes n1..n3 (n1 will be the server), no git server, for one module."""
-    yield from _testbed(["n1", "n2", "n3"], git=False)
+    yield from booted_testbed(["n1", "n2", "n3"], git=False)
 
 
 @pytest.fixture(scope="module")
 def testbed2_git() -> Iterator[Testbed]:
     """Two booted nodes n1, n2 (n1 the server) and a git server, for one module."""
-    yield from _testbed(["n1", "n2"], git=True)
+    yield from booted_testbed(["n1", "n2"], git=True)
 
 
 # --- the mesh, seen from the nodes ---------------------------------------------------------------

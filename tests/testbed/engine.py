@@ -28,7 +28,7 @@ from typing import Any
 
 from tests.harness import ProgramRun, Registered, resolve_identities
 from tests.helpers import reachable
-from tests.testbed.runner import COMMAND_TYPE, COPY_TYPE, STEP_TYPES, CommandResult, RunFailed, Runner
+from tests.testbed.runner import COPY_TYPE, STEP_TYPES, CommandResult, RunFailed, Runner
 
 # Inputs whose change is an update of a remote Command; `triggers` replaces.
 COMMAND_REPLACE_KEYS = ("triggers",)
@@ -132,26 +132,20 @@ class Engine:
                     actions[resource.name] = "create"
                 continue
             old = self.state[old_urn]
-            if resource.type == COPY_TYPE:
-                change = _command_changed(old, resource)
-                if change == "replace":
-                    report.replaces.append(resource.name)
-                    actions[resource.name] = "create"
-                elif change == "update":
-                    report.updates.append(resource.name)
-                    # The provider copies again only for a new file or path; a new connection alone is stored.
-                    same_file = self.copied.get(old_urn) == asset_sha256(resource)
-                    if not same_file or old.inputs["remotePath"] != resource.inputs["remotePath"]:
-                        actions[resource.name] = "update"
-                continue
-            if resource.type != COMMAND_TYPE:
+            if resource.type not in STEP_TYPES:
                 if resource.custom and old.inputs != resource.inputs:
                     report.updates.append(resource.name)
                 continue
             change = _command_changed(old, resource)
             if change == "update":
                 report.updates.append(resource.name)
-                actions[resource.name] = "update"
+                # A CopyToRemote copies again only for a new file or path; a new connection alone is stored.
+                copies_again = resource.type != COPY_TYPE or (
+                    self.copied.get(old_urn) != asset_sha256(resource)
+                    or old.inputs["remotePath"] != resource.inputs["remotePath"]
+                )
+                if copies_again:
+                    actions[resource.name] = "update"
             elif change == "replace":
                 report.replaces.append(resource.name)
                 actions[resource.name] = "create"

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from tests.harness import ProgramRun, run_program
-from tests.testbed.conftest import inventory
+from tests.testbed.conftest import booted_testbed, inventory
 from tests.testbed.engine import Engine, Report
-from tests.testbed.nodes import AIRGAP_BINARY, KEPT_INSTALLER, STANDIN_K3S, Testbed, call_in_netns, missing_requirements
+from tests.testbed.nodes import AIRGAP_BINARY, KEPT_INSTALLER, STANDIN_K3S, Testbed, call_in_netns
 from tests.testbed.stack import K3S_VERSION, stack_config
 
 pytestmark = pytest.mark.testbed
@@ -69,17 +69,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    tb = Testbed(k3s_version=K3S_VERSION)
-    try:
-        tb.start()
-        # Nothing of k3s on the nodes: the stack ships it.
-        tb.add_nodes(NODES, stage_k3s=False)
+    # Nothing of k3s on the nodes: the stack ships it.
+    for tb in booted_testbed(NODES, git=False, stage_k3s=False):
         yield Stack(tb, tmp_path_factory.mktemp("airgap-files"))
-    finally:
-        tb.close()
 
 
 def airgap_config(stack: Stack, binary: Path, images: Path | None) -> dict[str, Any]:

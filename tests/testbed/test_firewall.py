@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.harness import ProgramRun
-from tests.testbed.conftest import _testbed, mesh_address, wait_mesh
+from tests.testbed.conftest import booted_testbed, mesh_address, wait_mesh
 from tests.testbed.netprobe import (
     Probe,
     extra_address,
@@ -73,7 +73,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def tb() -> Iterator[Testbed]:
-    yield from _testbed(NODES, git=False)
+    yield from booted_testbed(NODES, git=False)
 
 
 @pytest.fixture(scope="module")

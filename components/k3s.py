@@ -11,7 +11,8 @@ a resource's identity (a new identity would be a delete, and a k3s delete is an 
   node-object  (on the first server)  create: check the API            delete: delete the Node object
   k3s          (on the node)          create: install what the enabled components need on every node,
                                               then k3s from config.yaml at k3s.version
-                                      update: reconfigure (config.yaml, registries; never the version)
+                                      update: reconfigure (config.yaml, registries.yaml; never the
+                                              version; the installer again when nodes[i].reinstall changed)
                                       delete: uninstall
   drain        (on the first server)  update: before an upgrade, refuse a downgrade, cordon and drain
   upgrade      (on the node)          update: install the new k3s.version

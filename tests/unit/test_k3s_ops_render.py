@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,3 +168,23 @@ def test_klipper_is_disabled_unless_asked_for() -> None:
     klipper = _config(base_config(agents=1), serviceLoadBalancer="klipper")
     assert _settings(klipper, "server-1")["disable"] == ["traefik"]
     assert "disable" not in _settings(klipper, "agent-1")
+
+
+def test_the_commented_examples_in_pulumi_prod_yaml_are_valid_once_uncommented() -> None:
+    lines = (Path(__file__).resolve().parents[2] / "Pulumi.prod.yaml").read_text().splitlines()
+    start = lines.index("    # registries:")
+    block = [lines[start].replace("    # ", "", 1)]
+    for line in lines[start + 1 :]:
+        if not line.startswith("    #   "):
+            break
+        block.append(line.replace("    # ", "", 1))
+    example = yaml.safe_load("\n".join(block))["registries"]
+    # The password comes with `pulumi config set --secret --path`, as the file's header says.
+    example["configs"]["registry.example.org"]["auth"]["password"] = "from --secret"
+    (address_line,) = [line for line in lines if line.startswith("    # registrationAddress:")]
+    address = address_line.split(":", 1)[1].strip()
+    config = _config(base_config(agents=1), registries=example, registrationAddress=address)
+    assert config.k3s.registries is not None
+    document = yaml.safe_load(render_registries(config.k3s.registries).registries_yaml)
+    assert document["mirrors"]["docker.io"]["rewrite"] == {"^library/(.*)": "dockerhub/library/$1"}
+    assert server_url(config) == "https://api.example.org:6443"

@@ -11,7 +11,8 @@ a resource's identity (a new identity would be a delete, and a k3s delete is an 
   node-object  (on the first server)  create: check the API            delete: delete the Node object
   k3s          (on the node)          create: install what the enabled components need on every node,
                                               then k3s from config.yaml at k3s.version
-                                      update: reconfigure (config.yaml, registries; never the version)
+                                      update: reconfigure (config.yaml, registries.yaml; never the
+                                              version; the installer again when nodes[i].reinstall changed)
                                       delete: uninstall
   drain        (on the first server)  update: before an upgrade, refuse a downgrade, cordon and drain
   upgrade      (on the node)          update: install the new k3s.version
@@ -44,7 +45,7 @@ import pulumi_random as random
 
 from components.config import HarborConfig, Node
 from components.remote import disarmed_command, node_command, node_copy
-from components.render.k3s import render_config_yaml
+from components.render.k3s import optional_install_parameters, reinstall_parameter, render_config_yaml
 from components.render.platform import node_packages
 from components.shipped import ShippedFile
 
@@ -208,6 +209,8 @@ class K3sNode(pulumi.ComponentResource):
         if packages:
             # Only then: a stack without such a component keeps the step's stdin as it was.
             install_env["HARBOR_NODE_PACKAGES"] = " ".join(packages)
+        # registries.yaml and the reinstall counter, likewise only when used
+        install_env |= optional_install_parameters(config, node)
 
         def install(after: list[pulumi.Resource]) -> pulumi.Resource:
             return node_command(
@@ -256,6 +259,8 @@ class K3sNode(pulumi.ComponentResource):
             env={
                 **{key: install_env[key] for key in ("HARBOR_K3S_ROLE", "HARBOR_K3S_VERSION", "HARBOR_K3S_AIRGAP")},
                 **shipped_env,
+                # an upgrade in the same run as a reinstall is that reinstall: it records the counter
+                **reinstall_parameter(node),
             },
             secret=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[drain, self.install, *copies]),

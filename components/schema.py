@@ -84,6 +84,13 @@ Cidr = ipaddress.IPv4Network
 # --- cross-field checks --------------------------------------------------------------------
 
 
+def key_segment(key: str, *, first: bool = False) -> str:
+    """One key of a path as `pulumi config set --path` takes it: `.name`, or `["registry.example.org"]`."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return key if first else f".{key}"
+    return f'["{key}"]'
+
+
 def require(value: object, path: str, why: str) -> None:
     """Refuse an unset value: `<path>: is required <why>`."""
     if value in (None, "", [], {}):

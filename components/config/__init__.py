@@ -30,6 +30,7 @@ from components.config.cluster import (
     Node,
     Operator,
     Preflight,
+    Registries,
     SshDefaults,
 )
 from components.config.gitops import ARGOCD_CORE_FILE, DEFAULT_ARGOCD_VERSION, ArgoCD, GitOps
@@ -62,6 +63,7 @@ __all__ = [
     "Node",
     "Operator",
     "Preflight",
+    "Registries",
     "SshDefaults",
     "load_config",
     "read_pulumi_config",

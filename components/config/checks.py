@@ -9,10 +9,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from components.config.cluster import CLUSTER_ONLY_PORTS, Decommission, Firewall, K3s, Mesh, Node, Operator
+from components.config.cluster import (
+    CLUSTER_ONLY_PORTS,
+    Decommission,
+    Firewall,
+    K3s,
+    Mesh,
+    Node,
+    Operator,
+    split_host_port,
+)
 from components.platform import REGISTRY
 from components.platform.base import Context
-from components.schema import ConfigModel, Ipv4
+from components.schema import ConfigModel, Ipv4, key_segment
 
 # The order the sealing check named these components in before each had a module of its own;
 # components added since follow in registry order.
@@ -155,3 +164,68 @@ def etcd_snapshots(k3s: K3s) -> None:
         raise ValueError("k3s.etcdSnapshots: needs k3s.datastore etcd")
     if snapshots.s3_bucket and (snapshots.s3_access_key is None or snapshots.s3_secret_key is None):
         raise ValueError("k3s.etcdSnapshots.s3AccessKey and s3SecretKey: are required with s3Bucket")
+
+
+def registries(k3s: K3s) -> None:
+    """Each registry's login is one complete method, and a client certificate comes with its key."""
+    if k3s.registries is None:
+        return
+    for registry, settings in k3s.registries.configs.items():
+        path = f"k3s.registries.configs{key_segment(registry)}"
+        auth = settings.auth
+        if auth is not None:
+            if auth.username is not None and auth.password is None:
+                raise ValueError(f"{path}.auth.password: is required with username")
+            if auth.password is not None and auth.username is None:
+                raise ValueError(f"{path}.auth.username: is required with password")
+            methods = [
+                name
+                for name, given in (
+                    ("username/password", auth.username is not None),
+                    ("auth", auth.auth is not None),
+                    ("identityToken", auth.identity_token is not None),
+                )
+                if given
+            ]
+            if len(methods) != 1:
+                found = " and ".join(methods) if methods else "none"
+                raise ValueError(
+                    f"{path}.auth: give exactly one of username and password, auth, or identityToken (found {found})"
+                )
+        tls = settings.tls
+        if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
+            missing, given = ("keyFile", "certFile") if tls.key_file is None else ("certFile", "keyFile")
+            raise ValueError(f"{path}.tls.{missing}: is required with {given}")
+    for arg in k3s.extra_args:
+        if arg.split("=", 1)[0] == "--private-registry":
+            raise ValueError(
+                f"k3s.extraArgs: {arg!r} would make the servers read another file than the registries.yaml "
+                "that k3s.registries writes; remove it"
+            )
+
+
+def registration_address(nodes: Sequence[Node], mesh: Mesh, firewall: Firewall, k3s: K3s) -> None:
+    """An address given as an IP must be one joining nodes can reach on the servers' API port."""
+    if k3s.registration_address is None or not mesh.enabled:
+        return
+    host, _ = split_host_port(k3s.registration_address)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return  # a DNS name: what it resolves to is the user's; the README says what it must be
+    members = {node.mesh_address for node in nodes if node.role == "server"}
+    members |= {operator.mesh_address for operator in mesh.operators}
+    path = "k3s.registrationAddress"
+    if address in members:
+        return
+    if address in mesh.cidr:
+        raise ValueError(
+            f"{path}: {address} is inside mesh.cidr but is no server's or operator's meshAddress; "
+            "the mesh routes only its members' own addresses"
+        )
+    if firewall.enabled:
+        raise ValueError(
+            f"{path}: {address} is outside the mesh, and the servers' firewalls admit the API port only over "
+            "the mesh; use a DNS name whose records are the servers' mesh addresses, or the meshAddress of "
+            "an operator that runs your load balancer"
+        )

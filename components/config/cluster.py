@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, FilePath, SecretStr, Tag, field_validator
 
-from components.schema import Cidr, ConfigModel, Host, Ipv4, Port, WireGuardKey, dns_label
+from components.schema import Cidr, ConfigModel, Host, Ipv4, Port, WireGuardKey, _host, _port, dns_label
 
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
@@ -116,6 +117,9 @@ class Node(ConfigModel):
     ssh_host_key: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[str] = Field(default_factory=list)
+    # Any change of this counter reruns the k3s installer on this node at the version it runs,
+    # without uninstalling (the seed's `force_k3s_upgrade`, for one node).
+    reinstall: int = Field(default=0, ge=0)
     # Preflight checks skipped on this node only, beside `preflight.skip`.
     preflight_skip: list[PreflightCheck] = Field(default_factory=list)
 
@@ -236,6 +240,130 @@ Airgap = Annotated[
 ]
 
 
+def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (a bare IPv6 address has no port) -> (host, port)."""
+    host, port = value, None
+    if value.startswith("["):
+        inner, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not [IPv6 address] or [IPv6 address]:port")
+        host, port = inner, rest[1:] or None
+        ipaddress.IPv6Address(host)
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is not None and not port.isdigit():
+        raise ValueError(f"{value!r}: {port!r} is not a port number")
+    number = int(port) if port is not None else default_port
+    if number is not None:
+        _port(number)
+    if ":" not in host:
+        _host(host)
+    else:
+        ipaddress.IPv6Address(host)
+    return host, number
+
+
+def _registration_address(value: str) -> str:
+    if "://" in value or "/" in value:
+        raise ValueError(f"{value!r} is not host[:port]; write it without a scheme or path, e.g. api.example.org:6443")
+    split_host_port(value)
+    return value
+
+
+def _registry_host(value: str) -> str:
+    """A registry as registries.yaml names it: host or host:port (no scheme), or `*` for every registry."""
+    if value == "*":
+        return value
+    if "://" in value or "/" in value:
+        raise ValueError(f"{value!r} is not a registry host; write host or host:port, without a scheme or path")
+    try:
+        split_host_port(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a registry host (host or host:port, or * for every registry)") from None
+    return value
+
+
+def _endpoint(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL like https://mirror.example.org:5000")
+    try:
+        split_host_port(parts.netloc)
+    except ValueError:
+        raise ValueError(f"{value!r}: {parts.netloc!r} is not host or host:port") from None
+    return value
+
+
+def _node_file(value: str) -> str:
+    """A TLS file for a registry: PEM text that Space Harbor writes to the node, or a path already there."""
+    if value.lstrip().startswith("-----BEGIN "):
+        if not value.rstrip().endswith("-----"):
+            raise ValueError("is cut short: PEM text must end with its -----END ...----- line")
+        return value
+    if not value.startswith("/") or "\n" in value or ".." in value.split("/"):
+        raise ValueError("is neither PEM text (-----BEGIN ...) nor an absolute path of a file on the nodes")
+    return value
+
+
+RegistrationAddress = Annotated[str, AfterValidator(_registration_address)]
+RegistryHost = Annotated[str, AfterValidator(_registry_host)]
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+NodeFile = Annotated[str, AfterValidator(_node_file)]
+
+
+class RegistryMirror(ConfigModel):
+    # Tried in order; containerd still tries the registry itself last.
+    endpoint: list[Endpoint] = Field(default_factory=list)
+    # Repository rewrites, regular expression -> replacement ($1 for a group), as k3s applies them.
+    rewrite: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("rewrite")
+    @classmethod
+    def _patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{pattern!r} is not a regular expression: {error}") from None
+        return value
+
+
+class RegistryAuth(ConfigModel):
+    """One way to log in: username and password, `auth` (base64 of user:password), or an identity token."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    auth: SecretStr | None = None
+    identity_token: SecretStr | None = None
+
+
+class RegistryTls(ConfigModel):
+    # Each file: PEM text (written to the nodes by Space Harbor) or the path of a file on the nodes.
+    ca_file: NodeFile | None = None
+    cert_file: NodeFile | None = None
+    key_file: SecretStr | None = None
+    insecure_skip_verify: bool = False
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _node_file(value.get_secret_value())
+        return value
+
+
+class RegistryConfig(ConfigModel):
+    auth: RegistryAuth | None = None
+    tls: RegistryTls | None = None
+
+
+class Registries(ConfigModel):
+    """k3s's registries.yaml: `mirrors` (where to pull from) and `configs` (how to log in and trust)."""
+
+    mirrors: dict[RegistryHost, RegistryMirror] = Field(default_factory=dict)
+    configs: dict[RegistryHost, RegistryConfig] = Field(default_factory=dict)
+
+
 class K3s(ConfigModel):
     version: str = DEFAULT_K3S_VERSION
     token: SecretStr | None = None
@@ -261,6 +389,12 @@ class K3s(ConfigModel):
     # running server cannot switch it on in place before k3s's 2026 releases, so the preflight
     # refuses it there (README: secrets encryption).
     secrets_encryption: bool = True
+    # k3s's registries.yaml on every node; unset: Space Harbor writes none (and removes its own).
+    registries: Registries | None = None
+    # Where joining nodes register: a DNS name or address the user runs in front of the servers.
+    registration_address: RegistrationAddress | None = None
+    # k3s's klipper service load balancer (servicelb): off unless asked for, see the README.
+    service_load_balancer: Literal["klipper", "none"] = "none"
 
     @property
     def airgap_files(self) -> AirgapFiles | None:

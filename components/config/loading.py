@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from components.config.model import HarborConfig
-from components.schema import ConfigError
+from components.schema import ConfigError, key_segment
 
 PROJECT = "space-harbor"
 
@@ -37,7 +37,11 @@ TOP_LEVEL_KEYS = (
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
-    for part in loc:
+    parts = list(loc)
+    if parts[-1:] == ["[key]"]:
+        # A refused key of a keyed section (k3s.registries.mirrors): the section is the path.
+        parts = parts[:-2]
+    for part in parts:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -45,7 +49,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
             # union tags start with "union-", components/config/cluster.py: Airgap).
             if part.startswith(("function-", "is-instance[", "lax-or-strict", "union-")):
                 continue
-            path += f".{part}" if path else part
+            path += key_segment(part, first=not path)
     return path
 
 
@@ -61,7 +65,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] in {"missing", "extra_forbidden"}:
         return f"{path}: {'is required' if error['type'] == 'missing' else 'is not a known key'}"
     value = error.get("input")
-    shown = "" if isinstance(value, dict | list) or "secret" in path.lower() else f" (got {value!r})"
+    # Values of secret-looking keys are never echoed, whatever their type.
+    secretish = "secret" in path.lower() or path.rsplit(".", 1)[-1] in {"password", "auth", "identityToken", "keyFile"}
+    shown = "" if isinstance(value, dict | list) or secretish else f" (got {value!r})"
     if ("Key" in path and "public" not in path.lower()) or str(value) in message:
         shown = ""
     return f"{path}: {message}{shown}"

@@ -155,6 +155,12 @@ class HarborConfig(ConfigModel):
         return self
 
     @model_validator(mode="after")
+    def _k3s_options(self) -> HarborConfig:
+        checks.registries(self.k3s)
+        checks.registration_address(self.nodes, self.mesh, self.firewall, self.k3s)
+        return self
+
+    @model_validator(mode="after")
     def _components(self) -> HarborConfig:
         # The context needs the checks above: a first server, and every node's address.
         checks.platform_components(self.components, self.platform_context())

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Space Harbor k3s node: install from config.yaml, reconfigure, upgrade in order, uninstall.
 #
-#   k3s.sh install     write /etc/rancher/k3s/config.yaml; run the k3s installer (then restart
-#                      the service) when the pinned version is not the one installed and running
-#                      or the service is missing, else restart the service only when
-#                      config.yaml changed; then wait (bounded) until the service is active and,
-#                      on a server, until the kubeconfig exists
-#   k3s.sh reconfigure the update of an installed node: write config.yaml and restart only when it
-#                      changed; never change the version (upgrades go through `upgrade`, in the
-#                      order the stack gives); a node with no k3s at all is installed as by `install`
+#   k3s.sh install     write /etc/rancher/k3s/config.yaml and registries.yaml; run the k3s
+#                      installer (then restart the service) when the pinned version is not the one
+#                      installed and running, the service is missing or the reinstall counter
+#                      changed, else restart the service only when one of the two files changed;
+#                      then wait (bounded) until the service is active and, on a server, until
+#                      the kubeconfig exists
+#   k3s.sh reconfigure the update of an installed node: write config.yaml and registries.yaml and
+#                      restart only when one changed; rerun the installer at the installed
+#                      version when the reinstall counter changed (no uninstall); never change the
+#                      version (upgrades go through `upgrade`, in the order the stack gives); a
+#                      node with no k3s at all is installed as by `install`
 #   k3s.sh upgrade     install HARBOR_K3S_VERSION when the node runs another one (a downgrade is
 #                      refused), restart, and wait as `install` does; nothing when it runs it
-#   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml and the kept installer
+#   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml, the kept installer and
+#                      what k3s.registries wrote
 #   k3s.sh remove-shipped  remove the staged copies of the shipped files (the node is leaving)
 #
 # Parameters (environment):
@@ -33,6 +37,20 @@
 #                              every node (Longhorn: open-iscsi nfs-common), space-separated;
 #                              install and reconfigure install the missing ones before k3s, and
 #                              never remove one
+#   HARBOR_K3S_REGISTRIES      optional, registries.yaml text (may hold registry passwords:
+#                              written 0600); unset: a registries.yaml that this script wrote
+#                              (its first line says so) is removed, any other is left alone
+#   HARBOR_K3S_REGISTRY_FILES  optional, TLS files for registries.yaml, one `<registry>/<name>
+#                              <base64 text>` a line, written 0600 under $k3s_registry_files;
+#                              files there that are not listed are removed
+#   HARBOR_K3S_REINSTALL       optional, the node's reinstall counter (default 0); install,
+#                              reconfigure and upgrade record it in $k3s_generation_record and
+#                              rerun the installer, at the installed version, when it differs
+#
+# A change of config.yaml restarts k3s, except one confined to its `server:` line on a running
+# node: k3s reads `server` only to join, and a joined node reaches the servers through its client
+# load balancer (agents) or etcd (servers); the new value is written and takes effect at the
+# node's next restart.
 #
 # Every setting, the token and (for joining nodes) the `server:` URL live in config.yaml, never
 # in installer flags, which a later re-run of the installer would silently drop. The upstream
@@ -64,6 +82,7 @@ k3s_images_dir=/var/lib/rancher/k3s/agent/images
 k3s_images_name=space-harbor-airgap-images
 k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
 k3s_packages="${HARBOR_NODE_PACKAGES:-}"
+k3s_generation="${HARBOR_K3S_REINSTALL:-0}"
 k3s_bin=/usr/local/bin/k3s
 k3s_config_dir=/etc/rancher/k3s
 k3s_config="$k3s_config_dir/config.yaml"
@@ -71,6 +90,17 @@ k3s_kubeconfig="$k3s_config_dir/k3s.yaml"
 # "<role> <version>" that this script last installed and started. The binary's own version is not
 # enough: after an air-gap upgrade the new binary is on disk while the old one still runs.
 k3s_record="$k3s_config_dir/.space-harbor-installed"
+# The reinstall counter the last install ran for; beside the record, whose format the preflight
+# reads too. Missing: 0.
+k3s_generation_record="$k3s_config_dir/.space-harbor-reinstall"
+k3s_registries="$k3s_config_dir/registries.yaml"
+k3s_registry_files="$k3s_config_dir/space-harbor-registries"
+# The first line of a registries.yaml that this script wrote (components/render/k3s.py).
+k3s_registries_header="# Managed by Space Harbor (Pulumi) from k3s.registries."
+# What changed in this run that k3s reads only at start: config.yaml ("true", or "server" when only
+# its `server:` line did) and the registry files.
+k3s_config_changed=false
+k3s_registries_changed=false
 
 k3s_unit() {
     if [ "$k3s_role" = server ]; then echo k3s; else echo k3s-agent; fi
@@ -96,11 +126,88 @@ k3s_version_matches() {
     k3s_installed_version | awk -v want="$k3s_version" '{ for (i = 1; i <= NF; i++) if ($i == want) found = 1 } END { exit !found }'
 }
 
+# config.yaml without its `server:` line (printf and grep: the text holds the token, and must
+# not go through a here-string's temporary file).
+k3s_without_server() {
+    printf '%s\n' "${1%$'\n'}" | grep -v '^server:' || true
+}
+
 k3s_write_config() {
+    local previous=""
+    if [ -f "$k3s_config" ]; then
+        previous=$(cat "$k3s_config")
+    fi
     harbor_write_if_changed "$k3s_config" 600 "$HARBOR_K3S_CONFIG"
     k3s_config_changed=$harbor_wrote
     if [ "$harbor_wrote" = true ]; then
         harbor_log "$k3s_config written"
+        harbor_changed=true
+        if [ -n "$previous" ] &&
+            [ "$(k3s_without_server "$previous")" = "$(k3s_without_server "$HARBOR_K3S_CONFIG")" ]; then
+            k3s_config_changed=server
+        fi
+    fi
+}
+
+# The TLS files of HARBOR_K3S_REGISTRY_FILES, and no others, under $k3s_registry_files.
+k3s_write_registry_files() {
+    local name data path text
+    local -A wanted=()
+    while read -r name data; do
+        [ -n "$name" ] || continue
+        [[ "$name" =~ ^[A-Za-z0-9._-]+/(ca\.crt|client\.crt|client\.key)$ ]] && [[ "$name" != .* ]] ||
+            harbor_fail "HARBOR_K3S_REGISTRY_FILES: '$name' is not <registry>/ca.crt, client.crt or client.key"
+        wanted["$k3s_registry_files/$name"]=1
+        text=$(printf '%s' "$data" | base64 -d 2>/dev/null) ||
+            harbor_fail "HARBOR_K3S_REGISTRY_FILES: the text of $name is not base64"
+        harbor_write_if_changed "$k3s_registry_files/$name" 600 "$text"
+        if [ "$harbor_wrote" = true ]; then
+            harbor_log "$k3s_registry_files/$name written"
+            k3s_registries_changed=true
+        fi
+    done < <(printf '%s\n' "${HARBOR_K3S_REGISTRY_FILES:-}")
+    [ -d "$k3s_registry_files" ] || return 0
+    while IFS= read -r -d '' path; do
+        if [ -z "${wanted[$path]:-}" ]; then
+            rm -f -- "$path"
+            harbor_log "$path removed"
+            k3s_registries_changed=true
+        fi
+    done < <(find "$k3s_registry_files" -type f -print0)
+    find "$k3s_registry_files" -mindepth 1 -type d -empty -delete
+    if [ "${#wanted[@]}" -eq 0 ]; then
+        rmdir "$k3s_registry_files" 2>/dev/null || true
+    fi
+}
+
+k3s_registries_ours() {
+    [ -f "$k3s_registries" ] && head -n 1 "$k3s_registries" | grep -qF "$k3s_registries_header"
+}
+
+# registries.yaml from HARBOR_K3S_REGISTRIES, or, without it, the removal of the one we wrote.
+k3s_write_registries() {
+    if [ -n "${HARBOR_K3S_REGISTRIES:-}" ]; then
+        if [ -f "$k3s_registries" ] && ! k3s_registries_ours; then
+            harbor_log "replacing $k3s_registries, which Space Harbor did not write, with k3s.registries"
+        fi
+        # The files first: registries.yaml must never name one that is not there yet.
+        k3s_write_registry_files
+        harbor_write_if_changed "$k3s_registries" 600 "$HARBOR_K3S_REGISTRIES"
+        if [ "$harbor_wrote" = true ]; then
+            harbor_log "$k3s_registries written"
+            k3s_registries_changed=true
+        fi
+    else
+        if k3s_registries_ours; then
+            rm -f "$k3s_registries"
+            harbor_log "$k3s_registries removed: k3s.registries is not set"
+            k3s_registries_changed=true
+        elif [ -f "$k3s_registries" ]; then
+            harbor_log "leaving $k3s_registries as it is: Space Harbor did not write it and k3s.registries is not set"
+        fi
+        k3s_write_registry_files
+    fi
+    if [ "$k3s_registries_changed" = true ]; then
         harbor_changed=true
     fi
 }
@@ -272,6 +379,7 @@ k3s_check_parameters() {
     [[ "$k3s_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_K3S_WAIT_TIMEOUT must be a number of seconds"
     [[ "$k3s_packages" =~ ^[[:space:]]*([a-z0-9][a-z0-9+.-]+([[:space:]]+|$))*$ ]] ||
         harbor_fail "HARBOR_NODE_PACKAGES must be Debian package names separated by spaces (got '${k3s_packages}')"
+    [[ "$k3s_generation" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_K3S_REINSTALL must be a number (got '${k3s_generation}')"
     harbor_has_systemd || harbor_fail "systemd is not running on this node; Space Harbor runs k3s as a systemd service"
 }
 
@@ -284,6 +392,17 @@ k3s_recorded_version() {
     awk '{ print $2 }' "$k3s_record" 2>/dev/null || true
 }
 
+# The reinstall counter of the last install here; 0 for an install from before the counter.
+k3s_recorded_generation() {
+    local generation
+    generation=$(cat "$k3s_generation_record" 2>/dev/null || true)
+    echo "${generation:-0}"
+}
+
+k3s_generation_matches() {
+    [ "$(k3s_recorded_generation)" = "$k3s_generation" ]
+}
+
 # Whether k3s is installed here for this role: a record, a binary and the enabled unit.
 k3s_installed() {
     local unit
@@ -293,15 +412,24 @@ k3s_installed() {
         systemctl is-enabled --quiet "$unit"
 }
 
-# Restart when config.yaml or the shipped images changed, start when the unit is down; the version
+# Restart when config.yaml, the registry files or the shipped images changed, start when the unit
+# is down; the version
 # stays as it is.
 k3s_apply_config() {
     local unit
     unit=$(k3s_unit)
     k3s_place_images
-    if [ "$k3s_config_changed" = true ] || [ "$k3s_images_changed" = true ]; then
-        harbor_log "config.yaml or the shipped images changed: restarting $unit"
+    if [ "$k3s_config_changed" = true ] || [ "$k3s_registries_changed" = true ] ||
+        [ "$k3s_images_changed" = true ]; then
+        local changed=()
+        [ "$k3s_config_changed" = false ] || changed+=(config.yaml)
+        [ "$k3s_registries_changed" = false ] || changed+=(registries.yaml)
+        [ "$k3s_images_changed" = false ] || changed+=("the shipped images")
+        harbor_log "${changed[*]} changed: restarting $unit"
         k3s_restart "$unit"
+    elif [ "$k3s_config_changed" = server ] && k3s_unit_active; then
+        harbor_log "only the server: line of config.yaml changed: k3s reads it only to join, so $unit is not" \
+            "restarted; the new value takes effect at its next restart"
     elif ! k3s_unit_active; then
         harbor_log "$unit is not running: starting it"
         k3s_restart "$unit"
@@ -312,6 +440,23 @@ k3s_apply_config() {
 k3s_install_version() {
     k3s_run_installer
     printf '%s %s\n' "$k3s_role" "$k3s_version" >"$k3s_record"
+    printf '%s\n' "$k3s_generation" >"$k3s_generation_record"
+}
+
+# The reinstall verb: the installer again, at the version this node runs, over what is there (no
+# uninstall: config, registries and the node's data under /var/lib/rancher/k3s stay). A version
+# change in the same run is left to the upgrade step, whose install is the reinstall.
+k3s_reinstall() {
+    local installed
+    installed=$(k3s_recorded_version)
+    if [ "$installed" != "$k3s_version" ]; then
+        harbor_log "reinstall $k3s_generation (was $(k3s_recorded_generation)): k3s.version moves from $installed to" \
+            "$k3s_version in this run, so the upgrade step reinstalls it, in the stack's upgrade order"
+        k3s_apply_config
+        return 0
+    fi
+    harbor_log "reinstall $k3s_generation (was $(k3s_recorded_generation)): rerunning the k3s installer at $installed"
+    k3s_install_version
 }
 
 k3s_wait_until_serving() {
@@ -350,8 +495,13 @@ k3s_install() {
     k3s_take_installer
     k3s_ensure_node_packages
     k3s_write_config
+    k3s_write_registries
     if k3s_installed && k3s_version_matches && [ "$(k3s_recorded_version)" = "$k3s_version" ]; then
-        k3s_apply_config
+        if k3s_generation_matches; then
+            k3s_apply_config
+        else
+            k3s_reinstall
+        fi
     else
         k3s_install_version
     fi
@@ -366,13 +516,16 @@ k3s_reconfigure() {
     k3s_take_installer
     k3s_ensure_node_packages
     k3s_write_config
-    if k3s_installed; then
-        k3s_apply_config
-    else
+    k3s_write_registries
+    if ! k3s_installed; then
         # Nothing (or a half-removed install) here: repair it at the stack's version.
         harbor_log "k3s is not installed here: installing $k3s_version"
         k3s_refuse_downgrade
         k3s_install_version
+    elif k3s_generation_matches; then
+        k3s_apply_config
+    else
+        k3s_reinstall
     fi
     k3s_wait_until_serving
     k3s_prune_staged
@@ -410,7 +563,15 @@ k3s_uninstall() {
         rm -f "$k3s_config"
         harbor_changed=true
     fi
-    rm -f "$k3s_record"
+    if k3s_registries_ours; then
+        rm -f "$k3s_registries"
+        harbor_changed=true
+    fi
+    if [ -d "$k3s_registry_files" ]; then
+        rm -rf "$k3s_registry_files"
+        harbor_changed=true
+    fi
+    rm -f "$k3s_record" "$k3s_generation_record"
     # The staged copies stay: a replaced install step (uninstall, then install) needs them. The
     # node's `shipped` step removes them when the node leaves (`remove-shipped`).
     if [ -f "$k3s_installer" ]; then

@@ -51,6 +51,20 @@ def audit_config(transport: str) -> dict[str, Any]:
             "s3AccessKey": marker("k3s.etcdSnapshots.s3AccessKey"),
             "s3SecretKey": marker("k3s.etcdSnapshots.s3SecretKey"),
         },
+        # One registry per way to log in; a client key given as PEM text, written to the nodes.
+        "registries": {
+            "configs": {
+                "registry.example.org": {
+                    "auth": {"username": "puller", "password": marker("k3s.registries.password")},
+                    "tls": {
+                        "certFile": "/etc/ssl/registry/client.crt",
+                        "keyFile": fake_private_key(marker("k3s.registries.keyFile")),
+                    },
+                },
+                "quay.example.org": {"auth": {"auth": marker("k3s.registries.auth")}},
+                "cloud.example.org": {"auth": {"identityToken": marker("k3s.registries.identityToken")}},
+            }
+        },
     }
     if transport == "https":
         config["gitops"] = {
@@ -97,6 +111,9 @@ def set_secret_fields(value: Any, prefix: str = "") -> Iterator[str]:
                 yield from set_secret_fields(item, f"{prefix}{name}.")
     elif isinstance(value, list):
         for item in value:
+            yield from set_secret_fields(item, prefix)
+    elif isinstance(value, dict):  # keyed sections, like k3s.registries.configs.<registry>
+        for item in value.values():
             yield from set_secret_fields(item, prefix)
 
 
@@ -154,7 +171,7 @@ def test_no_config_secret_reaches_a_public_input_or_output(transport: str, mode:
     if mode == "up":
         # The markers do reach the nodes, inside secret inputs: the check above is not vacuous.
         stdin = " ".join(c.inputs.get("stdin", "") for c in run.commands())
-        for name in ("k3s.token", "k3s.etcdSnapshots.s3SecretKey"):
+        for name in ("k3s.token", "k3s.etcdSnapshots.s3SecretKey", "k3s.registries.password"):
             assert marker(name) in stdin
         # Argo CD's read-only credential reaches its repository Secret, secret, and the write one does not.
         repository = run.named("argocd-repository")

@@ -12,8 +12,8 @@ the whole graph is applied and the GitOps commit pushed:
   provably sees each node's processes);
 - every file on a node that holds a marker is root's and readable by nobody else (0600), and the
   expected ones do hold them; nothing in the journal holds one;
-- the key files (/etc/wireguard/*, /etc/rancher/k3s/config.yaml, the server's token files and
-  kubeconfig) are 0600 root:root;
+- the key files (/etc/wireguard/*, /etc/rancher/k3s/config.yaml, registries.yaml and a registry's
+  client key, the server's token files and kubeconfig) are 0600 root:root;
 - no marker is in any object of the GitOps repository.
 
 Before that: a wrong host-key pin makes every dial fail and nothing runs on the node. (The API
@@ -50,21 +50,35 @@ RUN = secrets.token_hex(4)
 SEARCHED = "/etc /var /usr/local /root /home /opt /srv /tmp /run"
 # On the testbed the stand-in writes the token files and the kubeconfig (k3s.yaml) as real k3s
 # does; config.yaml and the WireGuard file are the product's own.
+# k3s.registries: registries.yaml holds the registry password, the client key its own file.
+REGISTRY_KEY = "/etc/rancher/k3s/space-harbor-registries/registry.harbor.test/client.key"
 KEY_FILES = {
     "n1": [
         f"/etc/wireguard/{MESH_INTERFACE}.conf",
         "/etc/rancher/k3s/config.yaml",
+        "/etc/rancher/k3s/registries.yaml",
+        REGISTRY_KEY,
         "/etc/rancher/k3s/k3s.yaml",
         "/var/lib/rancher/k3s/server/token",
         "/var/lib/rancher/k3s/server/node-token",
         "/var/lib/rancher/k3s/server/agent-token",
     ],
-    "n2": [f"/etc/wireguard/{MESH_INTERFACE}.conf", "/etc/rancher/k3s/config.yaml"],
+    "n2": [
+        f"/etc/wireguard/{MESH_INTERFACE}.conf",
+        "/etc/rancher/k3s/config.yaml",
+        "/etc/rancher/k3s/registries.yaml",
+        REGISTRY_KEY,
+    ],
 }
 # Files that must hold a marker, or the search below proved nothing.
 EXPECTED_HOLDERS = {
-    "n1": {f"/etc/wireguard/{MESH_INTERFACE}.conf", "/etc/rancher/k3s/config.yaml"},
-    "n2": {f"/etc/wireguard/{MESH_INTERFACE}.conf", "/etc/rancher/k3s/config.yaml"},
+    node: {
+        f"/etc/wireguard/{MESH_INTERFACE}.conf",
+        "/etc/rancher/k3s/config.yaml",
+        "/etc/rancher/k3s/registries.yaml",
+        REGISTRY_KEY,
+    }
+    for node in ("n1", "n2")
 }
 
 
@@ -103,6 +117,22 @@ def audit_config(tb: Testbed, gitops_key: str) -> dict[str, Any]:
                 "s3Bucket": "snapshots",
                 "s3AccessKey": marker("S3-ACCESS"),
                 "s3SecretKey": marker("S3-SECRET"),
+            },
+            "registries": {
+                "mirrors": {"docker.io": {"endpoint": ["https://registry.harbor.test"]}},
+                "configs": {
+                    "registry.harbor.test": {
+                        "auth": {"username": "puller", "password": marker("REGISTRY-PASSWORD")},
+                        "tls": {
+                            "certFile": "/etc/ssl/certs/registry-client.pem",
+                            "keyFile": (
+                                "-----BEGIN EC PRIVATE KEY-----\n"
+                                f"{marker('REGISTRY-CLIENT-KEY')}\n"
+                                "-----END EC PRIVATE KEY-----\n"
+                            ),
+                        },
+                    }
+                },
             },
         },
         gitops={

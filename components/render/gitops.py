@@ -69,6 +69,11 @@ def create_only_paths(config: HarborConfig) -> frozenset[str]:
 def _sync_note(config: HarborConfig) -> str:
     if config.gitops.auto_sync:
         return "The platform's own Applications sync automatically too (`gitops.autoSync` is true)."
+    if config.gitops.sync_on_apply:
+        return (
+            "The platform's own Applications sync on click (`gitops.autoSync` is false), and every "
+            "`pulumi up` that commits here syncs those that are out of sync (`gitops.syncOnApply`)."
+        )
     return (
         "The platform's own Applications then sync on click (`gitops.autoSync` is false; set it to "
         "true to sync them automatically)."

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from components.render.gitops import ROOT_APPLICATION, platform_applications_selector
+from components.config import load_config
+from components.render.gitops import ROOT_APPLICATION, platform_applications_selector, render_tree
 from components.render.remote import script_payload
 from tests.conftest import base_config
 from tests.helpers import ARGOCD_CONTROLLER_STANDIN, K3S_STANDIN, SCRIPTS, argocd_objects, status_line
@@ -338,3 +339,15 @@ def test_bad_parameters_are_refused_before_the_api_is_asked(
     assert result.returncode == 1
     assert message in result.stderr
     assert cluster.patches() == []
+
+
+def test_the_generated_readme_says_when_the_platform_syncs() -> None:
+    def note(**gitops: Any) -> str:
+        config = base_config(agents=0)
+        config["gitops"] |= gitops
+        return render_tree(load_config(config))["cluster/README.md"]
+
+    assert "`gitops.syncOnApply`" in note(syncOnApply=True)
+    assert "syncOnApply" not in note()
+    # autoSync makes the children sync by themselves; syncOnApply adds nothing to say then.
+    assert "sync automatically too" in note(syncOnApply=True, autoSync=True)

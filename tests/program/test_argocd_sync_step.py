@@ -106,8 +106,9 @@ def test_preview_knows_no_commit_and_so_runs_nothing_yet() -> None:
     run = run_program(syncing(base_config(agents=1)), preview=True)
     step = run.named(STEP)
     # Before the push there is no commit: the stdin is unknown, and pulumi-command runs nothing in
-    # a preview anyway.
+    # a preview anyway. (A step whose parameters are all known has its stdin known in a preview.)
     assert step.inputs["stdin"] == UNKNOWN
+    assert run.named("cluster-departures").inputs["stdin"] != UNKNOWN
     assert run.depends_on(step, tree(run))
 
 

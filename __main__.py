@@ -11,7 +11,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import SecretStr
 
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
-from components.argocd import ArgoCD, load_core_manifest
+from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
 from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
@@ -168,7 +168,7 @@ for spec in secret_specs(config):
     ).manifest
 
 gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
-ArgoCD(
+argocd = ArgoCD(
     "argocd",
     config,
     cluster,
@@ -176,6 +176,9 @@ ArgoCD(
     depends_on=[gitops, *([sealing] if sealing is not None else [])],
     cluster_lifetime=cluster_id,
 )
+if config.gitops.sync_on_apply:
+    # After the push and once Argo CD and its root are in: the step's stdin carries the commit.
+    sync_after_commit(config, gitops.commit, after=[gitops, argocd], cluster_lifetime=cluster_id)
 
 # scripts/kubeconfig writes the stack's context and, for ssh-tunnel, opens the tunnel first.
 context = f"harbor-{stack}"

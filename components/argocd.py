@@ -14,6 +14,13 @@ What the real engine does here, and mocks would not show:
 - Every object is `deleted_with` the caller's cluster-lifetime resource: when the cluster goes, the
   engine drops them from state without a call to its API, which is gone by then (deletes run after
   the program, and `pulumi destroy` runs no program, so no tunnel either).
+
+"Sync now" (`gitops.syncOnApply`, `sync_after_commit`) is not a Kubernetes resource of Pulumi's: a
+sync is the Application's `operation` field, which the application controller clears when the
+sync is done, and the refresh annotation is removed by the controller too. pulumi-kubernetes
+applies server-side with a field manager of its own per resource, so a Patch resource would
+conflict with the controller on those very fields, and would hold them in its state. It is a step
+on the first server instead, whose kubectl writes the fields once per new commit.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import ARGOCD_CORE_FILE, HarborConfig
+from components.remote import node_command
 from components.render.argocd import (
     CONFIG_FILE_NAME,
     CONFIG_FILE_TYPE,
@@ -33,6 +41,8 @@ from components.render.argocd import (
 )
 from components.render.gitops import (
     ARGOCD_NAMESPACE,
+    ROOT_APPLICATION,
+    platform_applications_selector,
     render_known_hosts_configmap,
     render_repository_secret,
     render_root_application,
@@ -41,6 +51,7 @@ from components.render.gitops import (
 from components.upstream import read_pinned
 
 NAMESPACE = ARGOCD_NAMESPACE
+SYNC_STEP = "argocd-sync"
 
 
 def load_core_manifest(version: str) -> CoreManifest:
@@ -144,3 +155,39 @@ class ArgoCD(pulumi.ComponentResource):
             opts=after(*core_ready, self.root_project, *(depends_on or [])),
         )
         self.register_outputs({})
+
+
+def sync_after_commit(
+    config: HarborConfig,
+    commit: pulumi.Input[str | None],
+    after: list[pulumi.Resource],
+    cluster_lifetime: pulumi.Resource,
+) -> pulumi.Resource:
+    """The `argocd-sync` step on the first server: refresh the root, sync what is out of sync (argocd-sync.sh).
+
+    The commit the GitOps tree landed as is one of its parameters, so the step's stdin changes, and
+    the engine runs its update (the same `sync`), exactly when a new commit landed; an `up` that
+    commits nothing leaves it alone. It has no delete: nothing of it stays to remove. A preview
+    dials no node: pulumi-command runs nothing then, and the commit is not known before the push.
+    """
+    env: dict[str, pulumi.Input[str]] = {
+        # None only in a preview, where the provider has not pushed yet (and nothing runs).
+        "HARBOR_GITOPS_REVISION": pulumi.Output.from_input(commit).apply(lambda sha: sha or ""),
+        "HARBOR_ARGOCD_NAMESPACE": NAMESPACE,
+        "HARBOR_ROOT_APPLICATION": ROOT_APPLICATION,
+        "HARBOR_CHILD_SELECTOR": platform_applications_selector(),
+        "HARBOR_SYNC_TIMEOUT": str(config.gitops.sync_timeout_seconds),
+    }
+    return node_command(
+        SYNC_STEP,
+        config,
+        config.first_server,
+        "argocd-sync.sh",
+        create="sync",
+        update="sync",
+        delete=None,
+        env=env,
+        secret=False,
+        # Goes with the cluster like the Argo CD objects it writes (the engine wants the target first).
+        opts=pulumi.ResourceOptions(depends_on=[*after, cluster_lifetime], deleted_with=cluster_lifetime),
+    )

@@ -380,6 +380,12 @@ def _mock_sealed_secret(inputs: dict[str, Any]) -> dict[str, Any]:
     return SealedSecretProvider().create(props).outs or {}
 
 
+def _mock_commit(inputs: dict[str, Any]) -> str:
+    """The GitOps tree's commit, as a sha that changes exactly when the files do (as a real push's would)."""
+    files = json.dumps(_unwrap(inputs.get("files")), sort_keys=True)
+    return hashlib.sha1(files.encode(), usedforsecurity=False).hexdigest()
+
+
 class HarborMocks(mocks.Mocks):
     """Plays the providers: keys get random-looking values, commands echo their inputs.
 
@@ -417,6 +423,8 @@ class HarborMocks(mocks.Mocks):
             outputs |= _as_in_state(args.typ, args.inputs, _mock_tls_self_signed_cert)
         elif args.typ == "pulumi-python:dynamic:Resource" and "cert_pem" in args.inputs:
             outputs |= _as_in_state(args.name, args.inputs, _mock_sealed_secret)
+        elif args.typ == "pulumi-python:dynamic:Resource" and "repo_url" in args.inputs:
+            outputs |= {"commit": _mock_commit(args.inputs)}
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

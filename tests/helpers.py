@@ -17,6 +17,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from components.config import load_config
+from components.render.gitops import render_root_application, render_tree
 from components.render.remote import script_payload
 
 if TYPE_CHECKING:
@@ -286,3 +290,29 @@ def status_line(result: subprocess.CompletedProcess[str]) -> str:
     """The last line of a run that succeeded: `space-harbor: <script> <action>: changed|unchanged`."""
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+# --- Argo CD's objects, for argocd-sync.sh against the k3s and Argo CD controller stand-ins -------
+
+STANDIN_DIR = ROOT / "tests" / "testbed" / "standin"
+K3S_STANDIN = STANDIN_DIR / "k3s-standin"
+ARGOCD_CONTROLLER_STANDIN = STANDIN_DIR / "argocd-controller-standin"
+
+
+def argocd_objects(config: dict[str, Any], *, ready_replicas: int = 1) -> dict[str, Any]:
+    """What Pulumi and Argo CD would have put in the cluster for `config`: the root Application and
+    the platform's Applications (as the program renders them), and the controller's StatefulSet; as
+    one List for `kubectl create -f -`."""
+    model = load_config(config)
+    apps = [render_root_application(model)]
+    for path, text in render_tree(model, {}).items():
+        if "/apps/platform/" in path:
+            apps.append(yaml.safe_load(text))
+    controller = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "argocd-application-controller", "namespace": "argocd"},
+        "spec": {"replicas": 1},
+        "status": {"replicas": 1, "readyReplicas": ready_replicas},
+    }
+    return {"apiVersion": "v1", "kind": "List", "items": [*apps, controller]}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from components.schema import ConfigModel
 from components.upstream import UpstreamError, pinned_versions
@@ -55,6 +55,10 @@ class GitOps(ConfigModel):
     argocd_username: str | None = None
     argocd_password: SecretStr | None = None
     auto_sync: bool = False
+    # After each commit, ask Argo CD to refresh the root and sync what is out of sync (components/argocd.py).
+    sync_on_apply: bool = False
+    # How long that step may wait for Argo CD in all: refreshes, the root's sync, the children's syncs.
+    sync_timeout_seconds: int = Field(default=300, ge=30, le=3600)
     overwrite_manual_changes: bool = False
 
     @field_validator("repo_url")

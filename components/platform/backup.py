@@ -1,13 +1,17 @@
 """Backup (riotkit-org backup-maker-controller, from helm-of-revolution): scheduled backups.
 
 Values keys checked against the packaged chart's values.yaml and templates of v0.1.2. The
-controller has no target of its own: each ScheduledBackup names a Backup Repository server, a
-collection and a token Secret. Space Harbor puts the token in `backup-repository` of namespace
-`backup`, for the ScheduledBackups committed there.
+controller has no target of its own: users commit ScheduledBackups. Space Harbor seals the
+repository token into `backup-repository` of namespace `backup`, for the ScheduledBackups there,
+and the generated README shows one, as the ScheduledBackup CRD of v0.1.2 takes it (the CRD is
+pinned in manifests/upstream.yaml; tests/unit/test_backup_guidance.py checks the example against
+its schema). That CRD has no field for the repository's URL: the template's script reads it from
+`spec.vars` (`Repository.url`), where the example puts `repositoryUrl`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -108,15 +112,85 @@ def openings(settings: Backup, context: Context) -> list[Opening]:
     ]
 
 
+# The Secret the controller generates the GPG key pair into (createIfNotExists), with its keys. Not
+# BACKUP_SECRET: the controller adds the keys to the Secret it is given, and Sealed Secrets keeps
+# that one equal to git.
+GPG_SECRET = "backup-gpg"  # noqa: S105 (a Secret's name)
+
+
+def scheduled_backup_example(settings: Backup, context: Context) -> str:
+    """A ScheduledBackup for backup-maker-controller v0.1.2, with the stack's values, as YAML with comments."""
+    email = f"backup@{context.domain}" if context.domain else "backup@example.org"
+
+    def quoted(value: str | None) -> str:
+        return json.dumps(value or "")
+
+    return f"""apiVersion: riotkit.org/v1alpha1
+kind: ScheduledBackup
+metadata:
+  name: shop-db
+  namespace: backup            # where the token Secret is; the backup jobs run here too
+spec:
+  operation: backup
+  cronJob:
+    enabled: true
+    scheduleEvery: {quoted(settings.schedule)}
+  collectionId: {quoted(settings.collection_id)}
+  tokenSecretRef:              # sealed by Space Harbor from components.backup.token
+    secretName: {BACKUP_SECRET}
+    tokenKey: {BACKUP_TOKEN_KEY}
+  gpgKeySecretRef:             # the controller generates the key pair into this Secret
+    secretName: {GPG_SECRET}
+    createIfNotExists: true
+    email: {email}
+    publicKey: public
+    privateKey: private
+    passphraseKey: passphrase
+  templateRef:                 # a script bundled with Backup Maker, or kind ClusterBackupProcedureTemplate
+    kind: internal
+    name: postgres
+  vars: |                      # YAML text: what the template's script reads
+    Params:
+      hostname: postgres.shop.svc.cluster.local
+      port: 5432
+      db: shop
+      user: backup
+    Repository:
+      url: {quoted(settings.repository_url)}
+      collectionId: {quoted(settings.collection_id)}
+      recipient: {email}
+      passphrase: ""
+  varsSecretRef:               # keys of this Secret of yours replace those vars
+    secretName: shop-db-backup
+    importOnlyKeys:
+      - Params.password
+"""
+
+
 def readme(settings: Backup, context: Context) -> str:
     return (
-        f"**backup** runs backup-maker-controller, which has no target of its own: commit "
-        f"`ScheduledBackup`s in namespace `backup` (under `{context.gitops_path}/apps/user/`, say) with "
-        f'`cronJob.scheduleEvery: "{settings.schedule}"`, '
-        f"`collectionId: {settings.collection_id}`, Repository url "
-        f"`{settings.repository_url}` and "
-        f"`tokenSecretRef: {{secretName: {BACKUP_SECRET}, tokenKey: {BACKUP_TOKEN_KEY}}}`. A job that "
-        "reads a database in another namespace needs a NetworkPolicy of its own beside it."
+        "**backup** runs backup-maker-controller v0.1.2, which has no target of its own: you commit "
+        "`ScheduledBackup`s in namespace `backup`, in a folder of your own (say `backups/`, outside "
+        f"`{context.gitops_path}/`), and an Application for that folder in `{context.gitops_path}/apps/user/` "
+        "(project `applications`, destination namespace `backup`; `apps/user/README.md` shows one). "
+        "For example, a PostgreSQL database on this stack's schedule:\n\n"
+        f"```yaml\n{scheduled_backup_example(settings, context)}```\n\n"
+        "Every field of `spec` above is required. The ScheduledBackup has no field for the Backup "
+        "Repository's URL: the template's script reads it from `vars` (`Repository.url`, with "
+        "`Repository.collectionId` and the GPG `recipient`), and the controller adds the token from "
+        "`tokenSecretRef` as `Repository.token`. `templateRef` names a script bundled with Backup Maker "
+        "(`kind: internal`; `postgres` here) or a `ClusterBackupProcedureTemplate` of yours, and "
+        "`vars.Params` holds what that script asks for. "
+        "Keep passwords out of `vars`: put them in a Secret of your own (sealed) and list its keys in "
+        "`varsSecretRef.importOnlyKeys`.\n\n"
+        f"On its first run the controller generates a GPG key pair into the Secret `{GPG_SECRET}`, which "
+        "belongs to the ScheduledBackup: deleting the ScheduledBackup deletes the key, and without the "
+        "private key no backup can be restored. Keep a copy outside the cluster "
+        f"(`kubectl -n backup get secret {GPG_SECRET} -o yaml`), or create the key pair yourself, commit "
+        "it sealed and set `createIfNotExists: false`.\n\n"
+        "Pods in `backup` may reach DNS, the API server and the repository's port, nothing else: a job "
+        "that reads a database in another namespace also needs openings in both namespaces' NetworkPolicies, "
+        "which the project `applications` may not create."
     )
 
 

@@ -43,6 +43,8 @@ ROOT_PROJECT = "space-harbor-root"
 REPOSITORY_SECRET = "space-harbor-repository"  # noqa: S105 (a name, not a password)
 KNOWN_HOSTS_CONFIGMAP = "argocd-ssh-known-hosts-cm"
 KNOWN_HOSTS_KEY = "ssh_known_hosts"
+# The label every platform Application carries (manifests/gitops/component-application.yaml).
+PART_OF_LABEL = "app.kubernetes.io/part-of"
 # What the root Application may create in argocd: the Applications and AppProjects under <path>/apps.
 ROOT_PROJECT_KINDS = ("Application", "AppProject")
 
@@ -67,6 +69,11 @@ def create_only_paths(config: HarborConfig) -> frozenset[str]:
 def _sync_note(config: HarborConfig) -> str:
     if config.gitops.auto_sync:
         return "The platform's own Applications sync automatically too (`gitops.autoSync` is true)."
+    if config.gitops.sync_on_apply:
+        return (
+            "The platform's own Applications sync on click (`gitops.autoSync` is false), and every "
+            "`pulumi up` that commits here syncs those that are out of sync (`gitops.syncOnApply`)."
+        )
     return (
         "The platform's own Applications then sync on click (`gitops.autoSync` is false; set it to "
         "true to sync them automatically)."
@@ -136,6 +143,12 @@ def render_root_application(config: HarborConfig) -> dict[str, Any]:
     }
     app["spec"]["destination"] = {"server": IN_CLUSTER, "namespace": ARGOCD_NAMESPACE}
     return app
+
+
+def platform_applications_selector() -> str:
+    """The label selector of the platform's own Applications, from their template: what syncOnApply syncs."""
+    labels = load_template("component-application.yaml")["metadata"]["labels"]
+    return f"{PART_OF_LABEL}={labels[PART_OF_LABEL]}"
 
 
 def render_root_project(config: HarborConfig) -> dict[str, Any]:

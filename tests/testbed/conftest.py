@@ -111,6 +111,12 @@ def testbed3() -> Iterator[Testbed]:
 
 
 @pytest.fixture(scope="module")
+def testbed1() -> Iterator[Testbed]:
+    """One booted node n1 (the server), no git server, for one module."""
+    yield from booted_testbed(["n1"], git=False)
+
+
+@pytest.fixture(scope="module")
 def testbed2_git() -> Iterator[Testbed]:
     """Two booted nodes n1, n2 (n1 the server) and a git server, for one module."""
     yield from booted_testbed(["n1", "n2"], git=True)

@@ -30,7 +30,7 @@ from components.upstream import sha256_of
 from tests.conftest import base_config
 from tests.helpers import SCRIPTS, STANDALONE_LIBRARY, FakeK3s, namespace_problem, shellcheck, status_line
 
-SCRIPT_NAMES = ["mesh.sh", "firewall.sh", "k3s.sh", "k3s-lifecycle.sh"]
+SCRIPT_NAMES = ["mesh.sh", "firewall.sh", "k3s.sh", "k3s-lifecycle.sh", "argocd-sync.sh"]
 
 
 # --- lint ------------------------------------------------------------------------------------

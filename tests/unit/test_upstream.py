@@ -166,13 +166,19 @@ def test_the_cli_lists_the_real_pins() -> None:
         ("argocd-core", "v2.13.3"),
         ("argocd-core", "v2.14.21"),
         ("k3s-installer", installer),
+        ("backup-maker-crd", "v0.1.2"),
     }
     for kind, version, url, _, _ in listed:
         if kind == "argocd-core":
             assert url == f"https://raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/core-install.yaml"
-        else:
+        elif kind == "k3s-installer":
             # At a commit, never a branch: get.k3s.io serves whatever `main` holds that day.
             assert url == f"https://raw.githubusercontent.com/k3s-io/k3s/{installer}/install.sh"
+        else:
+            assert url == (
+                f"https://raw.githubusercontent.com/riotkit-org/backup-maker-controller/{version}"
+                "/config/crd/bases/riotkit.org_scheduledbackups.yaml"
+            )
 
 
 @pytest.mark.parametrize("script", ["vendor", "check-pins", "up"])

@@ -699,7 +699,7 @@ class Testbed:
             f"table inet {FENCE_TABLE} {{\n"
             "  chain input {\n"
             "    type filter hook input priority filter - 50; policy accept;\n"
-            f"    tcp dport 22 ip saddr != {bastion.address} counter drop\n"
+            f"    tcp dport 22 ip saddr != {bastion.address} drop\n"
             "  }\n"
             "}\n"
         )
@@ -734,8 +734,8 @@ class Testbed:
         ]  # fmt: skip
         jump: list[str] = []
         if via is not None:
-            key_file, _ = self.bastion_keys.get(via.name, (self.key_file, ""))
-            proxy = ["ssh", "-i", str(key_file), *options, "-W", "%h:%p", f"root@{via.address}"]
+            bastion_key, _ = self.bastion_keys.get(via.name, (self.key_file, ""))
+            proxy = ["ssh", "-i", str(bastion_key), *options, "-W", "%h:%p", f"root@{via.address}"]
             jump = ["-o", f"ProxyCommand={shlex.join(proxy)}"]
         return [
             "ip", "netns", "exec", self.ctl,

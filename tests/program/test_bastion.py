@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import shlex
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from components.config import load_config
 from components.remote import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
@@ -218,3 +221,33 @@ def test_the_firewall_is_the_same_behind_a_bastion() -> None:
     with_bastion = load_config(behind)
     for node, same in zip(plain.nodes, with_bastion.nodes, strict=True):
         assert render_nftables(plain, node) == render_nftables(with_bastion, same)
+
+
+def test_the_example_stack_reaches_harbor_2_through_its_bastion() -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "Pulumi.prod.yaml").read_text()
+    document = yaml.safe_load(text)
+    raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = fake_private_key("example")
+    config = load_config(raw)
+    routes = {node.name: config.bastion(node) for node in config.nodes}
+    assert routes["harbor-1"] is None and routes["harbor-3"] is None
+    jump = routes["harbor-2"]
+    assert jump is not None and (jump.host, jump.port, jump.user) == ("198.51.100.5", 22, "jump")
+    assert jump.private_key == config.ssh_private_key and jump.host_key is not None
+    # The commented stack-wide block is valid as it stands once uncommented.
+    lines = text.splitlines()
+    start = lines.index("    # bastion:")
+    block = [lines[start].replace("    # ", "", 1)]
+    for line in lines[start + 1 :]:
+        if not line.startswith("    #   "):
+            break
+        block.append(line.replace("    # ", "", 1))
+    raw["ssh"] = {**raw["ssh"], **yaml.safe_load("\n".join(block))}
+    del raw["nodes"][1]["bastion"]
+    config = load_config(raw)
+    assert {node.name: getattr(config.bastion(node), "host", None) for node in config.nodes} == {
+        "harbor-1": "198.51.100.5",
+        "harbor-2": "198.51.100.5",
+        "harbor-3": "198.51.100.5",
+    }

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from components.config import load_config
@@ -251,3 +253,16 @@ def test_the_example_stack_reaches_harbor_2_through_its_bastion() -> None:
         "harbor-2": "198.51.100.5",
         "harbor-3": "198.51.100.5",
     }
+
+
+def test_an_unpinned_bastion_warns_once_naming_the_key_to_set(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    config = base_config(agents=2)
+    config["ssh"] = {"bastion": {"host": "198.51.100.5"}}
+    config["nodes"][2]["bastion"] = {"host": "198.51.100.6", "hostKey": EXAMPLE_HOST_KEY}
+    run_program(config, preview=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "bastion" in r.getMessage()]
+    # server-1 and agent-1 share the stack's bastion: one warning for it; agent-2's is pinned.
+    assert warnings == [
+        "ssh.bastion has no hostKey: the bastion itself is not authenticated; pin it with ssh.bastion.hostKey"
+    ]

@@ -100,14 +100,26 @@ def stack() -> Iterator[BastionStack]:
         tb.close()
 
 
-def accepted_logins(tb: Testbed, node: str, since: int) -> list[str]:
-    """The addresses sshd on `node` accepted a key from since `since` (epoch seconds), read without SSH."""
-    out = tb.node_exec(node, ["journalctl", "--no-pager", "-q", "-o", "cat", f"--since=@{since}", "_COMM=sshd"]).stdout
+def journal_cursor(tb: Testbed, node: str) -> str:
+    """Where `node`'s journal ends now (read without SSH): `accepted_logins` reads what comes after.
+
+    `--sync` first, so that the logins of what ran before are on disk ahead of the cursor.
+    """
+    tb.node_exec(node, ["journalctl", "--sync"])
+    out = tb.node_exec(node, ["journalctl", "--no-pager", "-q", "-n", "1", "--show-cursor"]).stdout
+    return out.strip().splitlines()[-1].removeprefix("-- cursor: ")
+
+
+def accepted_logins(tb: Testbed, node: str, after: str) -> list[str]:
+    """The source addresses of the logins sshd on `node` accepted after the journal cursor `after`.
+
+    By the syslog identifier sshd names itself with: journald reads `_COMM` from /proc, and a
+    short session's process may be gone before it does.
+    """
+    tb.node_exec(node, ["journalctl", "--sync"])
+    argv = ["journalctl", "--no-pager", "-q", "-o", "cat", f"--after-cursor={after}", "SYSLOG_IDENTIFIER=sshd"]
+    out = tb.node_exec(node, argv).stdout
     return [line.split(" from ", 1)[1].split()[0] for line in out.splitlines() if line.startswith("Accepted publickey")]
-
-
-def node_epoch(tb: Testbed, node: str) -> int:
-    return int(tb.node_exec(node, ["date", "+%s"]).stdout)
 
 
 def status(result_stdout: str) -> str:
@@ -150,7 +162,7 @@ def test_the_fenced_node_answers_ssh_only_from_the_bastion(stack: BastionStack) 
 
 def test_a_wrong_host_key_of_the_bastion_or_of_the_node_behind_it_is_refused(stack: BastionStack) -> None:
     tb = stack.tb
-    since = node_epoch(tb, BASTION)
+    mark = journal_cursor(tb, BASTION)
     wrong_bastion = stack.config()
     # Another host's key: what a machine in the middle of the bastion's address would present.
     wrong_bastion["ssh"]["bastion"]["hostKey"] = tb.nodes["n2"].host_key
@@ -166,11 +178,11 @@ def test_a_wrong_host_key_of_the_bastion_or_of_the_node_behind_it_is_refused(sta
     assert result.dials == DIAL_ERROR_LIMIT + 1
     assert "Host key verification failed" in result.stderr
     # The key was never offered: ssh checks the host key first.
-    assert accepted_logins(tb, BASTION, since) == []
+    assert accepted_logins(tb, BASTION, mark) == []
 
     wrong_node = stack.config()
     wrong_node["nodes"][0]["sshHostKey"] = tb.nodes["n2"].host_key  # n1 pinned to n2's key
-    since = node_epoch(tb, "n1")
+    mark = journal_cursor(tb, "n1")
     _, runner = program(tb, wrong_node)
     try:
         with pytest.raises(CommandFailed) as refused:
@@ -182,7 +194,7 @@ def test_a_wrong_host_key_of_the_bastion_or_of_the_node_behind_it_is_refused(sta
     assert result.dial_failed and not result.bastion_failed, str(refused.value)
     assert "through bastion" in str(refused.value)
     assert "Host key verification failed" in result.stderr
-    assert accepted_logins(tb, "n1", since) == []
+    assert accepted_logins(tb, "n1", mark) == []
 
 
 # --- 3. day 1 through the bastion ------------------------------------------------------------------
@@ -191,7 +203,7 @@ def test_a_wrong_host_key_of_the_bastion_or_of_the_node_behind_it_is_refused(sta
 def test_day_one_runs_every_step_of_the_fenced_node_through_the_bastion(stack: BastionStack) -> None:
     tb = stack.tb
     n1, jump = tb.nodes["n1"], stack.bastion
-    since = node_epoch(tb, "n1")
+    mark = journal_cursor(tb, "n1")
     stack.run = stack.run_of(stack.config())
     report = stack.engine.up(stack.run)
     ran = {r.name: r for r in report.results if r.command}
@@ -205,7 +217,7 @@ def test_day_one_runs_every_step_of_the_fenced_node_through_the_bastion(stack: B
     assert all(ran[f"n2-{step}"].bastion is None for step in ("preflight", "mesh", "firewall", "k3s"))
 
     # n1's sshd saw every session arrive from the bastion's address, and as many as were run there.
-    logins = accepted_logins(tb, "n1", since)
+    logins = accepted_logins(tb, "n1", mark)
     assert set(logins) == {jump.address}, logins
     assert len(logins) >= len(through)
 

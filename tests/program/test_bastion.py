@@ -47,9 +47,24 @@ def bastion_config() -> dict[str, Any]:
     return config
 
 
+# The pulumi-command resources that dial a node: commands, and the copies that ship files to it.
+STEP_TYPES = ("command:remote:Command", "command:remote:CopyToRemote")
+# The steps of a node that run on the first server, not on the node itself (components/k3s.py).
+ON_FIRST_SERVER = ("node-object", "drain", "uncordon", "registered")
+
+
+def steps(run: ProgramRun) -> list[Registered]:
+    return [r for r in run.resources if r.type in STEP_TYPES]
+
+
 def proxies(run: ProgramRun) -> dict[str, dict[str, Any] | None]:
-    """Each command's `connection.proxy`, by command name."""
-    return {c.name: c.inputs["connection"].get("proxy") for c in run.commands()}
+    """Each step's `connection.proxy`, by name."""
+    return {c.name: c.inputs["connection"].get("proxy") for c in steps(run)}
+
+
+def own_steps(run: ProgramRun, node: str) -> set[str]:
+    """The steps that run on `node` itself (its preflight, mesh, firewall, copies, k3s, upgrade)."""
+    return {r.name for r in steps(run) if r.name.startswith(f"{node}-")} - {f"{node}-{s}" for s in ON_FIRST_SERVER}
 
 
 def test_every_step_that_dials_a_node_behind_a_bastion_goes_through_it() -> None:
@@ -75,7 +90,7 @@ def test_every_step_that_dials_a_node_behind_a_bastion_goes_through_it() -> None
     }
     expected = {hosts["server-1"]: stack_bastion, hosts["agent-3"]: stack_bastion, hosts["agent-2"]: own_bastion}
     by_host: dict[str, set[str]] = {}
-    for command in run.commands():
+    for command in steps(run):
         connection = command.inputs["connection"]
         by_host.setdefault(connection["host"], set()).add(command.name)
         assert connection.get("proxy") == expected.get(connection["host"]), command.name
@@ -87,8 +102,9 @@ def test_every_step_that_dials_a_node_behind_a_bastion_goes_through_it() -> None
     # through the server's bastion too, so nothing dials a node behind a bastion directly.
     on_server = by_host[hosts["server-1"]]
     assert {"agent-1-registered", "agent-1-node-object", "api-credential", "cluster-departures"} <= on_server
-    own_steps = ("preflight", "mesh", "firewall", "k3s", "upgrade")
-    assert by_host[hosts["agent-1"]] == {f"agent-1-{step}" for step in own_steps}
+    assert by_host[hosts["agent-1"]] == own_steps(run, "agent-1")
+    assert {"agent-1-preflight", "agent-1-k3s"} < own_steps(run, "agent-1")
+    assert any(r.type == STEP_TYPES[1] for r in steps(run)), "no copy to check"
 
 
 def test_opting_out_gives_exactly_the_direct_connection() -> None:
@@ -96,7 +112,7 @@ def test_opting_out_gives_exactly_the_direct_connection() -> None:
     `proxy` key at all, so an existing stack that never had a bastion sees no change of any input."""
     plain = run_program(base_config(agents=1))
     assert all(proxy is None for proxy in proxies(plain).values())
-    assert all("proxy" not in c.inputs["connection"] for c in plain.commands())
+    assert all("proxy" not in c.inputs["connection"] for c in steps(plain))
     opted_out = base_config(agents=1)
     opted_out["ssh"] = {"bastion": {"host": "198.51.100.5"}}
     opted_out["nodes"][1]["bastion"] = False
@@ -165,10 +181,10 @@ def test_no_bastion_leaves_the_tunnel_output_as_it_was() -> None:
 
 
 def _changes(before: ProgramRun, after: ProgramRun) -> dict[str, str]:
-    """pulumi-command's diff of each command, matched by URN: "update" or "replace"; unchanged left out."""
-    old = {c.urn: c for c in before.commands()}
-    assert set(old) == {c.urn for c in after.commands()}, "a bastion must not change any identity"
-    return {c.name: change for c in after.commands() if (change := _command_changed(old[c.urn], c))}
+    """pulumi-command's diff of each step, matched by URN: "update" or "replace"; unchanged left out."""
+    old = {c.urn: c for c in steps(before)}
+    assert set(old) == {c.urn for c in steps(after)}, "a bastion must not change any identity"
+    return {c.name: change for c in steps(after) if (change := _command_changed(old[c.urn], c))}
 
 
 def _runs(command: Registered) -> str | None:
@@ -189,25 +205,30 @@ def test_adding_a_bastion_updates_every_step_that_dials_the_node_and_nothing_els
     changes = _changes(before, run_program(one_agent))
     assert set(changes.values()) == {"update"}
     # Only agent-2's own steps: the first server's steps for agent-2 still dial the server directly.
-    assert sorted(changes) == sorted(f"agent-2-{step}" for step in ("preflight", "mesh", "firewall", "k3s", "upgrade"))
+    assert set(changes) == own_steps(before, "agent-2")
 
     everyone = copy.deepcopy(before_config)
     everyone["ssh"] = {"bastion": {"host": "198.51.100.5"}}
     after = run_program(everyone)
     changes = _changes(before, after)
     assert set(changes.values()) == {"update"}, "a bastion must never replace a step (a k3s replace uninstalls)"
-    assert set(changes) == {c.name for c in after.commands()}
-    old = {c.urn: c for c in before.commands()}
-    for command in after.commands():
-        differs = {key for key in command.inputs if command.inputs[key] != old[command.urn].inputs.get(key)}
-        assert differs == {"connection"}, f"{command.name}: {differs}"
+    assert set(changes) == {c.name for c in steps(after)}
+    old = {c.urn: c for c in steps(before)}
+    for step in steps(after):
+        differs = {key for key in step.inputs if step.inputs[key] != old[step.urn].inputs.get(key)}
+        # For a copy that also means no copy: pulumi-command copies again only for a new file or path.
+        assert differs == {"connection"}, f"{step.name}: {differs}"
     # What the updates run: each an action its script documents as idempotent (a second run
     # changes nothing: tests/testbed/test_bastion.py sees it on a real node).
     actions = {command.name: _runs(command) for command in after.commands()}
     assert actions["server-1-k3s"] == "reconfigure"  # never an install: the version stays
     assert actions["agent-1-upgrade"] == "upgrade"  # nothing when the node runs k3s.version
     assert actions["agent-1-drain"] == "prepare-upgrade"  # nothing when the node runs k3s.version
-    assert set(actions.values()) == {
+    # A step with a delete only (`shipped`: remove the staged files) dials nobody on an update.
+    assert {name for name, action in actions.items() if action is None} == {
+        c.name for c in after.commands() if c.name.endswith("-shipped")
+    }
+    assert set(actions.values()) - {None} == {
         "check", "apply", "reconfigure", "upgrade", "prepare-upgrade", "confirm-upgrade", "reconcile",
         "node-object", "drain-departed", "api-credential",
     }  # fmt: skip

@@ -2,7 +2,7 @@
 `proxy`, secret; the tunnel and its stack output go through it; and what the engine does with an
 existing stack when a bastion is added (an update of every step that dials the node, no replace).
 
-The same steps over real SSH, through a real bastion, are tests/testbed/test_bastion.py.
+The same steps over real SSH, through a real bastion, are tests/testbed/test_bastion_on_nodes.py.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_adding_a_bastion_updates_every_step_that_dials_the_node_and_nothing_els
         # For a copy that also means no copy: pulumi-command copies again only for a new file or path.
         assert differs == {"connection"}, f"{step.name}: {differs}"
     # What the updates run: each an action its script documents as idempotent (a second run
-    # changes nothing: tests/testbed/test_bastion.py sees it on a real node).
+    # changes nothing: tests/testbed/test_bastion_on_nodes.py sees it on a real node).
     actions = {command.name: _runs(command) for command in after.commands()}
     assert actions["server-1-k3s"] == "reconfigure"  # never an install: the version stays
     assert actions["agent-1-upgrade"] == "upgrade"  # nothing when the node runs k3s.version

@@ -10,6 +10,7 @@ import pulumi_random as random
 from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import SecretStr
 
+from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
@@ -28,7 +29,7 @@ from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.shipped import K3S_INSTALLER_KIND, k3s_shipped_files
-from components.tunnel import SshTarget, ensure_tunnel
+from components.tunnel import ensure_tunnel
 from components.upstream import UpstreamError, pinned_path, sole_pin
 
 
@@ -111,17 +112,15 @@ k3s_nodes = k3s_cluster(
 )
 api_credential = read_api_credential(config, after=[k3s_nodes[first.name].registered])
 
+for unpinned in unpinned_bastions(config):
+    pulumi.log.warn(
+        f"{unpinned} has no hostKey: the bastion itself is not authenticated; pin it with {unpinned}.hostKey"
+    )
 if config.k3s.api_access == "mesh":
     api_server = f"https://{first.mesh_address}:{API_PORT}"
 else:
     api_server = f"https://127.0.0.1:{config.k3s.tunnel_port}"
-    tunnel_target = SshTarget(
-        host=first.host,
-        port=config.ssh_port(first),
-        user=config.ssh_user(first),
-        private_key=config.ssh_key(first).get_secret_value(),
-        host_key=first.ssh_host_key,
-    )
+    tunnel_target = api_tunnel_target(config)
 
     if first.ssh_host_key is None:
         pulumi.log.warn(f"the API tunnel to {first.name} does not check its host key; pin it with sshHostKey")
@@ -186,21 +185,7 @@ dashboard = (
     f"./scripts/kubeconfig {stack} && "
     f"argocd admin dashboard --core --kube-context {context} --namespace {ARGOCD_NAMESPACE}"
 )
-api_tunnel = (
-    {
-        "host": first.host,
-        "port": config.ssh_port(first),
-        "user": config.ssh_user(first),
-        "hostKey": first.ssh_host_key,
-        "localPort": config.k3s.tunnel_port,
-        # The stack config key that holds the SSH key (the node's own, else the default).
-        "sshKeyConfig": (
-            f"nodes[{config.nodes.index(first)}].sshPrivateKey" if first.ssh_private_key else "sshPrivateKey"
-        ),
-    }
-    if config.k3s.api_access == "ssh-tunnel"
-    else None
-)
+api_tunnel = api_tunnel_output(config)
 
 pulumi.export("kubeconfig", kubeconfig)
 pulumi.export("clusterId", cluster_id.result)

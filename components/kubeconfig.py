@@ -1,7 +1,8 @@
 """`scripts/kubeconfig STACK`: the stack's kubeconfig as a named context in ~/.kube/config, and its tunnel.
 
 It reads what `pulumi up` left in the stack (the `kubeconfig` and `apiTunnel` outputs, and the SSH
-key from stack config, decrypted by the Pulumi CLI) and never needs the program. So it is also
+keys from stack config, decrypted by the Pulumi CLI: the server's, and its bastion's when the
+server is behind one) and never needs the program. So it is also
 what to run before `pulumi refresh`, or kubectl, when the API is reached through the tunnel.
 
 The merge keeps every other cluster, user and context of the file, replaces only the stack's own
@@ -79,17 +80,25 @@ def install(stack: str, kubeconfig_path: Path) -> str:
     summary = f"context {ours['current-context']} written to {kubeconfig_path}"
     tunnel = outputs.get("apiTunnel")
     if tunnel:
-        key = _pulumi("config", "get", tunnel["sshKeyConfig"], "--path", "--stack", stack)
-        target = SshTarget(
-            host=tunnel["host"],
-            port=int(tunnel["port"]),
-            user=tunnel["user"],
-            private_key=key,
-            host_key=tunnel["hostKey"],
-        )
+        target = _ssh_target(stack, tunnel)
         outcome = ensure_tunnel(target, int(tunnel["localPort"]), warn=lambda text: print(text, file=sys.stderr))
-        summary += f"; tunnel 127.0.0.1:{tunnel['localPort']} -> {tunnel['host']}: {outcome}"
+        via = f" via {tunnel['bastion']['host']}" if tunnel.get("bastion") else ""
+        summary += f"; tunnel 127.0.0.1:{tunnel['localPort']} -> {tunnel['host']}{via}: {outcome}"
     return summary
+
+
+def _ssh_target(stack: str, hop: dict[str, Any]) -> SshTarget:
+    """One hop of the `apiTunnel` output (the server, and its `bastion` if any), its key from stack config."""
+    key = _pulumi("config", "get", hop["sshKeyConfig"], "--path", "--stack", stack)
+    bastion = hop.get("bastion")
+    return SshTarget(
+        host=hop["host"],
+        port=int(hop["port"]),
+        user=hop["user"],
+        private_key=key,
+        host_key=hop["hostKey"],
+        bastion=_ssh_target(stack, bastion) if bastion else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,47 @@ def _wireguard_key(value: str) -> str:
     return value
 
 
+# Host key types sshd offers (OpenSSH 9); `ssh-keyscan` prints one of them ahead of the key.
+HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def _host_key(value: str) -> str:
+    """`<type> <base64>` as ssh-keyscan prints it after the host name; a trailing comment is dropped.
+
+    pulumi-command parses the pin only when it dials, and the tunnel compares it byte for byte, so
+    a malformed pin would surface as a failed dial on every step: refuse it here instead.
+    """
+    fields = value.split()
+    if len(fields) >= 3 and fields[1] in HOST_KEY_TYPES:
+        raise ValueError(
+            f"starts with {fields[0]!r}, a host name: give only the key type and the key "
+            "(`ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-`)"
+        )
+    if len(fields) < 2 or fields[0] not in HOST_KEY_TYPES:
+        raise ValueError(
+            "is not a host key like `ssh-ed25519 AAAA...`: the key type and the key, as "
+            "`ssh-keyscan -t ed25519 HOST | cut -d' ' -f2-` prints them"
+        )
+    kind, blob = fields[0], fields[1]
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the {kind} key is not base64") from None
+    # The key blob starts with its own type name (RFC 4253 6.6): a length-prefixed string.
+    length = int.from_bytes(raw[:4], "big")
+    if len(raw) < 4 + length or raw[4 : 4 + length] != kind.encode():
+        raise ValueError(f"the key data does not match its type {kind} (another type's key, or cut short)")
+    return f"{kind} {blob}"
+
+
 def dns_label(value: str) -> str:
     """A Kubernetes node name: a DNS-1123 label."""
     if not _DNS1123_LABEL.match(value):
@@ -77,6 +118,7 @@ def dns_label(value: str) -> str:
 Host = Annotated[str, AfterValidator(_host)]
 Port = Annotated[int, AfterValidator(_port)]
 WireGuardKey = Annotated[str, AfterValidator(_wireguard_key)]
+HostKey = Annotated[str, AfterValidator(_host_key)]
 Ipv4 = ipaddress.IPv4Address
 Cidr = ipaddress.IPv4Network
 

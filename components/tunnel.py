@@ -4,6 +4,9 @@ The API listens only on the servers themselves and the mesh. With `k3s.apiAccess
 tunnel listens on 127.0.0.1:<k3s.tunnelPort> (never any other address) and forwards each
 connection through the first server's SSH to its 127.0.0.1:6443. The port is fixed so the
 provider's kubeconfig never changes between runs. Nothing dials out until a client connects.
+When the first server is behind a bastion, the tunnel dials the bastion, opens a channel from
+there to the server's sshd and speaks SSH to the server through it, as pulumi-command's `proxy`
+does: each hop's host key is checked against its own pin, each hop gets its own key.
 
 The tunnel is a process of its own, not a thread of the program: the engine runs deletes after
 the program's process has exited, and `pulumi refresh` and `pulumi destroy` do not run the
@@ -53,11 +56,27 @@ class SshTarget:
     user: str
     private_key: str
     host_key: str | None  # "ssh-ed25519 AAAA..." pins the server; None accepts any key (with a warning)
+    bastion: SshTarget | None = None  # the jump host the server is dialled through, if any
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SshTarget:
+        """The inverse of `dataclasses.asdict`, the form a target travels in on the tunnel's stdin."""
+        bastion = data.get("bastion")
+        return cls(**{**data, "bastion": cls.from_dict(bastion) if bastion else None})
 
     def fingerprint(self) -> str:
         """Identifies the target without the key itself: who a running tunnel forwards to."""
         key_id = hashlib.sha256(self.private_key.encode()).hexdigest()[:16]
-        return hashlib.sha256(f"{self.user}@{self.host}:{self.port} {self.host_key} {key_id}".encode()).hexdigest()
+        route = f"{self.user}@{self.host}:{self.port} {self.host_key} {key_id}"
+        if self.bastion is not None:
+            # Only then: a tunnel to a server without a bastion keeps the fingerprint it always had.
+            route += f" via {self.bastion.fingerprint()}"
+        return hashlib.sha256(route.encode()).hexdigest()
+
+    def describe(self) -> str:
+        """`user@host:port`, with the bastion it goes through: for log lines (no key)."""
+        hop = f"{self.user}@{self.host}:{self.port}"
+        return hop if self.bastion is None else f"{hop} via {self.bastion.describe()}"
 
 
 def load_private_key(text: str) -> paramiko.PKey:
@@ -80,6 +99,7 @@ class ApiTunnel:
         self.target = target
         self.local_port = local_port
         self._transport: paramiko.Transport | None = None
+        self._bastion: paramiko.Transport | None = None  # the jump host's, when the server is behind one
         self._connect_lock = threading.Lock()
         self._listener = socket.create_server((LISTEN_ADDRESS, local_port))
         self.active = 0
@@ -90,26 +110,27 @@ class ApiTunnel:
     def _ssh(self) -> paramiko.Transport:
         with self._connect_lock:
             if self._transport is None or not self._transport.is_active():
+                self.close_transports()
                 target = self.target
-                transport = paramiko.Transport((target.host, target.port))
-                try:
-                    transport.start_client(timeout=15)
-                    self._check_host_key(transport.get_remote_server_key())
-                    transport.auth_publickey(target.user, load_private_key(target.private_key))
-                except BaseException:
-                    transport.close()
-                    raise
-                transport.set_keepalive(30)
-                self._transport = transport
+                if target.bastion is None:
+                    self._transport = _open_transport(target, (target.host, target.port), "sshHostKey")
+                else:
+                    bastion = target.bastion
+                    self._bastion = _open_transport(bastion, (bastion.host, bastion.port), "bastion.hostKey")
+                    try:
+                        # The bastion connects to the server's sshd; SSH to the server runs inside that channel.
+                        hop = self._bastion.open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0))
+                        self._transport = _open_transport(target, hop, "sshHostKey")
+                    except BaseException:
+                        self.close_transports()
+                        raise
             return self._transport
 
-    def _check_host_key(self, key: paramiko.PKey) -> None:
-        if self.target.host_key is None:
-            _log(f"{self.target.host}'s host key is not checked; pin it with sshHostKey")
-            return
-        kind, _, blob = self.target.host_key.strip().partition(" ")
-        if key.get_name() != kind or key.asbytes() != base64.b64decode(blob.split()[0]):
-            raise paramiko.SSHException(f"host key of {self.target.host} does not match its sshHostKey")
+    def close_transports(self) -> None:
+        for transport in (self._transport, self._bastion):
+            if transport is not None:
+                transport.close()
+        self._transport = self._bastion = None
 
     def _accept_loop(self) -> None:
         while True:
@@ -124,8 +145,7 @@ class ApiTunnel:
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        if self._transport is not None:
-            self._transport.close()
+        self.close_transports()
 
     def _track(self, delta: int) -> None:
         with self._activity_lock:
@@ -150,6 +170,33 @@ class ApiTunnel:
                 _pump(client, channel)
         finally:
             self._track(-1)
+
+
+def _open_transport(target: SshTarget, sock: tuple[str, int] | paramiko.Channel, pin_key: str) -> paramiko.Transport:
+    """An authenticated SSH transport to `target` over `sock`, after its host key matched its pin.
+
+    The host key is checked before the key is offered: a host that is not the pinned one never
+    sees the client's public key, let alone a channel.
+    """
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=15)
+        _check_host_key(target, transport.get_remote_server_key(), pin_key)
+        transport.auth_publickey(target.user, load_private_key(target.private_key))
+    except BaseException:
+        transport.close()
+        raise
+    transport.set_keepalive(30)
+    return transport
+
+
+def _check_host_key(target: SshTarget, key: paramiko.PKey, pin_key: str) -> None:
+    if target.host_key is None:
+        _log(f"{target.host}'s host key is not checked; pin it with {pin_key}")
+        return
+    kind, _, blob = target.host_key.strip().partition(" ")
+    if key.get_name() != kind or key.asbytes() != base64.b64decode(blob.split()[0]):
+        raise paramiko.SSHException(f"host key of {target.host} does not match its {pin_key}")
 
 
 def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
@@ -209,7 +256,7 @@ def serve(target: SshTarget, local_port: int, idle_seconds: float) -> int:
     # Nothing reads our stdout from here on; a write must not kill us with SIGPIPE.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    _log(f"127.0.0.1:{local_port} -> {target.user}@{target.host}:{target.port} -> 127.0.0.1:6443")
+    _log(f"127.0.0.1:{local_port} -> {target.describe()} -> 127.0.0.1:6443")
     try:
         while not stopping.wait(1):
             if tunnel.idle_for() >= idle_seconds:
@@ -302,11 +349,11 @@ def ensure_tunnel(target: SshTarget, local_port: int, warn: Any = None) -> str:
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         params = json.loads(sys.stdin.read())
-        return serve(SshTarget(**params["target"]), int(params["port"]), float(params["idle"]))
+        return serve(SshTarget.from_dict(params["target"]), int(params["port"]), float(params["idle"]))
     if argv[:1] == ["open"]:
         # `scripts/kubeconfig`: the same parameters as `serve`, on stdin.
         params = json.loads(sys.stdin.read())
-        outcome = ensure_tunnel(SshTarget(**params["target"]), int(params["port"]), warn=_log)
+        outcome = ensure_tunnel(SshTarget.from_dict(params["target"]), int(params["port"]), warn=_log)
         print(f"tunnel on 127.0.0.1:{params['port']}: {outcome}")
         return 0
     if argv[:1] == ["stop"] and len(argv) == 2:

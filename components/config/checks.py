@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 
 from components.config.cluster import (
     CLUSTER_ONLY_PORTS,
+    Bastion,
     Decommission,
     Firewall,
     K3s,
     Mesh,
     Node,
     Operator,
+    SshDefaults,
     split_host_port,
 )
 from components.platform import REGISTRY
@@ -44,6 +46,29 @@ def unique_names(nodes: Sequence[Node], operators: Sequence[Operator], ssh_port:
         if key in hosts:
             raise ValueError(f"nodes[{i}].host: {node.host}:{key[1]} is already nodes[{hosts[key]}]")
         hosts[key] = i
+
+
+def bastions(nodes: Sequence[Node], ssh: SshDefaults, ssh_port: Callable[[Node], int]) -> None:
+    """A node is not its own bastion: dialling it through itself needs it reachable directly anyway.
+
+    Most often the stack-wide bastion is one of the nodes (the one with a public address): that
+    node then needs `bastion: false`.
+    """
+    for i, node in enumerate(nodes):
+        if node.bastion is False:
+            continue
+        bastion: Bastion | None = node.bastion or ssh.bastion
+        if bastion is None or (bastion.host, bastion.port) != (node.host, ssh_port(node)):
+            continue
+        if node.bastion is not None:
+            raise ValueError(
+                f"nodes[{i}].bastion.host: {bastion.host}:{bastion.port} is nodes[{i}] ({node.name}) itself; "
+                "a node cannot be its own bastion"
+            )
+        raise ValueError(
+            f"ssh.bastion.host: {bastion.host}:{bastion.port} is nodes[{i}] ({node.name}) itself; "
+            f"set nodes[{i}].bastion to false to dial it directly"
+        )
 
 
 def server_count(servers: Sequence[Node], k3s: K3s) -> None:

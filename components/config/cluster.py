@@ -8,11 +8,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, FilePath, SecretStr, Tag, field_validator
 
-from components.schema import Cidr, ConfigModel, Host, Ipv4, Port, WireGuardKey, _host, _port, dns_label
+from components.schema import Cidr, ConfigModel, Host, HostKey, Ipv4, Port, WireGuardKey, _host, _port, dns_label
 
 DEFAULT_K3S_VERSION = "v1.31.4+k3s1"
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
@@ -95,9 +95,58 @@ def _preflight_check(value: str) -> str:
 PreflightCheck = Annotated[str, AfterValidator(_preflight_check)]
 
 
+# A login name that fits `user@host` and an ssh command line as it is.
+_SSH_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+
+
+class Bastion(ConfigModel):
+    """A jump host that the program dials first, then through it the node's sshd.
+
+    Not a cluster node: nothing is installed on it; its sshd must allow TCP forwarding to the
+    nodes' SSH ports. `user` and `private_key` default to `ssh.user` and `sshPrivateKey`.
+    """
+
+    host: Host
+    port: Port = 22
+    user: str | None = None
+    private_key: SecretStr | None = None
+    # Pins the bastion's sshd key, as `nodes[i].sshHostKey` does a node's; unset means no check.
+    host_key: HostKey | None = None
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not _SSH_USER.match(value):
+            raise ValueError(f"{value!r} is not a login name (letters, digits, '.', '_', '-')")
+        return value
+
+
+def _bastion_branch(value: Any) -> str | None:
+    # `false` says "dial this node directly" even when `ssh.bastion` is set; anything but an
+    # object or false gets one error of its own rather than one per branch of the union.
+    if value is False:
+        return "union-direct"
+    if isinstance(value, dict | Bastion):
+        return "union-bastion"
+    return None
+
+
+NodeBastion = Annotated[
+    Annotated[Literal[False], Tag("union-direct")] | Annotated[Bastion, Tag("union-bastion")],
+    Discriminator(
+        _bastion_branch,
+        custom_error_type="bastion",
+        custom_error_message="must be a bastion {host, port, user, privateKey, hostKey}, or false to dial "
+        "this node directly",
+    ),
+]
+
+
 class SshDefaults(ConfigModel):
     user: str = "root"
     port: Port = 22
+    # The jump host for every node; `nodes[i].bastion` replaces it (or, false, turns it off) for one.
+    bastion: Bastion | None = None
 
 
 class Node(ConfigModel):
@@ -115,6 +164,8 @@ class Node(ConfigModel):
     ssh_private_key: SecretStr | None = None
     # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset means no host-key check at all.
     ssh_host_key: str | None = None
+    # This node's jump host instead of `ssh.bastion`; false: this node is dialled directly.
+    bastion: NodeBastion | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[str] = Field(default_factory=list)
     # Any change of this counter reruns the k3s installer on this node at the version it runs,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, create_model, model_validator
 from pydantic.alias_generators import to_camel
 
 import components.config.checks as checks
-from components.config.cluster import Decommission, Firewall, K3s, Mesh, Node, Preflight, SshDefaults
+from components.config.cluster import Bastion, Decommission, Firewall, K3s, Mesh, Node, Preflight, SshDefaults
 from components.config.gitops import ArgoCD, GitOps
 from components.platform import REGISTRY
 from components.platform.base import Component, Context, Section
@@ -80,6 +80,30 @@ class HarborConfig(ConfigModel):
     def ssh_key(self, node: Node) -> SecretStr:
         return node.ssh_private_key or self.ssh_private_key
 
+    def bastion(self, node: Node) -> Bastion | None:
+        """The jump host in front of `node`, every default filled in; None when it is dialled directly.
+
+        The node's own `bastion` replaces `ssh.bastion` as a whole (a field left out is not taken
+        from the other); `false` turns it off for the node. User and key default to the stack's.
+        """
+        if node.bastion is False:
+            return None
+        chosen = node.bastion or self.ssh.bastion
+        if chosen is None:
+            return None
+        return chosen.model_copy(
+            update={"user": chosen.user or self.ssh.user, "private_key": chosen.private_key or self.ssh_private_key}
+        )
+
+    def bastion_key_config(self, node: Node) -> str:
+        """The stack config key that holds the key for `node`'s bastion (for `pulumi config get --path`)."""
+        if isinstance(node.bastion, Bastion):
+            if node.bastion.private_key is not None:
+                return f"nodes[{self.nodes.index(node)}].bastion.privateKey"
+        elif node.bastion is None and self.ssh.bastion is not None and self.ssh.bastion.private_key is not None:
+            return "ssh.bastion.privateKey"
+        return "sshPrivateKey"
+
     def component_settings(self, component: Component) -> Section:
         """A platform component's own section of `components`."""
         section: Section = getattr(self.components, component.field_name)
@@ -127,6 +151,11 @@ class HarborConfig(ConfigModel):
     @model_validator(mode="after")
     def _unique_names(self) -> HarborConfig:
         checks.unique_names(self.nodes, self.mesh.operators, self.ssh_port)
+        return self
+
+    @model_validator(mode="after")
+    def _bastions(self) -> HarborConfig:
+        checks.bastions(self.nodes, self.ssh, self.ssh_port)
         return self
 
     @model_validator(mode="after")

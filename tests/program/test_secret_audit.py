@@ -34,12 +34,24 @@ def marker(path: str) -> str:
 
 
 def audit_config(transport: str) -> dict[str, Any]:
-    """1 server + 2 agents (one with its own SSH key), etcd snapshots to S3, every secret a marker."""
+    """1 server + 2 agents (one with its own SSH key, two behind bastions), etcd snapshots to S3, every
+    secret a marker."""
     config = base_config(agents=2)
     config["sshPrivateKey"] = fake_private_key(marker("sshPrivateKey"))
     config["nodes"][1]["sshPrivateKey"] = fake_private_key(marker("nodes.sshPrivateKey"))
     config["nodes"][0]["sshHostKey"] = EXAMPLE_HOST_KEY
     config["nodes"][2]["sshHostKey"] = OTHER_HOST_KEY
+    # Behind bastions with keys of their own: the stack's for the server, its own for agent-2;
+    # agent-1 is dialled directly.
+    config["ssh"] = {
+        "bastion": {"host": "198.51.100.5", "privateKey": fake_private_key(marker("ssh.bastion.privateKey"))}
+    }
+    config["nodes"][1]["bastion"] = False
+    config["nodes"][2]["bastion"] = {
+        "host": "198.51.100.6",
+        "hostKey": OTHER_HOST_KEY,
+        "privateKey": fake_private_key(marker("nodes.bastion.privateKey")),
+    }
     config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.160.200.1"}]}
     config["k3s"] = {
         "token": marker("k3s.token"),

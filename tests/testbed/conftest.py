@@ -73,6 +73,22 @@ def snapshot(tb: Testbed, node: Node | str) -> Snapshot:
     return snap
 
 
+def snapshot_changes(before: Snapshot, after: Snapshot) -> list[str]:
+    """What differs between two snapshots of a node, one line per file, unit, link set or ruleset."""
+    problems = []
+    for path in sorted(set(before.files) | set(after.files)):
+        if before.files.get(path) != after.files.get(path):
+            problems.append(f"file {path} changed")
+    for unit in sorted(set(before.units) | set(after.units)):
+        if before.units.get(unit) != after.units.get(unit):
+            problems.append(f"unit {unit}: {before.units.get(unit)!r} -> {after.units.get(unit)!r}")
+    if before.links != after.links:
+        problems.append(f"links {before.links} -> {after.links}")
+    if before.nft != after.nft:
+        problems.append("nftables ruleset changed")
+    return problems
+
+
 def inventory(tb: Testbed, node: Node | str) -> set[str]:
     """Every path under the places an install writes to, and every unit file."""
     return set(tb.ssh(node, INVENTORY_SCRIPT).stdout.splitlines())

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,8 @@ GIT_ADDRESS = f"{SUBNET}.5"
 GIT_REPO = "/srv/git/cluster.git"
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "ip", "ssh", "mount")
 LOSS_TABLE = "shtb_loss"  # nftables table (bridge family, hub namespace) of the netem fallback
+# nftables table (in a node's own namespace) that keeps its sshd from everyone but one bastion.
+FENCE_TABLE = "shtb_ssh_fence"
 # How long the k3s stand-in's installer runs and how long its server/agent take before READY.
 # The tests keep them short (the suite's waits still meet a slow k3s); benchmarks of the install
 # order pass the BENCH_ values, several seconds each as a real install and first start take.
@@ -246,6 +249,10 @@ class Testbed:
         self._lock = threading.Lock()
         self._closed = False
         self.rootfs: Path | None = None
+        # node name -> the bastion node its SSH is reached through (`fence_ssh`), and each
+        # bastion's own login key file (`make_bastion`)
+        self.jump_hosts: dict[str, Node] = {}
+        self.bastion_keys: dict[str, tuple[Path, str]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Testbed:
@@ -667,13 +674,72 @@ class Testbed:
             return node
         return self.git if (node == "git" and self.git) else self.nodes[node]
 
+    # ---- bastions -------------------------------------------------------------------------
+    def make_bastion(self, node: Node | str) -> str:
+        """Turn a booted node into a bastion (jump host) with a login key of its own; that key's text.
+
+        The bastion then accepts only its own key, not the testbed's client key, and the nodes
+        do not accept its key: a test that mixes the two up cannot pass.
+        """
+        node = self._node(node)
+        private, public = _keypair()
+        key_file = self.workdir / f"bastion_{node.name}_ed25519"
+        key_file.write_text(private)
+        key_file.chmod(0o600)
+        self.ssh(node, "cat > /root/.ssh/authorized_keys", input=public + " space-harbor-testbed-bastion\n")
+        self.bastion_keys[node.name] = (key_file, private)
+        return private
+
+    def fence_ssh(self, node: Node | str, bastion: Node | str) -> None:
+        """Let `node`'s sshd answer only `bastion`: an nftables table in the node's own namespace drops
+        every other source (the controller included) on port 22. `tb.ssh` then goes through the bastion.
+        """
+        node, bastion = self._node(node), self._node(bastion)
+        ruleset = (
+            f"table inet {FENCE_TABLE} {{\n"
+            "  chain input {\n"
+            "    type filter hook input priority filter - 50; policy accept;\n"
+            f"    tcp dport 22 ip saddr != {bastion.address} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        self.unfence_ssh(node)
+        _run(["ip", "netns", "exec", node.netns, "nft", "-f", "-"], input=ruleset)
+        self.jump_hosts[node.name] = bastion
+
+    def unfence_ssh(self, node: Node | str) -> None:
+        """Remove what `fence_ssh` added (nothing else of the node's ruleset)."""
+        node = self._node(node)
+        tables = _run(["ip", "netns", "exec", node.netns, "nft", "list", "tables"]).stdout.split("\n")
+        if f"table inet {FENCE_TABLE}" in tables:
+            _run(["ip", "netns", "exec", node.netns, "nft", "delete", "table", "inet", FENCE_TABLE])
+        self.jump_hosts.pop(node.name, None)
+
     # ---- talking to nodes -------------------------------------------------------------------
-    def ssh_argv(self, address: str, *, user: str = "root", port: int = 22, connect_timeout: int = 10) -> list[str]:
-        return [
-            "ip", "netns", "exec", self.ctl,
-            "ssh", "-i", str(self.key_file), "-p", str(port),
+    def ssh_argv(
+        self,
+        address: str,
+        *,
+        user: str = "root",
+        port: int = 22,
+        connect_timeout: int = 10,
+        via: Node | None = None,
+        key_file: Path | None = None,
+    ) -> list[str]:
+        """ssh from the controller to `address`; `via` a bastion node (its own key), `key_file` instead
+        of the client key (a bastion's)."""
+        options = [
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        jump: list[str] = []
+        if via is not None:
+            bastion_key, _ = self.bastion_keys.get(via.name, (self.key_file, ""))
+            proxy = ["ssh", "-i", str(bastion_key), *options, "-W", "%h:%p", f"root@{via.address}"]
+            jump = ["-o", f"ProxyCommand={shlex.join(proxy)}"]
+        return [
+            "ip", "netns", "exec", self.ctl,
+            "ssh", "-i", str(key_file or self.key_file), "-p", str(port), *options, *jump,
             f"{user}@{address}",
         ]  # fmt: skip
 
@@ -691,8 +757,12 @@ class Testbed:
         if isinstance(node, str):
             node = self.git if (node == "git" and self.git) else self.nodes[node]
         started = time.monotonic()
+        own_key = self.bastion_keys.get(node.name, (None, ""))[0]
+        argv = self.ssh_argv(
+            node.address, connect_timeout=connect_timeout, via=self.jump_hosts.get(node.name), key_file=own_key
+        )
         result = subprocess.run(
-            [*self.ssh_argv(node.address, connect_timeout=connect_timeout), command],
+            [*argv, command],
             input=input,
             text=True,
             capture_output=True,

@@ -17,6 +17,16 @@ established and then broke is never retried: the provider reports it as the comm
 ssh's `Authenticated to ...` line (LogLevel VERBOSE) tells the two apart; that line and ssh's
 transfer summary are removed from the stderr a result reports.
 
+A connection with a `proxy` (a bastion) is dialled as pulumi-command dials it: first the bastion
+with the proxy's own user, key, pinned host key and dial policy, then from the bastion a channel
+to the node's `host:port`, inside which SSH to the node runs with the node's key and pin. Here
+the system ssh does that with a `ProxyCommand` of a second ssh (`-W host:port`) that holds the
+bastion's key and known_hosts. A failed dial counts against the proxy's `dialErrorLimit` when the
+bastion never authenticated us, else against the node's. Two differences stay: pulumi-command
+keeps the bastion's session between retries of the onward dial, where this redials it; and it
+bounds only the dial to the bastion with a timeout (`perDialTimeout` of the proxy), so the outer
+ssh gets no `ConnectTimeout` through a bastion either.
+
 When a command fails, in-flight commands finish and no new one starts, as `pulumi up` does by
 default; with `continue_on_error` (`pulumi up --continue-on-error`) every command that does not
 depend on a failed one still runs. Either way the run raises `RunFailed`, naming every failed
@@ -55,8 +65,9 @@ RETRY_DELAY_S = 0.1
 RETRY_BACKOFF = 1.5
 RETRY_MAX_DELAY_S = 5.0
 
-# With LogLevel=VERBOSE ssh says this once the server accepted the key: the dial is over.
-_AUTHENTICATED = re.compile(r"^Authenticated to \S+ \(.*\) using \"[^\"]+\"\.$")
+# With LogLevel=VERBOSE ssh says this once the server accepted the key: the dial is over. Through
+# a ProxyCommand the node's line says `(via proxy)`; the bastion's own ssh says its address.
+_AUTHENTICATED = re.compile(r"^Authenticated to \S+ \((?P<via>.*)\) using \"[^\"]+\"\.$")
 _SSH_CHATTER = re.compile(
     r"^(Authenticated to \S+ \(.*\) using \"[^\"]+\"\.|Transferred: sent \d+, received \d+ bytes, in [\d.]+ seconds"
     r"|Bytes per second: sent [\d.]+, received [\d.]+|Warning: Permanently added .* to the list of known hosts\.)$"
@@ -117,6 +128,8 @@ class CommandResult:
     finished: float
     dials: int = 1  # SSH dials made; more than 1 means retries
     dial_failed: bool = False  # no session was ever established: every dial failed
+    bastion: str | None = None  # the proxy's host the node was dialled through, if any
+    bastion_failed: bool = False  # the last failed dial never got past the bastion
 
 
 class CommandFailed(RuntimeError):
@@ -129,6 +142,8 @@ def describe_failure(result: CommandResult) -> str:
     """`create of n3-mesh on 192.168.77.13 ...`: which step, which host, why, with its output."""
     if result.dial_failed:
         why = f"could not dial: {result.dials} dials failed"
+        if result.bastion is not None:
+            why += f" ({'at' if result.bastion_failed else 'through'} bastion {result.bastion})"
     else:
         why = f"exited {result.returncode}"
         if result.dials > 1:
@@ -337,20 +352,31 @@ class Runner:
                 self.results.append(result)
             return result
         policy = DialPolicy.from_connection(conn)
+        proxy = conn.get("proxy")
+        proxy_policy = DialPolicy.from_connection(proxy) if proxy else None
         argv = self._ssh_argv(name, conn, inputs.get("environment") or {}, policy)
         stdin = payload.encode() if isinstance(payload, str) else (payload or b"")
         started = time.time()
         t0 = time.monotonic()
-        delays = policy.delays()
+        # Each hop's failed dials, with their own limit and backoff (pulumi-command's dialWithRetry per hop).
+        failed = {"bastion": 0, "node": 0}
+        delays = {"bastion": (proxy_policy or policy).delays(), "node": policy.delays()}
         dials = 0
         while True:
             dials += 1
             proc = subprocess.run([*argv, command], input=stdin, capture_output=True, check=False)
             lines = proc.stderr.decode(errors="replace").splitlines()
-            dial_failed = proc.returncode == 255 and not any(_AUTHENTICATED.match(line) for line in lines)
-            if dial_failed and (policy.max_dials is None or dials < policy.max_dials):
-                time.sleep(next(delays))
-                continue
+            hops = [m["via"] for m in map(_AUTHENTICATED.match, lines) if m]
+            reached_node = any(via == "via proxy" for via in hops) if proxy else bool(hops)
+            dial_failed = proc.returncode == 255 and not reached_node
+            # Through a bastion: did the bastion itself take us (its ssh logs its own address)?
+            hop = "bastion" if proxy and not any(via != "via proxy" for via in hops) else "node"
+            if dial_failed:
+                failed[hop] += 1
+                limit = (proxy_policy if hop == "bastion" and proxy_policy else policy).max_dials
+                if limit is None or failed[hop] < limit:
+                    time.sleep(next(delays[hop]))
+                    continue
             break
         stderr = "".join(line + "\n" for line in lines if not _SSH_CHATTER.match(line))
         result = CommandResult(
@@ -366,6 +392,8 @@ class Runner:
             finished=time.time(),
             dials=dials,
             dial_failed=dial_failed,
+            bastion=proxy["host"] if proxy else None,
+            bastion_failed=dial_failed and hop == "bastion",
         )
         with self._lock:
             self.results.append(result)
@@ -374,32 +402,46 @@ class Runner:
         return result
 
     def _ssh_argv(self, name: str, conn: dict[str, Any], environment: dict[str, str], policy: DialPolicy) -> list[str]:
+        proxy = conn.get("proxy")
+        argv = [*self.ssh_prefix, "ssh", "-T", *self._hop_options(name, conn)]
+        if proxy:
+            bastion = self._hop_options(f"{name}.proxy", proxy)
+            timeout = DialPolicy.from_connection(proxy).per_dial_timeout
+            if timeout > 0:
+                bastion += ["-o", f"ConnectTimeout={timeout}"]
+            # The bastion's own ssh: its key, its pin; `-W` is the channel pulumi-command opens from it.
+            jump = ["ssh", *bastion, "-W", "%h:%p", f"{proxy.get('user') or 'root'}@{proxy['host']}"]
+            argv += ["-o", f"ProxyCommand={shlex.join(jump)}"]
+        elif policy.per_dial_timeout > 0:
+            argv += ["-o", f"ConnectTimeout={policy.per_dial_timeout}"]
+        for variable, value in sorted(environment.items()):
+            argv += ["-o", f"SetEnv={variable}={value}"]
+        argv.append(f"{conn.get('user') or 'root'}@{conn['host']}")
+        return argv
+
+    def _hop_options(self, name: str, hop: dict[str, Any]) -> list[str]:
+        """ssh options for one hop of a connection (the node, or its proxy): key, port, host-key pin."""
         tmp = Path(self._tmp.name)
         key = tmp / f"{name}.key"
         if not key.exists():
             key.touch(mode=0o600)
-            text = conn["privateKey"]
+            text = hop["privateKey"]
             key.write_text(text if text.endswith("\n") else text + "\n")
-        host = conn["host"]
-        port = int(conn.get("port") or 22)
-        argv = [
-            *self.ssh_prefix, "ssh", "-T", "-i", str(key), "-p", str(port),
+        host = hop["host"]
+        port = int(hop.get("port") or 22)
+        options = [
+            "-i", str(key), "-p", str(port),
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=VERBOSE",
         ]  # fmt: skip
-        if policy.per_dial_timeout > 0:
-            argv += ["-o", f"ConnectTimeout={policy.per_dial_timeout}"]
-        if conn.get("hostKey"):
+        if hop.get("hostKey"):
             known = tmp / f"{name}.known_hosts"
             target = host if port == 22 else f"[{host}]:{port}"
-            known.write_text(f"{target} {conn['hostKey'].strip()}\n")
-            argv += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
+            known.write_text(f"{target} {hop['hostKey'].strip()}\n")
+            options += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
         else:
             # pulumi-command accepts any host key when none is pinned.
-            argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-        for variable, value in sorted(environment.items()):
-            argv += ["-o", f"SetEnv={variable}={value}"]
-        argv.append(f"{conn.get('user') or 'root'}@{host}")
-        return argv
+            options += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        return options
 
     # ---- reporting --------------------------------------------------------------------------
     def of_node(self, host: str) -> list[str]:

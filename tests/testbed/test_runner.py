@@ -8,6 +8,7 @@ fail, a dial that succeeds, a session that breaks after the dial.
 from __future__ import annotations
 
 import itertools
+import shlex
 import sys
 import threading
 import time
@@ -129,6 +130,114 @@ def test_a_session_cut_after_the_dial_is_not_retried(tmp_path: Path) -> None:
     assert result.returncode == 255 and not result.dial_failed and result.dials == 1
     assert state.read_text() == "1", "the runner ran a command again after its session broke"
     assert "closed by remote host" in result.stderr
+
+
+# --- through a bastion (pulumi-command's `proxy`) ----------------------------------------------
+
+# The outer ssh and its ProxyCommand share stderr: the bastion's ssh logs its own address, the
+# node's says "(via proxy)". Steps: `bastion` refused by the bastion, `node` the bastion let us in
+# but the node did not, `cut` a session that broke after both, a number an exit status.
+FAKE_PROXIED_SSH = r"""
+import pathlib, sys
+state = pathlib.Path(sys.argv[1])
+plan = state.with_suffix(".plan").read_text().split()
+dials = int(state.read_text()) + 1 if state.exists() else 1
+state.write_text(str(dials))
+sys.stdin.read()
+step = plan[min(dials, len(plan)) - 1]
+if step == "bastion":
+    print("ssh: connect to host 198.51.100.5 port 2222: Connection refused", file=sys.stderr)
+    sys.exit(255)
+print('Authenticated to 198.51.100.5 ([198.51.100.5]:2222) using "publickey".', file=sys.stderr)
+if step == "node":
+    print("Host key verification failed.", file=sys.stderr)
+    sys.exit(255)
+print('Authenticated to 192.0.2.1 (via proxy) using "publickey".', file=sys.stderr)
+if step == "cut":
+    sys.exit(255)
+print("space-harbor: fake.sh apply: unchanged")
+sys.exit(int(step))
+"""
+PROXY = {
+    "host": "198.51.100.5",
+    "port": 2222,
+    "user": "jump",
+    "privateKey": "the bastion's key",
+    "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    "perDialTimeout": 7,
+}
+
+
+def proxied_runner(tmp_path: Path, plan: str, *, proxy_limit: int, node_limit: int) -> tuple[Runner, Path]:
+    script = tmp_path / "fake_ssh.py"
+    script.write_text(FAKE_PROXIED_SSH)
+    state = tmp_path / "dials"
+    state.with_suffix(".plan").write_text(plan)
+    connection = {"dialErrorLimit": node_limit, "proxy": {**PROXY, "dialErrorLimit": proxy_limit}}
+    fake = Fake("n1-mesh", connection=connection)
+    return Runner([fake], ssh_prefix=[sys.executable, str(script), str(state)], workdir=tmp_path), state
+
+
+def _option(argv: list[str], name: str) -> list[str]:
+    """The values of `-o NAME=value` options in an ssh argv."""
+    pairs = itertools.pairwise(argv)
+    return [value.split("=", 1)[1] for flag, value in pairs if flag == "-o" and value.startswith(f"{name}=")]
+
+
+def test_a_proxy_connection_dials_the_bastion_with_its_own_key_user_and_pin(tmp_path: Path) -> None:
+    runner, _ = proxied_runner(tmp_path, "0", proxy_limit=2, node_limit=2)
+    conn = runner.by_name["n1-mesh"].inputs["connection"]
+    argv = runner._ssh_argv("n1-mesh", conn, {}, DialPolicy.from_connection(conn))
+    [command] = _option(argv, "ProxyCommand")
+    jump = shlex.split(command)
+    assert jump[0] == "ssh" and jump[-3:] == ["-W", "%h:%p", "jump@198.51.100.5"]
+    assert jump[jump.index("-p") + 1] == "2222"
+    assert Path(jump[jump.index("-i") + 1]).read_text() == "the bastion's key\n"
+    [known] = _option(jump, "UserKnownHostsFile")
+    assert Path(known).read_text() == f"[198.51.100.5]:2222 {PROXY['hostKey']}\n"
+    assert _option(jump, "StrictHostKeyChecking") == ["yes"] and _option(jump, "ConnectTimeout") == ["7"]
+    # The node itself: its own key, and no timeout through the bastion (pulumi-command sets none).
+    assert Path(argv[argv.index("-i") + 1]).read_text() == "not a key\n"
+    assert _option(argv, "ConnectTimeout") == []
+    assert argv[-1] == "root@192.0.2.1"
+
+
+def test_failed_dials_count_against_the_hop_that_failed(tmp_path: Path) -> None:
+    runner, state = proxied_runner(tmp_path, "bastion node bastion node 0", proxy_limit=2, node_limit=2)
+    result = runner.run_one("n1-mesh")
+    # Two failures of each hop, each under its limit of 2 retries: the fifth dial runs the command.
+    assert result.returncode == 0 and result.dials == 5 and not result.dial_failed
+    assert state.read_text() == "5"
+    assert result.bastion == "198.51.100.5"
+    assert result.stderr == ""  # both hops' "Authenticated" lines are ssh chatter
+
+
+def test_a_bastion_that_never_answers_fails_at_its_own_limit(tmp_path: Path) -> None:
+    runner, state = proxied_runner(tmp_path, "bastion", proxy_limit=2, node_limit=6)
+    with pytest.raises(CommandFailed) as info:
+        runner.run_one("n1-mesh")
+    result = info.value.result
+    assert result.dial_failed and result.bastion_failed and result.dials == 3
+    assert state.read_text() == "3"
+    assert "could not dial: 3 dials failed (at bastion 198.51.100.5)" in str(info.value)
+
+
+def test_a_node_refused_behind_the_bastion_fails_at_the_nodes_limit(tmp_path: Path) -> None:
+    runner, state = proxied_runner(tmp_path, "node", proxy_limit=6, node_limit=1)
+    with pytest.raises(CommandFailed) as info:
+        runner.run_one("n1-mesh")
+    result = info.value.result
+    assert result.dial_failed and not result.bastion_failed and result.dials == 2
+    assert state.read_text() == "2"
+    assert "(through bastion 198.51.100.5)" in str(info.value)
+    assert "Host key verification failed." in result.stderr
+
+
+def test_a_session_cut_behind_the_bastion_is_not_retried(tmp_path: Path) -> None:
+    runner, state = proxied_runner(tmp_path, "cut 0", proxy_limit=6, node_limit=6)
+    with pytest.raises(CommandFailed) as info:
+        runner.run_one("n1-mesh")
+    assert not info.value.result.dial_failed and state.read_text() == "1"
 
 
 # --- a failing command in a run ------------------------------------------------------------------

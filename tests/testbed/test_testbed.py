@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.helpers import nft_table
-from tests.testbed.conftest import Snapshot, inventory, snapshot
+from tests.testbed.conftest import inventory, snapshot, snapshot_changes
 from tests.testbed.nodes import CTL_ADDRESS, GIT_REPO, KEPT_INSTALLER, STANDIN_INSTALLER, Testbed, call_in_netns
 from tests.testbed.runner import Runner
 from tests.testbed.stack import MESH_BASE, MESH_INTERFACE, names, program, stack_config
@@ -324,21 +324,6 @@ def test_api_tunnel_reaches_the_private_api(stack: Stack, tmp_path) -> None:
         del os.environ["XDG_RUNTIME_DIR"]
 
 
-def _diff(before: Snapshot, after: Snapshot) -> list[str]:
-    problems = []
-    for path in sorted(set(before.files) | set(after.files)):
-        if before.files.get(path) != after.files.get(path):
-            problems.append(f"file {path} changed")
-    for unit in sorted(set(before.units) | set(after.units)):
-        if before.units.get(unit) != after.units.get(unit):
-            problems.append(f"unit {unit}: {before.units.get(unit)!r} -> {after.units.get(unit)!r}")
-    if before.links != after.links:
-        problems.append(f"links {before.links} -> {after.links}")
-    if before.nft != after.nft:
-        problems.append("nftables ruleset changed")
-    return problems
-
-
 def test_rerun_is_a_noop(stack: Stack) -> None:
     tb = stack.tb
     before = {n: snapshot(tb, n) for n in NODES}
@@ -346,7 +331,7 @@ def test_rerun_is_a_noop(stack: Stack) -> None:
     assert len(results) == len(stack.runner.commands)
     changed = [r.name for r in results if ": changed" in r.stdout]
     assert not changed, f"a second run reported changes: {changed}"
-    problems = {n: _diff(before[n], snapshot(tb, n)) for n in NODES}
+    problems = {n: snapshot_changes(before[n], snapshot(tb, n)) for n in NODES}
     assert not any(problems.values()), problems
     assert {k for k in before[SERVER].units if k.startswith("k3s")} == {"k3s.service"}
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.kubeconfig import merge_kubeconfig
-from components.tunnel import running_tunnel, stop_tunnel
+from components.tunnel import SshTarget, running_tunnel, stop_tunnel
 from tests.harness import FAKE_API_CREDENTIAL
 from tests.helpers import free_port
 
@@ -113,3 +113,47 @@ def test_a_stack_without_outputs_is_refused_with_what_to_do(fake_pulumi: tuple[P
     result = subprocess.run([str(ROOT / "scripts" / "kubeconfig"), "prod"], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "stack prod has no kubeconfig output yet: run `pulumi up` first" in result.stderr
+
+
+def test_behind_a_bastion_the_script_reads_both_keys_and_tunnels_through_it(
+    fake_pulumi: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, port = fake_pulumi
+    outputs = json.loads((home / "outputs.json").read_text())
+    outputs["apiTunnel"]["bastion"] = {
+        "host": "198.51.100.5",
+        "port": 2222,
+        "user": "jump",
+        "hostKey": None,
+        "sshKeyConfig": "ssh.bastion.privateKey",
+    }
+    (home / "outputs.json").write_text(json.dumps(outputs))
+    # Each config key answers with a key of its own, so a swapped key shows in the fingerprint.
+    script = home / "bin" / "pulumi"
+    script.write_text(
+        script.read_text().replace(f'echo "{KEY_MARKER}"', f'echo "{KEY_MARKER}-$3"'),
+    )
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
+    env = {**os.environ, "PATH": f"{home / 'bin'}:{os.environ['PATH']}", "HOME": str(home)}
+    env.pop("KUBECONFIG", None)
+    try:
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "kubeconfig"), "prod"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"tunnel 127.0.0.1:{port} -> 192.0.2.10 via 198.51.100.5: started" in result.stdout
+        calls = (home / "calls").read_text()
+        assert "config get sshPrivateKey --path --stack prod" in calls
+        assert "config get ssh.bastion.privateKey --path --stack prod" in calls
+        expected = SshTarget(
+            "192.0.2.10",
+            22,
+            "root",
+            f"{KEY_MARKER}-sshPrivateKey\n",
+            None,
+            bastion=SshTarget("198.51.100.5", 2222, "jump", f"{KEY_MARKER}-ssh.bastion.privateKey\n", None),
+        )
+        record = running_tunnel(port)
+        assert record is not None and record["target"] == expected.fingerprint()
+    finally:
+        stop_tunnel(port)

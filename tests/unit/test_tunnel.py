@@ -6,6 +6,7 @@ nothing behind it); tests/testbed/test_testbed.py forwards real API traffic thro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -113,3 +114,41 @@ def test_an_idle_tunnel_exits_on_its_own(runtime: int) -> None:
         time.sleep(0.2)
     assert running_tunnel(port) is None, f"tunnel {pid} is still running after being idle"
     assert listening(port) == set()
+
+
+# --- behind a bastion ------------------------------------------------------------------------------
+
+BASTION = SshTarget(host="198.51.100.5", port=2222, user="jump", private_key="MARKER-BASTION-KEY-3a9e", host_key=None)
+BEHIND = dataclasses.replace(TARGET, bastion=BASTION)
+
+
+def test_a_target_behind_a_bastion_travels_whole_and_names_its_route() -> None:
+    # What `start_tunnel` writes to the process's stdin, and what the process reads back.
+    assert SshTarget.from_dict(json.loads(json.dumps(dataclasses.asdict(BEHIND)))) == BEHIND
+    assert SshTarget.from_dict(json.loads(json.dumps(dataclasses.asdict(TARGET)))) == TARGET
+    assert BEHIND.describe() == "root@192.0.2.10:22 via jump@198.51.100.5:2222"
+    # Each hop of the route counts: another bastion, or another pin of it, is another tunnel.
+    repinned = dataclasses.replace(
+        BASTION, host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    )
+    fingerprints = {t.fingerprint() for t in (TARGET, BEHIND, dataclasses.replace(TARGET, bastion=repinned))}
+    assert len(fingerprints) == 3
+    for target in (TARGET, BEHIND):
+        assert "MARKER" not in target.describe()
+
+
+def test_a_bastion_replaces_a_running_tunnel_and_its_key_stays_in_memory(runtime: int) -> None:
+    port = runtime
+    assert ensure_tunnel(TARGET, port) == "started"
+    direct = running_tunnel(port)
+    # The first server moved behind a bastion: the old tunnel goes, a new one takes the new route.
+    assert ensure_tunnel(BEHIND, port) == "started"
+    record = running_tunnel(port)
+    assert record is not None and direct is not None and record["pid"] != direct["pid"]
+    assert ensure_tunnel(BEHIND, port) == "reused"
+    cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes()
+    state = Path(os.environ["XDG_RUNTIME_DIR"]) / "space-harbor" / f"tunnel-{port}.json"
+    for secret in (b"MARKER-TUNNEL-KEY", b"MARKER-BASTION-KEY"):
+        assert secret not in cmdline and secret not in state.read_bytes()
+    log = (Path(os.environ["XDG_RUNTIME_DIR"]) / "space-harbor" / f"tunnel-{port}.log").read_text()
+    assert f"127.0.0.1:{port} -> root@192.0.2.10:22 via jump@198.51.100.5:2222 -> 127.0.0.1:6443" in log

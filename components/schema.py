@@ -141,3 +141,26 @@ def require(value: object, path: str, why: str) -> None:
 
 def secret_value(secret: SecretStr | None) -> str:
     return secret.get_secret_value() if secret is not None else ""
+
+
+def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (a bare IPv6 address has no port) -> (host, port)."""
+    host, port = value, None
+    if value.startswith("["):
+        inner, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not [IPv6 address] or [IPv6 address]:port")
+        host, port = inner, rest[1:] or None
+        ipaddress.IPv6Address(host)
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is not None and not port.isdigit():
+        raise ValueError(f"{value!r}: {port!r} is not a port number")
+    number = int(port) if port is not None else default_port
+    if number is not None:
+        _port(number)
+    if ":" not in host:
+        _host(host)
+    else:
+        ipaddress.IPv6Address(host)
+    return host, number

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from components.config.cluster import AIRGAP_IMAGE_SUFFIXES, K3s
+from components.config.k3s import AIRGAP_IMAGE_SUFFIXES, K3s
 
 STAGING_DIR = "/var/tmp"  # noqa: S108 (on the node; k3s.sh checks a root-owned copy, never the staged file)
 STAGED_PREFIX = "space-harbor-k3s-"

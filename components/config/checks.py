@@ -14,16 +14,15 @@ from components.config.cluster import (
     Bastion,
     Decommission,
     Firewall,
-    K3s,
     Mesh,
     Node,
     Operator,
     SshDefaults,
-    split_host_port,
 )
+from components.config.k3s import K3s
 from components.platform import REGISTRY
 from components.platform.base import Context
-from components.schema import ConfigModel, Ipv4, key_segment
+from components.schema import ConfigModel, Ipv4, key_segment, split_host_port
 
 # The order the sealing check named these components in before each had a module of its own;
 # components added since follow in registry order.

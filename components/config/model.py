@@ -13,8 +13,9 @@ from pydantic import BaseModel, Field, SecretStr, create_model, model_validator
 from pydantic.alias_generators import to_camel
 
 import components.config.checks as checks
-from components.config.cluster import Bastion, Decommission, Firewall, K3s, Mesh, Node, Preflight, SshDefaults
+from components.config.cluster import Bastion, Decommission, Firewall, Mesh, Node, Preflight, SshDefaults
 from components.config.gitops import ArgoCD, GitOps
+from components.config.k3s import K3s
 from components.platform import REGISTRY
 from components.platform.base import Component, Context, Section
 from components.schema import ConfigModel, Host

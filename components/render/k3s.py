@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from components.config import HarborConfig, Node, Registries
-from components.config.cluster import split_host_port
+from components.schema import split_host_port
 
 API_PORT = 6443
 REGISTRIES_PATH = "/etc/rancher/k3s/registries.yaml"

@@ -13,15 +13,11 @@ from pydantic import SecretStr
 from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
+from components.cluster_steps import cluster_identity, drain_departed_nodes, read_api_credential
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
 from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
-from components.k3s import (
-    cluster_identity,
-    drain_departed_nodes,
-    k3s_cluster,
-    read_api_credential,
-)
+from components.k3s import k3s_cluster
 from components.mesh import WireGuardMesh
 from components.preflight import NodePreflight
 from components.render.argocd import CoreManifestError

@@ -37,14 +37,13 @@ instead of draining nodes one by one or failing against an API that is being tor
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_random as random
 
 from components.config import HarborConfig, Node
-from components.remote import disarmed_command, node_command, node_copy
+from components.remote import disarmed_command, first_server_command, node_command, node_copy
 from components.render.k3s import optional_install_parameters, reinstall_parameter, render_config_yaml
 from components.render.platform import node_packages
 from components.shipped import ShippedFile
@@ -151,7 +150,7 @@ class K3sNode(pulumi.ComponentResource):
 
         def node_object(after: list[pulumi.Resource]) -> pulumi.Resource:
             # Deleted after the uninstall and before the node's own mesh and firewall.
-            return _on_first_server(
+            return first_server_command(
                 f"{node.name}-node-object",
                 config,
                 lifecycle,
@@ -239,7 +238,7 @@ class K3sNode(pulumi.ComponentResource):
             self.install = install([node_object(after=_present(args.first_install))])
 
         version = {**lifecycle, "HARBOR_K3S_VERSION": config.k3s.version}
-        drain = _on_first_server(
+        drain = first_server_command(
             f"{node.name}-drain",
             config,
             {**version, "HARBOR_DRAIN": "false" if is_first else "true"},
@@ -265,7 +264,7 @@ class K3sNode(pulumi.ComponentResource):
             secret=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[drain, self.install, *copies]),
         )
-        self.uncordon = _on_first_server(
+        self.uncordon = first_server_command(
             f"{node.name}-uncordon",
             config,
             version,
@@ -274,7 +273,7 @@ class K3sNode(pulumi.ComponentResource):
             update="confirm-upgrade",
             delete=None,
         )
-        self.registered = _on_first_server(
+        self.registered = first_server_command(
             f"{node.name}-registered",
             config,
             {
@@ -323,7 +322,7 @@ def k3s_cluster(
     """Every node's steps, wired in cluster order; forgotten nodes' steps disarmed.
 
     `lifetime` (the cluster's id) is what the steps that only matter while the cluster lives are
-    deleted with; it must exist before them (see `cluster_identity`).
+    deleted with; it must exist before them (see `components.cluster_steps.cluster_identity`).
     """
     chain = upgrade_chain(config)
     first = config.first_server
@@ -361,93 +360,5 @@ def k3s_cluster(
     return built
 
 
-def cluster_identity() -> pulumi.Resource:
-    """The cluster's id: made first, deleted last, only by `pulumi destroy`. Everything that lives in
-    the cluster, or only matters while it does, is `deleted_with` it, so a destroy skips those
-    deletes instead of needing an API that is going away (or a program that is not running).
-
-    The engine keeps its state in dependency order and refuses a deletedWith target that comes
-    after the resource or is missing, so this is a real resource that every such step depends on
-    (through the preflight and the API credential), never a reference to one registered later.
-    """
-    return random.RandomUuid("cluster-id")
-
-
 def _present(resource: pulumi.Resource | None) -> list[pulumi.Resource]:
     return [resource] if resource is not None else []
-
-
-def _on_first_server(
-    name: str,
-    config: HarborConfig,
-    env: Mapping[str, pulumi.Input[str]],
-    opts: pulumi.ResourceOptions,
-    *,
-    create: str | None,
-    delete: str | None,
-    update: str | None = None,
-    prints_secret: bool = False,
-) -> pulumi.Resource:
-    """A k3s-lifecycle.sh step; it runs on the first server, whose kubectl reaches the API locally."""
-    return node_command(
-        name,
-        config,
-        config.first_server,
-        "k3s-lifecycle.sh",
-        create=create,
-        update=update,
-        delete=delete,
-        env=env,
-        secret=False,
-        prints_secret=prints_secret,
-        opts=opts,
-    )
-
-
-def drain_departed_nodes(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:
-    """A step on the first server that drains nodes removed from the stack, before anything else.
-
-    Pulumi runs the updates of the remaining nodes (their meshes and firewalls drop the removed
-    peer) before the deletes of the removed node's resources. A drain at delete time would find
-    the node cut off from the API and its pods stuck terminating, so the other nodes' mesh and
-    firewall wait for this step, which drains it while it is still connected. The removed node's
-    own `registered` delete then finds it drained. Nodes in `decommission.forget` cannot be
-    drained (they are gone): their Node objects are deleted, and Kubernetes reschedules their pods.
-
-    It waits for every node's preflight, and everything else waits for it: nothing changes on any
-    node until every node has passed.
-    """
-    env: dict[str, pulumi.Input[str]] = {
-        "HARBOR_CLUSTER_NODES": "\n".join(sorted(node.name for node in config.nodes)),
-        "HARBOR_FORGET_NODES": "\n".join(sorted(config.decommission.forget)),
-        "HARBOR_DRAIN_TIMEOUT": str(config.decommission.drain_timeout_seconds),
-        "HARBOR_FORCE": "true" if config.decommission.force else "false",
-    }
-    return _on_first_server(
-        "cluster-departures",
-        config,
-        env,
-        pulumi.ResourceOptions(depends_on=after),
-        create="drain-departed",
-        delete=None,
-    )
-
-
-def read_api_credential(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:
-    """The stack's own API credential, read on the first server: a kubeconfig that does not expire.
-
-    k3s signs its admin kubeconfig's client certificate for 365 days, and the program reads the
-    credential only when this step is created or updated, so a copy of the admin kubeconfig in the
-    state stops working after a year. The step makes a ServiceAccount with a long-lived token
-    Secret bound to cluster-admin and prints a kubeconfig for it (with the cluster's CA, valid for
-    ten years).
-    """
-    return _on_first_server(
-        "api-credential",
-        config,
-        {},
-        pulumi.ResourceOptions(depends_on=after),
-        create="api-credential",
-        delete=None,
-        prints_secret=True,
-    )

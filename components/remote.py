@@ -134,3 +134,30 @@ def disarmed_command(name: str, node_name: str, opts: pulumi.ResourceOptions) ->
         add_previous_output_in_env=False,
         opts=opts,
     )
+
+
+def first_server_command(
+    name: str,
+    config: HarborConfig,
+    env: Mapping[str, pulumi.Input[str]],
+    opts: pulumi.ResourceOptions,
+    *,
+    create: str | None,
+    delete: str | None,
+    update: str | None = None,
+    prints_secret: bool = False,
+) -> pulumi.Resource:
+    """A k3s-lifecycle.sh step; it runs on the first server, whose kubectl reaches the API locally."""
+    return node_command(
+        name,
+        config,
+        config.first_server,
+        "k3s-lifecycle.sh",
+        create=create,
+        update=update,
+        delete=delete,
+        env=env,
+        secret=False,
+        prints_secret=prints_secret,
+        opts=opts,
+    )

@@ -1,5 +1,6 @@
-"""What the test folders share: reading a command's parameters, git, shellcheck, free ports, and a
-fake `k3s kubectl` that keeps real Node objects. Fixtures over these are in tests/conftest.py.
+"""What the test folders share: reading a command's parameters, git, shellcheck, free ports, a
+refused config's checks, and a fake `k3s kubectl` that keeps real Node objects. Fixtures over
+these are in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pulumi
 import yaml
 
 from components.config import load_config
@@ -42,6 +44,25 @@ def command_env(command: Registered) -> dict[str, str]:
     """Parameters of a node command, read back from the assignments ahead of its script."""
     assignments = shlex.split(command.inputs["stdin"].split("__harbor_main() {", 1)[0])
     return dict(item.split("=", 1) for item in assignments)
+
+
+def assert_refused_before_any_resource(config: dict[str, Any], expected: str, secrets: Iterable[str]) -> None:
+    """The program refuses `config` with exactly one problem, `expected` (key path first), registers
+    nothing, and echoes none of `secrets` back."""
+    from tests.harness import run_program  # here: tests.harness imports this module
+
+    try:
+        run_program(config, preview=True)
+    except pulumi.RunError as refused:
+        message = str(refused)
+        assert expected in message
+        # One problem per case: the refusal lists each as an indented line.
+        assert message.count("\n  ") == 1, message
+        for secret in secrets:
+            assert secret not in message
+        assert refused.program_run.resources == []  # type: ignore[attr-defined]
+    else:
+        raise AssertionError(f"the program accepted the config; expected a refusal with {expected!r}")
 
 
 def nft_table(stdin: str) -> str:

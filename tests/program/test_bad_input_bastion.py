@@ -7,11 +7,11 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-import pulumi
 import pytest
 
 from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, SSH_KEY_MARKER, base_config
 from tests.harness import run_program
+from tests.helpers import assert_refused_before_any_resource
 
 Mutation = Callable[[dict[str, Any]], None]
 BASTION_KEY_MARKER = "MARKER-BASTION-KEY-51d0"
@@ -71,15 +71,7 @@ def test_refused_with_key_path_before_any_resource(mutate: Mutation, expected: s
     config = copy.deepcopy(base_config(agents=1))
     config["ssh"] = {"bastion": {"host": "jump.example.org", "privateKey": BASTION_KEY_MARKER}}
     mutate(config)
-    with pytest.raises(pulumi.RunError) as refused:
-        run_program(config, preview=True)
-    message = str(refused.value)
-    assert expected in message
-    # Exactly the one problem this case introduced, and no secret echoed back.
-    assert message.count("\n  ") == 1, message
-    for secret in (SSH_KEY_MARKER, GIT_KEY_MARKER, BASTION_KEY_MARKER):
-        assert secret not in message
-    assert refused.value.program_run.resources == []  # type: ignore[attr-defined]
+    assert_refused_before_any_resource(config, expected, secrets=(SSH_KEY_MARKER, GIT_KEY_MARKER, BASTION_KEY_MARKER))
 
 
 def test_the_cases_are_distinct() -> None:

@@ -9,11 +9,11 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-import pulumi
 import pytest
 
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, base_config
 from tests.harness import run_program
+from tests.helpers import assert_refused_before_any_resource
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -44,14 +44,7 @@ CASES: list[tuple[str, Mutation, str]] = [
 def test_refused_with_key_path_before_any_resource(mutate: Mutation, expected: str) -> None:
     config = copy.deepcopy(base_config(agents=1))
     mutate(config)
-    with pytest.raises(pulumi.RunError) as refused:
-        run_program(config, preview=True)
-    message = str(refused.value)
-    assert expected in message
-    assert message.count("\n  ") == 1, message
-    assert SSH_KEY_MARKER not in message
-    assert GIT_KEY_MARKER not in message
-    assert refused.value.program_run.resources == []  # type: ignore[attr-defined]
+    assert_refused_before_any_resource(config, expected, secrets=(SSH_KEY_MARKER, GIT_KEY_MARKER))
 
 
 @pytest.mark.parametrize("gitops", [{"syncOnApply": True}, {"syncOnApply": True, "syncTimeoutSeconds": 30}])

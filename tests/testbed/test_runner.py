@@ -31,7 +31,8 @@ from tests.testbed.runner import (
     Runner,
 )
 
-FAKE_SSH = r"""
+# Both fake ssh clients: count the dials in the state file and take this dial's step from the plan.
+_FAKE_SSH_DIAL = r"""
 import pathlib, sys
 state = pathlib.Path(sys.argv[1])
 plan = state.with_suffix(".plan").read_text().split()
@@ -39,7 +40,10 @@ dials = int(state.read_text()) + 1 if state.exists() else 1
 state.write_text(str(dials))
 sys.stdin.read()
 step = plan[min(dials, len(plan)) - 1]
-if step == "refuse":
+"""
+FAKE_SSH = (
+    _FAKE_SSH_DIAL
+    + r"""if step == "refuse":
     print("ssh: connect to host 192.0.2.1 port 22: Connection refused", file=sys.stderr)
     sys.exit(255)
 print('Authenticated to 192.0.2.1 ([192.0.2.1]:22) using "publickey".', file=sys.stderr)
@@ -52,6 +56,7 @@ print("Transferred: sent 3540, received 3336 bytes, in 0.1 seconds", file=sys.st
 print("Bytes per second: sent 65844.9, received 62050.5", file=sys.stderr)
 sys.exit(int(step))
 """
+)
 
 
 @dataclass
@@ -137,15 +142,9 @@ def test_a_session_cut_after_the_dial_is_not_retried(tmp_path: Path) -> None:
 # The outer ssh and its ProxyCommand share stderr: the bastion's ssh logs its own address, the
 # node's says "(via proxy)". Steps: `bastion` refused by the bastion, `node` the bastion let us in
 # but the node did not, `cut` a session that broke after both, a number an exit status.
-FAKE_PROXIED_SSH = r"""
-import pathlib, sys
-state = pathlib.Path(sys.argv[1])
-plan = state.with_suffix(".plan").read_text().split()
-dials = int(state.read_text()) + 1 if state.exists() else 1
-state.write_text(str(dials))
-sys.stdin.read()
-step = plan[min(dials, len(plan)) - 1]
-if step == "bastion":
+FAKE_PROXIED_SSH = (
+    _FAKE_SSH_DIAL
+    + r"""if step == "bastion":
     print("ssh: connect to host 198.51.100.5 port 2222: Connection refused", file=sys.stderr)
     sys.exit(255)
 print('Authenticated to 198.51.100.5 ([198.51.100.5]:2222) using "publickey".', file=sys.stderr)
@@ -158,6 +157,7 @@ if step == "cut":
 print("space-harbor: fake.sh apply: unchanged")
 sys.exit(int(step))
 """
+)
 PROXY = {
     "host": "198.51.100.5",
     "port": 2222,

@@ -1,7 +1,8 @@
 """Fixtures of the real-host testbed: booted nodes, the program's commands, snapshots of node state.
 
 Every test here is marked `testbed` and skips with the reason when not root or when a tool is
-missing. One testbed per module: booting is cheap (about 1-4 s for 1-8 nodes in parallel) but
+missing; as root a skip is a failure (tests/conftest.py), since ./scripts/test installs what they
+need there. One testbed per module: booting is cheap (about 1-4 s for 1-8 nodes in parallel) but
 applying the stack is not, so the tests of a module share nodes and run in file order.
 """
 

@@ -29,9 +29,10 @@ chain. A node added later installs the current version at once.
 
 Pulumi deletes dependents first, so a removed node is drained (registered), uninstalled (k3s), and
 then its Node object deleted (node-object), before its mesh and firewall go. The steps that only
-matter while the cluster lives (registered, node-object) are `deleted_with` the stack's API
-credential step: when that goes, the whole cluster goes (`pulumi destroy`), and they are skipped
-instead of draining nodes one by one or failing against an API that is being torn down.
+matter while the cluster lives (node-object, drain, uncordon, registered) are `deleted_with` the
+cluster's id (`cluster-id`, components/cluster_steps.py): that goes only when the whole cluster
+goes (`pulumi destroy`), and then they are skipped instead of draining nodes one by one or failing
+against an API that is being torn down.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class K3sNodeArgs:
     join_after: list[pulumi.Resource] = field(default_factory=list)
     # before the drain of an upgrade: the `uncordon` steps of the nodes `upgrade_chain` names
     upgrade_after: list[pulumi.Resource] = field(default_factory=list)
-    # deleted with the cluster: the stack's API credential step (None until it exists)
+    # what the cluster-lifetime steps are deleted with: the cluster's id (`cluster-id`)
     cluster_lifetime: pulumi.Resource | None = None
     # copied to the node before its install: the pinned installer, air-gap binary and images
     shipped: tuple[ShippedFile, ...] = ()

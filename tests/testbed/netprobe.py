@@ -363,3 +363,16 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     return box[0] if box else ""
+
+
+def fetch_api(port: int) -> bytes:
+    """GET / from the stand-in API through a tunnel listening on 127.0.0.1:`port` (controller side)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+        client.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+        received = b""
+        try:
+            while chunk := client.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass  # the tunnel closed on us: whatever arrived is the answer
+        return received

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from components.tunnel import SshTarget, ensure_tunnel, stop_tunnel
 from tests.harness import ProgramRun
 from tests.testbed.conftest import mesh_pings, snapshot, snapshot_changes
 from tests.testbed.engine import Engine, EngineFailed, stored_inputs
+from tests.testbed.netprobe import fetch_api
 from tests.testbed.nodes import Testbed, call_in_netns, missing_requirements
 from tests.testbed.runner import CommandFailed
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, program, stack_config
@@ -128,19 +128,6 @@ def accepted_logins(tb: Testbed, node: str, after: str) -> list[str]:
 def status(result_stdout: str) -> str:
     """The last line every node script prints: `space-harbor: <script> <action>: changed|unchanged|ok`."""
     return result_stdout.strip().splitlines()[-1]
-
-
-def fetch_api(port: int) -> bytes:
-    """GET / from the stand-in API through a tunnel listening on 127.0.0.1:`port` (controller side)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
-        client.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
-        received = b""
-        try:
-            while chunk := client.recv(4096):
-                received += chunk
-        except ConnectionResetError:
-            pass  # the tunnel closed on us: whatever arrived is the answer
-        return received
 
 
 # --- 1. the fence --------------------------------------------------------------------------------

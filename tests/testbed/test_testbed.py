@@ -16,6 +16,7 @@ import yaml
 
 from tests.helpers import nft_table
 from tests.testbed.conftest import inventory, snapshot, snapshot_changes
+from tests.testbed.netprobe import fetch_api
 from tests.testbed.nodes import CTL_ADDRESS, GIT_REPO, KEPT_INSTALLER, STANDIN_INSTALLER, Testbed, call_in_netns
 from tests.testbed.runner import Runner
 from tests.testbed.stack import MESH_BASE, MESH_INTERFACE, names, program, stack_config
@@ -288,7 +289,6 @@ def test_api_tunnel_reaches_the_private_api(stack: Stack, tmp_path) -> None:
     A pinned host key of another node makes the tunnel refuse the server.
     """
     import os
-    import socket
 
     from components.tunnel import SshTarget, ensure_tunnel, stop_tunnel
 
@@ -302,15 +302,7 @@ def test_api_tunnel_reaches_the_private_api(stack: Stack, tmp_path) -> None:
         # Started and left running, as the program leaves it when it exits.
         assert ensure_tunnel(target, port) == "started"
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
-                client.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
-                received = b""
-                try:
-                    while chunk := client.recv(4096):
-                        received += chunk
-                except ConnectionResetError:
-                    pass  # the tunnel closed on us: whatever arrived is the answer
-                return received
+            return fetch_api(port)
         finally:
             stop_tunnel(port)
 

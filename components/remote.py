@@ -17,7 +17,7 @@ from components.render.remote import action_command, node_script, script_payload
 # itself; the other nodes' steps go on. tests/testbed/test_faults.py measures both. Behind a
 # bastion both bound the dials to the bastion; pulumi-command's dial onward from the bastion to the
 # node has no timeout of its own, so a node that drops packets there fails only when the bastion's
-# TCP connect gives up (Linux: 134 s measured on the testbed), on each of its 7 dials (README: bastion).
+# TCP connect gives up (Linux: 134 s measured on the testbed), on each of its 7 dials (docs/bastion.md).
 DIAL_ERROR_LIMIT = 6
 PER_DIAL_TIMEOUT = 10
 

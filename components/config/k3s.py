@@ -206,13 +206,13 @@ class K3s(ConfigModel):
     agent_token: SecretStr | None = None
     # k3s `secrets-encryption` on servers: Secrets encrypted at rest (and so in etcd snapshots). A
     # running server cannot switch it on in place before k3s's 2026 releases, so the preflight
-    # refuses it there (README: secrets encryption).
+    # refuses it there (docs/upgrading.md: secrets encryption).
     secrets_encryption: bool = True
     # k3s's registries.yaml on every node; unset: Space Harbor writes none (and removes its own).
     registries: Registries | None = None
     # Where joining nodes register: a DNS name or address the user runs in front of the servers.
     registration_address: RegistrationAddress | None = None
-    # k3s's klipper service load balancer (servicelb): off unless asked for, see the README.
+    # k3s's klipper service load balancer (servicelb): off unless asked for, see docs/nodes.md.
     service_load_balancer: Literal["klipper", "none"] = "none"
 
     @property

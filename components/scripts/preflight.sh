@@ -563,7 +563,7 @@ pf_check_secretsEncryption() {
         return 0
     fi
     pf_fail secretsEncryption "k3s runs on this server without secrets encryption (no secrets-encryption: true in $pf_k3s_dir/config.yaml, and k3s secrets-encrypt status does not report Enabled), but k3s.secretsEncryption is true, and k3s cannot turn encryption on for a running cluster before its 2026 releases" \
-        "set k3s.secretsEncryption to false to keep the cluster as it is, or follow the README's migration (Secrets encryption on an existing cluster) and then set it"
+        "set k3s.secretsEncryption to false to keep the cluster as it is, or follow the migration in docs/upgrading.md (Secrets encryption on an existing cluster) and then set it"
     return "$pf_reported"
 }
 

@@ -248,7 +248,7 @@ def test_the_firewall_is_the_same_behind_a_bastion() -> None:
 
 def test_the_example_stack_reaches_harbor_2_through_its_bastion() -> None:
     root = Path(__file__).resolve().parents[2]
-    text = (root / "Pulumi.prod.yaml").read_text()
+    text = (root / "examples" / "tour.yaml").read_text()
     document = yaml.safe_load(text)
     raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
     raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = fake_private_key("example")

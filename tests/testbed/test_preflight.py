@@ -478,7 +478,7 @@ def test_secrets_encryption_cannot_be_switched_on_for_a_running_server(bed: Bed)
             "secrets-encryption: true in /etc/rancher/k3s/config.yaml, and k3s secrets-encrypt status does not "
             "report Enabled), but k3s.secretsEncryption is true, and k3s cannot turn encryption on for a running "
             "cluster before its 2026 releases; set k3s.secretsEncryption to false to keep the cluster as it is, or "
-            "follow the README's migration (Secrets encryption on an existing cluster) and then set it"
+            "follow the migration in docs/upgrading.md (Secrets encryption on an existing cluster) and then set it"
         )
         keep = stack_config(
             tb, mesh={"mtu": bed.mesh_mtu}, k3s={"airgap": True, "version": K3S_VERSION, "secretsEncryption": False}

@@ -32,7 +32,7 @@ def test_defaults_follow_the_design_table() -> None:
 
 
 def test_example_stack_is_valid_once_its_secrets_are_set() -> None:
-    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    document = yaml.safe_load((ROOT / "examples" / "tour.yaml").read_text())
     raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
     raw["sshPrivateKey"] = fake_private_key("x")
     raw["gitops"]["sshPrivateKey"] = fake_private_key("y")
@@ -43,7 +43,7 @@ def test_example_stack_is_valid_once_its_secrets_are_set() -> None:
 
 
 def test_example_stack_without_secrets_names_them() -> None:
-    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    document = yaml.safe_load((ROOT / "examples" / "tour.yaml").read_text())
     raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
     with pytest.raises(ConfigError) as refused:
         load_config(raw)

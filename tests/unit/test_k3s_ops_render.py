@@ -171,7 +171,7 @@ def test_klipper_is_disabled_unless_asked_for() -> None:
 
 
 def test_the_commented_examples_in_pulumi_prod_yaml_are_valid_once_uncommented() -> None:
-    lines = (Path(__file__).resolve().parents[2] / "Pulumi.prod.yaml").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[2] / "examples" / "tour.yaml").read_text().splitlines()
     start = lines.index("    # registries:")
     block = [lines[start].replace("    # ", "", 1)]
     for line in lines[start + 1 :]:

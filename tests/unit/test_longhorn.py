@@ -188,7 +188,7 @@ def test_the_tree_stays_valid_yaml_with_longhorn() -> None:
 
 
 def test_the_commented_example_in_pulumi_prod_yaml_is_valid_once_uncommented() -> None:
-    lines = (Path(__file__).resolve().parents[2] / "Pulumi.prod.yaml").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[2] / "examples" / "tour.yaml").read_text().splitlines()
     start = lines.index("    # longhorn:")
     block = []
     for line in lines[start:]:

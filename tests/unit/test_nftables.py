@@ -114,7 +114,7 @@ def test_ssh_listen_ports_are_what_opens_when_a_nat_forwards_the_dialled_port() 
 
 
 def test_the_example_stack_keeps_the_nated_node_s_own_sshd_open() -> None:
-    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    document = yaml.safe_load((ROOT / "examples" / "tour.yaml").read_text())
     raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
     raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
     _, node, text = _render(raw, "harbor-3")

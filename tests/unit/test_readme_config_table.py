@@ -1,5 +1,5 @@
-"""The README's Stack config section is the user interface (DESIGN §2): every key the model accepts
-is documented there, and every key documented there is one the model accepts.
+"""The Stack config section of docs/configuration.md is the user interface (DESIGN §2): every key the
+model accepts is documented there, and every key documented there is one the model accepts.
 
 A key added to the model without a row, or a row left behind by a renamed key, fails here. Nested
 objects are documented by their parent row (`k3s.registries`, `k3s.etcdSnapshots`), except the
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from components.config import Bastion, HarborConfig, Node
 from components.platform import REGISTRY
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 # The sections whose keys the table lists as `section.key`.
 SECTIONS = ("ssh", "mesh", "k3s", "firewall", "argocd", "gitops", "decommission", "preflight")
 
@@ -27,7 +27,7 @@ def _key(name: str, model: type[BaseModel]) -> str:
 
 
 def _section_text() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = CONFIGURATION.read_text(encoding="utf-8")
     start = text.index("\n## Stack config\n")
     return text[start : text.index("\n## ", start + 1)]
 

@@ -32,7 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,12 @@ from tests.testbed.rootfs import ensure_rootfs
 HERE = Path(__file__).resolve().parent
 STANDIN_K3S = HERE / "standin" / "k3s-standin"
 STANDIN_INSTALLER = HERE / "standin" / "k3s-install-standin.sh"
+# The k3s stand-in's real control plane (kube-apiserver, controllers, a fake kubelet), used when
+# the Testbed is given Kubernetes' binaries; they are bound read-only at CONTROL_PLANE_BIN.
+STANDIN_CONTROL_PLANE = HERE / "standin" / "control-plane-standin"
+CONTROL_PLANE_SCRIPT = "/usr/local/lib/space-harbor-standin/control-plane-standin"
+CONTROL_PLANE_BIN = "/opt/space-harbor-standin/bin"
+CONTROL_PLANE_BINARIES = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 # Where the product's air-gap feature expects the pre-placed files (docs/INTERFACES.md).
 AIRGAP_BINARY = "/usr/local/bin/k3s"
 # Where k3s.sh keeps the shipped installer once it checked its sha256.
@@ -227,13 +233,24 @@ class Testbed:
         run_id: str | None = None,
         k3s_install_seconds: float = K3S_INSTALL_SECONDS,
         k3s_start_seconds: float = K3S_START_SECONDS,
+        control_plane: Mapping[str, Path] | None = None,
     ) -> None:
-        """`k3s_install_seconds` / `k3s_start_seconds`: how slow the k3s stand-in is on every node."""
+        """`k3s_install_seconds` / `k3s_start_seconds`: how slow the k3s stand-in is on every node.
+
+        `control_plane`: the paths of kine, kube-apiserver, kube-controller-manager, kube-scheduler
+        and kubectl by name (./scripts/engine build); with them the k3s stand-in runs a real API
+        server on the first server and a fake kubelet on every node.
+        """
         if k3s_install_seconds < 0 or k3s_start_seconds < 0:
             raise ValueError("the k3s stand-in's install and start times are seconds >= 0")
         self.run_id = run_id or secrets.token_hex(3)
         self.workdir = RUN_ROOT / self.run_id
         self.k3s_version = k3s_version
+        self.control_plane = control_plane
+        if control_plane is not None:
+            missing = [b for b in CONTROL_PLANE_BINARIES if b not in control_plane or not control_plane[b].is_file()]
+            if missing:
+                raise ValueError(f"the control plane lacks {', '.join(missing)}")
         self.k3s_seconds = {
             "K3S_STANDIN_INSTALL_SECONDS": k3s_install_seconds,
             "K3S_STANDIN_START_SECONDS": k3s_start_seconds,
@@ -433,6 +450,7 @@ class Testbed:
                 f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{self.k3s_version}}}"',
             )
             self._write(merged / AIRGAP_BINARY.lstrip("/"), standin, 0o755)
+            self._write(merged / CONTROL_PLANE_SCRIPT.lstrip("/"), STANDIN_CONTROL_PLANE.read_text(), 0o755)
             for path, variable in STANDIN_TIMING_FILES.items():
                 timing = f"{variable}={round(self.k3s_seconds[variable], 3):g}"
                 self._write(merged / path.lstrip("/"), f"# testbed: timing of the k3s STAND-IN\n{timing}\n")
@@ -531,6 +549,7 @@ class Testbed:
                 f"--uuid={node.machine_id}",
                 f"--network-namespace-path=/run/netns/{node.netns}",
                 "--bind=/dev/net/tun",
+                *(f"--bind-ro={path}:{CONTROL_PLANE_BIN}/{name}" for name, path in (self.control_plane or {}).items()),
                 "--capability=CAP_NET_ADMIN",
                 "--resolv-conf=off",
                 "--timezone=off",

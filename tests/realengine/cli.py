@@ -1,0 +1,168 @@
+"""The real Pulumi CLI, driven as a user types it, against testbed nodes.
+
+`./scripts/engine env` says where the CLI, its language host and the plugins are; this module runs
+`pulumi` with exactly that environment, a local file backend and the passphrase secrets provider,
+inside the testbed's controller namespace (so the program, its plugins and the API tunnel can reach
+only the testbed's bridge). Secrets go to `pulumi config set --secret` on stdin, never in argv.
+
+The project is a copy of this repository's program in a temporary folder, so that stack files,
+state and the vendored upstream files never land in the work tree. The copy's pins point at the
+test fixtures (no network here): our own Argo CD Core manifest shaped like upstream's, and the
+testbed's k3s stand-in installer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+ENGINE = ROOT / "scripts" / "engine"
+FIXTURE_PINS = ROOT / "tests" / "fixtures" / "upstream"
+STANDIN_INSTALLER = ROOT / "tests" / "testbed" / "standin" / "k3s-install-standin.sh"
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "requirements.txt", "components", "manifests")
+PASSPHRASE = "space-harbor-real-engine-tier"  # a test stack's passphrase, not a secret of anyone's
+
+
+def engine_environment() -> dict[str, str]:
+    """The environment `eval "$(./scripts/engine env)"` gives a shell; raises when the tools are missing."""
+    status = subprocess.run([str(ENGINE), "status"], capture_output=True, text=True, check=False)
+    if status.returncode != 0:
+        raise RuntimeError(f"the real-engine tools are not built ({ENGINE} status): {status.stdout}{status.stderr}")
+    shown = subprocess.run(
+        ["bash", "-c", f'eval "$({ENGINE} env)" && env -0'],
+        capture_output=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
+    )
+    return dict(item.split("=", 1) for item in shown.stdout.decode().split("\0") if "=" in item)
+
+
+def control_plane_binaries() -> dict[str, Path]:
+    """kine, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl from the engine's PATH."""
+    path = engine_environment()["PATH"]
+    found = {}
+    for name in ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+        where = shutil.which(name, path=path)
+        if where is None:
+            raise RuntimeError(f"{name} is not among the engine's tools (./scripts/engine build)")
+        found[name] = Path(where).resolve()
+    return found
+
+
+def copy_project(target: Path) -> Path:
+    """This program in `target`, its upstream pins pointing at the test fixtures, vendored there."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target / name)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    pins = target / "manifests" / "upstream"
+    pins.mkdir()
+    for fixture in FIXTURE_PINS.iterdir():
+        shutil.copy2(fixture, pins / fixture.name)
+    shutil.copy2(STANDIN_INSTALLER, pins / STANDIN_INSTALLER.name)
+    text = (pins / "upstream.yaml").read_text().replace("../../testbed/standin/", "")
+    (target / "manifests" / "upstream.yaml").write_text(text.replace("url: ", "url: upstream/"))
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "components.upstream", "fetch"],
+        cwd=target,
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Pulumi:
+    """`pulumi` in one project folder and one netns, state in a folder of its own."""
+
+    def __init__(self, project: Path, state: Path, netns: str | None) -> None:
+        self.project = project
+        self.netns = netns
+        state.mkdir(parents=True, exist_ok=True)
+        home = state.parent / f"{state.name}-home"
+        home.mkdir(exist_ok=True)
+        self.env = engine_environment() | {
+            "PULUMI_BACKEND_URL": f"file://{state}",
+            "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+            "PULUMI_SKIP_CONFIRMATIONS": "true",
+            "HOME": str(home),
+            "NO_COLOR": "1",
+        }
+        self.env.pop("PULUMI_ACCESS_TOKEN", None)
+
+    def run(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 1500) -> Result:
+        argv = ["pulumi", *args, "--non-interactive"]
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        done = subprocess.run(
+            [*prefix, *argv],
+            cwd=self.project,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result = Result(argv, done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{result.output[-8000:]}")
+        return result
+
+    def stack_init(self, stack: str) -> None:
+        self.run("stack", "init", stack, "--secrets-provider", "passphrase")
+
+    def set_config(self, config: dict[str, Any], secrets: set[str]) -> None:
+        """Every key with `pulumi config set --path`, secrets with `--secret` and their value on stdin."""
+        for path, value in flatten(config):
+            secret = path in secrets
+            if isinstance(value, str) and not secret:
+                self.run("config", "set", "--path", f"space-harbor:{path}", "--", value)
+            elif isinstance(value, str):
+                self.run("config", "set", "--secret", "--path", f"space-harbor:{path}", input=value)
+            else:
+                self.run("config", "set", "--path", "--json", f"space-harbor:{path}", "--", json.dumps(value))
+
+    def export(self) -> dict[str, Any]:
+        return json.loads(self.run("stack", "export", "--show-secrets").stdout)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.export()["deployment"].get("resources") or []
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, leaf) pairs as `pulumi config set --path` names them: `a.b`, `nodes[0].name`.
+
+    Lists of mappings are walked item by item; other lists and scalars are leaves (set as JSON).
+    """
+    pairs: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            pairs += flatten(value, path)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for index, item in enumerate(value):
+                pairs += flatten(item, f"{path}[{index}]")
+        else:
+            pairs.append((path, value))
+    return pairs

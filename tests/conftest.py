@@ -47,6 +47,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"a testbed test skipped as root: {report.longrepr}"
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # CI's last lines say whether the real-engine tier ran, and how it went (./scripts/test).
+    outcomes: dict[str, int] = {}
+    for kind in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(kind, []):
+            counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+            if counted and "realengine" in getattr(report, "keywords", {}):
+                outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
+    if outcomes:
+        counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        terminalreporter.write_line(f"real-engine tier ran: {counts} (the real pulumi CLI of ./scripts/engine)")
+    elif terminalreporter.config.getoption("markexpr", "") != "not realengine":
+        terminalreporter.write_line("real-engine tier: no test of it ran in this session")
+
+
 # Unique markers: a leak test searches for them anywhere they must not be.
 SSH_KEY_MARKER = "MARKER-SSH-KEY-6f1c"
 GIT_KEY_MARKER = "MARKER-GIT-KEY-93ab"

@@ -112,7 +112,7 @@ class Pulumi:
         self.env.pop("PULUMI_ACCESS_TOKEN", None)
 
     def run(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 1500) -> Result:
-        argv = ["pulumi", *args, "--non-interactive"]
+        argv = ["pulumi", "--non-interactive", *args]
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         done = subprocess.run(
             [*prefix, *argv],
@@ -132,37 +132,8 @@ class Pulumi:
     def stack_init(self, stack: str) -> None:
         self.run("stack", "init", stack, "--secrets-provider", "passphrase")
 
-    def set_config(self, config: dict[str, Any], secrets: set[str]) -> None:
-        """Every key with `pulumi config set --path`, secrets with `--secret` and their value on stdin."""
-        for path, value in flatten(config):
-            secret = path in secrets
-            if isinstance(value, str) and not secret:
-                self.run("config", "set", "--path", f"space-harbor:{path}", "--", value)
-            elif isinstance(value, str):
-                self.run("config", "set", "--secret", "--path", f"space-harbor:{path}", input=value)
-            else:
-                self.run("config", "set", "--path", "--json", f"space-harbor:{path}", "--", json.dumps(value))
-
     def export(self) -> dict[str, Any]:
         return json.loads(self.run("stack", "export", "--show-secrets").stdout)
 
     def resources(self) -> list[dict[str, Any]]:
         return self.export()["deployment"].get("resources") or []
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """(path, leaf) pairs as `pulumi config set --path` names them: `a.b`, `nodes[0].name`.
-
-    Lists of mappings are walked item by item; other lists and scalars are leaves (set as JSON).
-    """
-    pairs: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            pairs += flatten(value, path)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for index, item in enumerate(value):
-                pairs += flatten(item, f"{path}[{index}]")
-        else:
-            pairs.append((path, value))
-    return pairs

@@ -7,12 +7,14 @@ test that finds them missing fails (it never skips into a pass).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.realengine.cli import Pulumi, control_plane_binaries, copy_project
 from tests.testbed.nodes import Testbed, missing_requirements
@@ -32,13 +34,23 @@ class RealStack:
     name: str = "realtier"
 
     def apply_config(self, config: dict[str, Any]) -> None:
-        """Set `config` as the whole stack config: the stack file is rewritten key by key."""
+        """Make `config` the whole stack config, as a user does: the stack file edited by hand for
+        plain values, `pulumi config set --secret` (value on stdin) for each secret."""
         stack_file = self.pulumi.project / f"Pulumi.{self.name}.yaml"
-        text = stack_file.read_text()
-        # Keep the encryption salt line; drop every config value, then set them again.
-        kept = [line for line in text.splitlines() if line.startswith("encryptionsalt:")]
-        stack_file.write_text("\n".join(kept) + "\n")
-        self.pulumi.set_config(config, SECRET_KEYS)
+        salt = yaml.safe_load(stack_file.read_text()).get("encryptionsalt")
+        plain = copy.deepcopy(config)
+        secrets = {}
+        for path in SECRET_KEYS:
+            *parents, leaf = path.split(".")
+            holder = plain
+            for key in parents:
+                holder = holder.get(key, {})
+            if leaf in holder:
+                secrets[path] = holder.pop(leaf)
+        document = {"encryptionsalt": salt, "config": {f"space-harbor:{k}": v for k, v in plain.items()}}
+        stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        for path, value in sorted(secrets.items()):
+            self.pulumi.run("config", "set", "--secret", "--path", f"space-harbor:{path}", input=value)
         self.config = config
 
 

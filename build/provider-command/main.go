@@ -2,8 +2,8 @@
 package main
 
 import (
-	"spaceharbor.local/build/providers/command/remote"
-	"spaceharbor.local/build/providers/internal/standin"
+	"spaceharbor.local/build/provider-command/internal/standin"
+	"spaceharbor.local/build/provider-command/remote"
 )
 
 func main() {

@@ -8,7 +8,7 @@ import (
 	"github.com/pulumi/pulumi-go-provider/infer"
 	"github.com/pulumi/pulumi-go-provider/middleware/schema"
 
-	"spaceharbor.local/build/providers/internal/standin"
+	"spaceharbor.local/build/provider-tls/internal/standin"
 )
 
 // Name, Upstream and Version are what the Python SDK (pulumi_tls 5.6.2) asks the engine for.

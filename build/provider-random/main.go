@@ -2,8 +2,8 @@
 package main
 
 import (
-	"spaceharbor.local/build/providers/internal/standin"
-	"spaceharbor.local/build/providers/random"
+	"spaceharbor.local/build/provider-random/internal/standin"
+	"spaceharbor.local/build/provider-random/random"
 )
 
 func main() {

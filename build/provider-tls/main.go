@@ -2,8 +2,8 @@
 package main
 
 import (
-	"spaceharbor.local/build/providers/internal/standin"
-	"spaceharbor.local/build/providers/tls"
+	"spaceharbor.local/build/provider-tls/internal/standin"
+	"spaceharbor.local/build/provider-tls/tls"
 )
 
 func main() {

@@ -280,7 +280,8 @@ func TestDialTimeoutIsBounded(t *testing.T) {
 	if err == nil {
 		t.Fatal("a dial to a host that never answers succeeded")
 	}
-	if !strings.Contains(err.Error(), "after 2 failed attempts") {
+	// Upstream counts the retries in this message: two dials, "after 1 failed attempts".
+	if !strings.Contains(err.Error(), "after 1 failed attempts") || !strings.Contains(err.Error(), "timeout") {
 		t.Fatalf("want two bounded dials, got %v", err)
 	}
 	// Two dials of 1 s plus the SDK's short backoff; without the bound each would wait for
@@ -500,5 +501,25 @@ func TestCopyToRemoteCopiesOverSFTP(t *testing.T) {
 	}
 	if diffKinds(diff)["triggers"] != p.AddReplace {
 		t.Fatalf("a new trigger should replace the copy: %v", diffKinds(diff))
+	}
+}
+
+func TestPreviewOfAnUpdateRunsNothingAndLeavesOutputsUnknown(t *testing.T) {
+	n := newNode(t)
+	server := newServer(t)
+	olds := map[string]any{"connection": n.connection(t, nil), "create": "echo one"}
+	state := map[string]any{"connection": n.connection(t, nil), "create": "echo one", "stdout": "one", "stderr": ""}
+	news := map[string]any{"connection": n.connection(t, nil), "create": "touch should-not-run"}
+	resp, err := server.Update(p.UpdateRequest{
+		ID: "step-1", Urn: commandURN, DryRun: true, State: props(t, state), Inputs: props(t, news), OldInputs: props(t, olds),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Properties.Get("stdout").IsComputed() {
+		t.Fatalf("a previewed update should leave stdout unknown: %v", resp.Properties.Get("stdout"))
+	}
+	if execs, _, _ := n.server.seen(); len(execs) != 0 {
+		t.Fatalf("preview ran %v", execs)
 	}
 }

@@ -187,7 +187,8 @@ func withRetry[T any](ctx context.Context, what string, limit int, dial func() (
 			lastErr = dialErr
 			dials := try + 1
 			if limit != unlimitedDials && dials > limit {
-				return true, nil, fmt.Errorf("after %d failed attempts: %w", dials, dialErr)
+				// Upstream's wording and count (the retries, one less than the dials).
+				return true, nil, fmt.Errorf("after %d failed attempts: %w", try, dialErr)
 			}
 			bound := "inf"
 			if limit != unlimitedDials {

@@ -1,6 +1,6 @@
 module spaceharbor.local/build/provider-command
 
-go 1.26.6
+go 1.26.0
 
 require (
 	github.com/blang/semver v3.5.1+incompatible

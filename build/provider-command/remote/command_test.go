@@ -253,7 +253,7 @@ func TestWrongHostKeyIsRefused(t *testing.T) {
 	server := newServer(t)
 	_, err := server.Create(p.CreateRequest{Urn: commandURN, Properties: props(t, map[string]any{
 		"connection": n.connection(t, map[string]any{"hostKey": otherKey}),
-		"create":     "touch should-not-run",
+		"create":     "echo should-not-run",
 	})})
 	if err == nil || !strings.Contains(err.Error(), "host key mismatch") {
 		t.Fatalf("want a host key mismatch, got %v", err)
@@ -381,7 +381,7 @@ func TestPreviewRunsNothingAndLeavesOutputsUnknown(t *testing.T) {
 	n := newNode(t)
 	server := newServer(t)
 	resp, err := server.Create(p.CreateRequest{Urn: commandURN, DryRun: true, Properties: props(t, map[string]any{
-		"connection": n.connection(t, nil), "create": "touch should-not-run",
+		"connection": n.connection(t, nil), "create": "echo should-not-run",
 	})})
 	if err != nil {
 		t.Fatal(err)
@@ -509,7 +509,7 @@ func TestPreviewOfAnUpdateRunsNothingAndLeavesOutputsUnknown(t *testing.T) {
 	server := newServer(t)
 	olds := map[string]any{"connection": n.connection(t, nil), "create": "echo one"}
 	state := map[string]any{"connection": n.connection(t, nil), "create": "echo one", "stdout": "one", "stderr": ""}
-	news := map[string]any{"connection": n.connection(t, nil), "create": "touch should-not-run"}
+	news := map[string]any{"connection": n.connection(t, nil), "create": "echo should-not-run"}
 	resp, err := server.Update(p.UpdateRequest{
 		ID: "step-1", Urn: commandURN, DryRun: true, State: props(t, state), Inputs: props(t, news), OldInputs: props(t, olds),
 	})

@@ -298,7 +298,7 @@ k3s_prune_staged() {
     for staged in $k3s_staged_glob; do
         case "$staged" in
         "$k3s_installer_staged" | "$k3s_binary_staged" | "$k3s_images_staged") ;;
-        *) [ -f "$staged" ] && rm -f -- "$staged" ;;
+        *) if [ -f "$staged" ]; then rm -f -- "$staged"; fi ;;
         esac
     done
 }

@@ -755,3 +755,137 @@ def test_lifecycle_refuses_bad_parameters(fake_k3s: FakeK3s) -> None:
     assert "DNS-1123" in fake_k3s.run("drain", node="Bad_Name").stderr
     assert "HARBOR_DRAIN_TIMEOUT" in fake_k3s.run("drain", HARBOR_DRAIN_TIMEOUT="soon").stderr
     assert "HARBOR_FORCE" in fake_k3s.run("drain", HARBOR_FORCE="yes").stderr
+
+
+# --- k3s.sh: k3s_take, every branch ------------------------------------------------------------
+
+# Another installer (a new pin) and another binary: same behaviour, another sha256, so another
+# staged name. Each leaves a mark of its own where the test can see which one ran.
+_FAKE_INSTALLER_V2 = _FAKE_INSTALLER.replace(
+    '>>"$OUT/installer.log"', '>>"$OUT/installer.log"; echo v2 >>"$OUT/which.log"'
+)
+FAKE_INSTALLER_V2 = ShippedFile(
+    "installer", Path("fake-installer-v2"), sha256_of(textwrap.dedent(_FAKE_INSTALLER_V2).lstrip().encode())
+)
+_FAKE_K3S_SHIPPED = _FAKE_K3S + '    echo "shipped binary" >&2\n'
+FAKE_BINARY = ShippedFile(
+    "binary", Path("fake-k3s-shipped"), sha256_of(textwrap.dedent(_FAKE_K3S_SHIPPED).lstrip().encode())
+)
+FAKE_IMAGES_TEXT = "images, the pinned archive\n"
+FAKE_IMAGES = ShippedFile("images", Path("images.tar.zst"), sha256_of(FAKE_IMAGES_TEXT.encode()))
+KEPT_INSTALLER = "/usr/local/share/space-harbor/k3s-install.sh"
+IMAGES_IN_PLACE = "/var/lib/rancher/k3s/agent/images/space-harbor-airgap-images.tar.zst"
+
+
+def _k3s_take_run(tmp_path: Path, body: str) -> Steps:
+    """An installed server (installer v1 kept), then `body`; payloads v1, v2 (a new installer pin),
+    v2-up (an upgrade with it) and airgap (an upgrade that also ships the binary and the images)."""
+    (tmp_path / "fakebin").mkdir()
+    _executable(tmp_path / "fake-installer-v2", _FAKE_INSTALLER_V2)
+    _executable(tmp_path / "fake-k3s-shipped", _FAKE_K3S_SHIPPED)
+    (tmp_path / "images").write_text(FAKE_IMAGES_TEXT)
+    config = "token: T\nnode-name: server-1\n"
+    v2 = FAKE_INSTALLER_V2.parameters()
+    payloads = {
+        "v1": _k3s_env("server", config),
+        "v2": _k3s_env("server", config, **v2),
+        "v2-up": _k3s_env("server", config, version="v1.31.5+k3s1", **v2),
+        "airgap": _k3s_env(
+            "server", config, version="v1.31.5+k3s1", **v2, **FAKE_BINARY.parameters(), **FAKE_IMAGES.parameters()
+        ),
+    }
+    variables = "".join(
+        f"{name.replace('-', '_')}={_payload_file(tmp_path, name, 'k3s.sh', env)}\n" for name, env in payloads.items()
+    )
+    return _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + variables
+        + f"""
+        : >"$OUT/which.log"
+        sum() {{ sha256sum "$1" | cut -d' ' -f1; }}
+        stage_v2() {{ cp {tmp_path}/fake-installer-v2 {FAKE_INSTALLER_V2.staged_path}; }}
+        payload install "$v1" install
+        """
+        + textwrap.dedent(body),
+    )
+
+
+@needs_sandbox
+def test_k3s_take_uses_a_kept_copy_with_the_pinned_sha256_without_the_staged_one(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        rm {FAKE_INSTALLER.staged_path}
+        payload kept-right "$v1" reconfigure
+        """,
+    )
+    assert steps.status("install") == "space-harbor: k3s.sh install: changed"
+    assert steps.status("kept-right") == "space-harbor: k3s.sh reconfigure: unchanged"
+
+
+@needs_sandbox
+def test_k3s_take_replaces_a_kept_copy_altered_on_the_node_or_refuses_it(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        echo 'echo altered >>"$OUT/which.log"' >>{KEPT_INSTALLER}
+        payload kept-wrong "$v1" reconfigure
+        step kept-after-repair sum {KEPT_INSTALLER}
+        # With no staged copy to replace it from: refused, never run.
+        echo 'echo altered >>"$OUT/which.log"' >>{KEPT_INSTALLER}
+        rm {FAKE_INSTALLER.staged_path}
+        payload kept-wrong-unstaged "$v1" reconfigure
+        step which cat "$OUT/which.log"
+        """,
+    )
+    assert steps.status("kept-wrong") == "space-harbor: k3s.sh reconfigure: changed"
+    assert f"k3s installer: {KEPT_INSTALLER} is the pinned file" in steps.stderr("kept-wrong")
+    assert steps.stdout("kept-after-repair").strip() == FAKE_INSTALLER.sha256
+    assert steps.rc("kept-wrong-unstaged") != 0
+    assert f"{KEPT_INSTALLER} is not the pinned file" in steps.stderr("kept-wrong-unstaged")
+    assert steps.stdout("which") == ""
+
+
+@needs_sandbox
+def test_k3s_take_puts_a_new_pin_over_the_old_kept_copy_binary_and_images(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        stage_v2
+        payload new-pin "$v2" reconfigure
+        step kept-after-new-pin sum {KEPT_INSTALLER}
+        echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
+        payload upgrade "$v2_up" upgrade
+        step which cat "$OUT/which.log"
+        """,
+    )
+    assert steps.status("new-pin") == "space-harbor: k3s.sh reconfigure: changed"
+    assert steps.stdout("kept-after-new-pin").strip() == FAKE_INSTALLER_V2.sha256
+    assert steps.status("upgrade") == "space-harbor: k3s.sh upgrade: changed"
+    assert steps.stdout("which").split() == ["v2"]
+
+
+@needs_sandbox
+def test_k3s_take_replaces_a_binary_and_an_images_archive_that_are_not_the_pinned_ones(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        # An upgrade that ships the binary, over a binary in place that is not it, and an images
+        # archive of the same name that is not the pinned one.
+        stage_v2
+        cp {tmp_path}/fake-k3s-shipped {FAKE_BINARY.staged_path}
+        cp {tmp_path}/images {FAKE_IMAGES.staged_path}
+        mkdir -p /var/lib/rancher/k3s/agent/images
+        echo 'an older archive under the same name' >{IMAGES_IN_PLACE}
+        echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
+        payload airgap "$airgap" upgrade
+        step binary-in-place sum /usr/local/bin/k3s
+        step images-in-place sum {IMAGES_IN_PLACE}
+        payload airgap-again "$airgap" upgrade
+        """,
+    )
+    assert steps.status("airgap") == "space-harbor: k3s.sh upgrade: changed"
+    assert steps.stdout("binary-in-place").strip() == FAKE_BINARY.sha256
+    assert steps.stdout("images-in-place").strip() == FAKE_IMAGES.sha256
+    assert steps.status("airgap-again") == "space-harbor: k3s.sh upgrade: unchanged"

@@ -343,32 +343,32 @@ lc_drain_departed() {
 # controller fills in. A token Secret made by hand is not one of the "auto-generated" legacy tokens
 # that Kubernetes cleans up after a year unused.
 lc_credential_manifest() {
-    cat <<EOF
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: $lc_credential_account
-  namespace: $lc_credential_namespace
-  labels: {app.kubernetes.io/managed-by: space-harbor}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: $lc_credential_account
-  labels: {app.kubernetes.io/managed-by: space-harbor}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
-subjects:
-- {kind: ServiceAccount, name: $lc_credential_account, namespace: $lc_credential_namespace}
----
-apiVersion: v1
-kind: Secret
-type: kubernetes.io/service-account-token
-metadata:
-  name: $lc_credential_secret
-  namespace: $lc_credential_namespace
-  annotations: {kubernetes.io/service-account.name: $lc_credential_account}
-  labels: {app.kubernetes.io/managed-by: space-harbor}
-EOF
+    # printf, as for the kubeconfig below: no here-documents, which bash < 5.1 writes to /tmp.
+    printf '%s\n' \
+        "apiVersion: v1" \
+        "kind: ServiceAccount" \
+        "metadata:" \
+        "  name: $lc_credential_account" \
+        "  namespace: $lc_credential_namespace" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}" \
+        "---" \
+        "apiVersion: rbac.authorization.k8s.io/v1" \
+        "kind: ClusterRoleBinding" \
+        "metadata:" \
+        "  name: $lc_credential_account" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}" \
+        "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}" \
+        "subjects:" \
+        "- {kind: ServiceAccount, name: $lc_credential_account, namespace: $lc_credential_namespace}" \
+        "---" \
+        "apiVersion: v1" \
+        "kind: Secret" \
+        "type: kubernetes.io/service-account-token" \
+        "metadata:" \
+        "  name: $lc_credential_secret" \
+        "  namespace: $lc_credential_namespace" \
+        "  annotations: {kubernetes.io/service-account.name: $lc_credential_account}" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}"
 }
 
 # The kubeconfig goes to stdout only once it is whole: pulumi-command puts a failed step's stdout
@@ -390,25 +390,24 @@ lc_api_credential() {
     ca=$(lc_kubectl config view --raw -o 'jsonpath={.clusters[0].cluster.certificate-authority-data}') ||
         harbor_fail "cannot read the cluster CA from $lc_kubeconfig (step api-credential)"
     [ -n "$ca" ] || harbor_fail "$lc_kubeconfig has no certificate-authority-data (step api-credential)"
-    kubeconfig=$(
-        cat <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: default
-  cluster:
-    certificate-authority-data: $ca
-    server: https://127.0.0.1:6443
-contexts:
-- name: default
-  context: {cluster: default, user: $lc_credential_account}
-current-context: default
-users:
-- name: $lc_credential_account
-  user:
-    token: $token
-EOF
-    )
+    # printf (a builtin, no file): a here-document goes through a temporary file in bash before
+    # 5.1, and this text holds a cluster-admin token.
+    kubeconfig=$(printf '%s\n' \
+        "apiVersion: v1" \
+        "kind: Config" \
+        "clusters:" \
+        "- name: default" \
+        "  cluster:" \
+        "    certificate-authority-data: $ca" \
+        "    server: https://127.0.0.1:6443" \
+        "contexts:" \
+        "- name: default" \
+        "  context: {cluster: default, user: $lc_credential_account}" \
+        "current-context: default" \
+        "users:" \
+        "- name: $lc_credential_account" \
+        "  user:" \
+        "    token: $token")
     printf '%s\n' "$kubeconfig"
 }
 

@@ -9,8 +9,9 @@ and then pass `forward` to the pod.
   node on any port but SSH, the mesh port and `firewall.publicTcpPorts`, and what is addressed
   straight at the pod or service network.
 - `forward` (policy accept) drops connections from untrusted interfaces that go out to pods,
-  flannel or the mesh without having been translated (prerouting admitted the translated ones on
-  their original port), and operators' traffic through a node.
+  flannel or the mesh, unless they were translated from an open port (`ct original proto-dst`:
+  prerouting filters ports for the node's own addresses only, and a Service's externalIP is not
+  one), and operators' traffic through a node. Operators count only on the mesh interface.
 - `input` (policy drop) keeps the node's own ports private, as it always did.
 
 Every base chain on a hook must accept a packet for it to pass, and k3s, flannel and kube-proxy
@@ -239,7 +240,7 @@ def render_nftables(config: HarborConfig, node: Node) -> str:
     # Translated traffic from untrusted interfaces passes only on an open original port: prerouting
     # filters ports for the node's own addresses only, and a DNAT of an address the node does not
     # hold (a Service's externalIPs, a LoadBalancer IP) would otherwise open every port of it.
-    translated = []
+    translated: list[str] = []
     if public:
         open_port = f"meta l4proto tcp ct original proto-dst {_anonymous(public)}"
         translated.append(f'ct status dnat {open_port} accept comment "translated: an open port"')

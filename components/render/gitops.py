@@ -47,6 +47,7 @@ KNOWN_HOSTS_CONFIGMAP = "argocd-ssh-known-hosts-cm"
 KNOWN_HOSTS_KEY = "ssh_known_hosts"
 # The label every platform Application carries (manifests/gitops/component-application.yaml).
 PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 # What the root Application may create in argocd: the Applications and AppProjects under <path>/apps.
 ROOT_PROJECT_KINDS = ("Application", "AppProject")
 
@@ -181,7 +182,12 @@ def render_root_application(config: HarborConfig) -> dict[str, Any]:
 def platform_applications_selector() -> str:
     """The label selector of the platform's own Applications, from their template: what syncOnApply syncs."""
     labels = load_template("component-application.yaml")["metadata"]["labels"]
-    return f"{PART_OF_LABEL}={labels[PART_OF_LABEL]}"
+    return ",".join(f"{key}={labels[key]}" for key in (PART_OF_LABEL, MANAGED_BY_LABEL))
+
+
+def platform_application_names(config: HarborConfig) -> list[str]:
+    """The names of this stack's platform Applications (components/render/platform.py names them so)."""
+    return sorted(component.name for component in config.enabled_components())
 
 
 def render_root_project(config: HarborConfig) -> dict[str, Any]:

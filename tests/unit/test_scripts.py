@@ -470,6 +470,9 @@ def _k3s_fakes(tmp_path: Path) -> str:
     _executable(tmp_path / "fake-installer", _FAKE_INSTALLER)
     return f"""
         mkdir -p /run/systemd/system /usr/local/bin
+        # the staging directory as the node's `shipped` step makes it (prepare-staging)
+        install -d -m 755 /var/lib/space-harbor
+        install -d -m 700 /var/lib/space-harbor/staging
         cp {tmp_path}/fake-k3s /usr/local/bin/k3s
         cp {tmp_path}/fake-installer {FAKE_INSTALLER.staged_path}
         echo v1.31.4+k3s1 >/usr/local/share/fake-k3s-version
@@ -530,7 +533,7 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
         step kept-mode stat -c '%a %U' /usr/local/share/space-harbor/k3s-install.sh
         payload remove-shipped {p["up"]} remove-shipped
         payload remove-shipped-again {p["up"]} remove-shipped
-        step staged-left bash -c 'ls -A /var/tmp'
+        step staged-left bash -c 'ls -A /var/tmp /var/lib/space-harbor 2>&1 || true'
         """,
     )
     installs = (steps.out / "installer.log").read_text().splitlines()
@@ -570,7 +573,8 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
     assert steps.stdout("kept-mode").split() == ["700", "root"]
     assert steps.status("remove-shipped") == "space-harbor: k3s.sh remove-shipped: changed"
     assert steps.status("remove-shipped-again") == "space-harbor: k3s.sh remove-shipped: unchanged"
-    assert steps.stdout("staged-left") == ""
+    assert "/var/tmp:\n\n" in steps.stdout("staged-left") + "\n"
+    assert "cannot access '/var/lib/space-harbor'" in steps.stdout("staged-left")
 
 
 @needs_sandbox
@@ -889,3 +893,97 @@ def test_k3s_take_replaces_a_binary_and_an_images_archive_that_are_not_the_pinne
     assert steps.stdout("binary-in-place").strip() == FAKE_BINARY.sha256
     assert steps.stdout("images-in-place").strip() == FAKE_IMAGES.sha256
     assert steps.status("airgap-again") == "space-harbor: k3s.sh upgrade: unchanged"
+
+
+# --- k3s.sh: the private staging directory ------------------------------------------------------
+
+STAGING = "/var/lib/space-harbor/staging"
+
+
+@needs_sandbox
+def test_staging_is_private_and_k3s_take_refuses_links_and_other_accounts_files(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    config = "token: T\nnode-name: agent-1\nserver: https://10.160.0.1:6443\n"
+    install = _payload_file(tmp_path, "install", "k3s.sh", _k3s_env("agent", config))
+    legacy_path = "/var/tmp/space-harbor-k3s-installer-0123456789abcdef.sh"
+    from_var_tmp = _payload_file(
+        tmp_path, "var-tmp", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALLER=legacy_path)
+    )
+    prepare = {
+        user: _payload_file(tmp_path, f"prepare-{user}", "k3s.sh", {"HARBOR_STAGING_USER": user})
+        for user in ("root", "nobody", "no-such-user")
+    }
+    staged = FAKE_INSTALLER.staged_path
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        rm -rf /var/lib/space-harbor
+        payload prepare-1 {prepare["root"]} prepare-staging
+        payload prepare-2 {prepare["root"]} prepare-staging
+        step modes stat -c '%n %U %a' /var/lib/space-harbor {STAGING}
+        payload prepare-unknown {prepare["no-such-user"]} prepare-staging
+
+        # A link in place of the staged installer (to a perfectly good copy): refused.
+        cp {tmp_path}/fake-installer "$SCRATCH/elsewhere.sh"
+        ln -s "$SCRATCH/elsewhere.sh" {staged}
+        payload link {install} install
+        rm {staged}
+        # Another account's file: refused, whatever it holds.
+        cp {tmp_path}/fake-installer {staged}
+        chown nobody {staged}
+        payload foreign {install} install
+        # The SSH user's own (the directory's owner): taken.
+        payload prepare-nobody {prepare["nobody"]} prepare-staging
+        step owner stat -c '%U %a' {STAGING}
+        payload owned {install} install
+        # A staged path outside the directory (where older versions staged): refused.
+        cp {tmp_path}/fake-installer {legacy_path}
+        rm /usr/local/share/space-harbor/k3s-install.sh
+        payload var-tmp {from_var_tmp} reconfigure
+
+        # What an older version left in /var/tmp, and a link planted there: remove-shipped takes
+        # both away and follows no link.
+        ln -s /etc/hostname /var/tmp/space-harbor-k3s-binary-fedcba9876543210
+        cp /etc/hostname "$SCRATCH/hostname-before"
+        payload remove {install} remove-shipped
+        step left bash -c 'ls -A /var/tmp; ls -d /var/lib/space-harbor 2>&1 || true'
+        step hostname-intact cmp /etc/hostname "$SCRATCH/hostname-before"
+
+        # A link in place of the directory: prepare-staging refuses it.
+        mkdir -p /var/lib/space-harbor "$SCRATCH/attacker"
+        ln -s "$SCRATCH/attacker" {STAGING}
+        payload prepare-link {prepare["root"]} prepare-staging
+        """,
+    )
+    assert steps.status("prepare-1") == "space-harbor: k3s.sh prepare-staging: changed"
+    assert steps.status("prepare-2") == "space-harbor: k3s.sh prepare-staging: unchanged"
+    assert steps.stdout("modes").splitlines() == ["/var/lib/space-harbor root 755", f"{STAGING} root 700"]
+    assert steps.rc("prepare-unknown") != 0
+    assert "HARBOR_STAGING_USER must be the SSH user" in steps.stderr("prepare-unknown")
+
+    assert steps.rc("link") != 0
+    assert f"{staged} is not a regular file (a symlink?); refusing to use it" in steps.stderr("link")
+    assert steps.rc("foreign") != 0
+    assert f"{staged} belongs to nobody, not to root (the SSH user) or root" in steps.stderr("foreign")
+    assert steps.status("prepare-nobody") == "space-harbor: k3s.sh prepare-staging: changed"
+    assert steps.stdout("owner").strip() == "nobody 700"
+    assert steps.status("owned") == "space-harbor: k3s.sh install: changed"
+    assert steps.rc("var-tmp") != 0
+    assert f"{legacy_path} is not in the private staging directory {STAGING}" in steps.stderr("var-tmp")
+
+    assert steps.status("remove") == "space-harbor: k3s.sh remove-shipped: changed"
+    assert steps.stdout("left").splitlines() == ["ls: cannot access '/var/lib/space-harbor': No such file or directory"]
+    assert steps.rc("hostname-intact") == 0
+    assert steps.rc("prepare-link") != 0
+    assert f"{STAGING} is not a directory (a symlink?)" in steps.stderr("prepare-link")
+
+
+def test_k3s_sh_and_the_copy_steps_name_the_same_staging_directory() -> None:
+    from components.shipped import STAGING_DIR
+
+    text = (SCRIPTS / "k3s.sh").read_text()
+    parent = re.search(r"^k3s_staging_parent=(\S+)$", text, re.MULTILINE)
+    child = re.search(r'^k3s_staging_dir="\$k3s_staging_parent/(\S+)"$', text, re.MULTILINE)
+    assert parent and child
+    assert f"{parent.group(1)}/{child.group(1)}" == STAGING_DIR == FAKE_INSTALLER.staged_path.rsplit("/", 1)[0]

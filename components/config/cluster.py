@@ -42,6 +42,7 @@ PREFLIGHT_CHECKS = (
     "role",
     "bootstrap",
     "secretsEncryption",
+    "firewall",
 )
 PREFLIGHT_REQUIRED = frozenset({"role", "secretsEncryption"})
 SKIPPABLE_PREFLIGHT_CHECKS = tuple(check for check in PREFLIGHT_CHECKS if check not in PREFLIGHT_REQUIRED)

@@ -73,6 +73,7 @@ def test_single_server_is_the_bootstrap_server_with_the_server_ports() -> None:
         "HARBOR_MESH_ENDPOINT": "192.0.2.10",
         "HARBOR_PEER_SERVERS": "",
         "HARBOR_PREFLIGHT_SKIP": "",
+        "HARBOR_NFT_TABLE": "space_harbor",
     }
 
 

@@ -987,3 +987,56 @@ def test_k3s_sh_and_the_copy_steps_name_the_same_staging_directory() -> None:
     child = re.search(r'^k3s_staging_dir="\$k3s_staging_parent/(\S+)"$', text, re.MULTILINE)
     assert parent and child
     assert f"{parent.group(1)}/{child.group(1)}" == STAGING_DIR == FAKE_INSTALLER.staged_path.rsplit("/", 1)[0]
+
+
+# --- preflight.sh: a firewall that nftables.service took away ------------------------------------
+
+
+@needs_sandbox
+@needs_nft
+def test_preflight_reports_a_firewall_that_stopping_nftables_flushed(tmp_path: Path) -> None:
+    from components.config import SKIPPABLE_PREFLIGHT_CHECKS
+    from components.render.preflight import preflight_env
+
+    config = load_config(base_config(agents=1))
+    node = config.nodes[1]
+    only_firewall = ",".join(check for check in SKIPPABLE_PREFLIGHT_CHECKS if check != "firewall")
+    check = tmp_path / "preflight"
+    check.write_text(
+        script_payload(
+            (SCRIPTS / "preflight.sh").read_text(),
+            {**preflight_env(config, node), "HARBOR_PREFLIGHT_SKIP": only_firewall},
+        )
+    )
+    apply = _payload_file(
+        tmp_path,
+        "fw",
+        "firewall.sh",
+        {"HARBOR_NFT_TABLE": TABLE_NAME, "HARBOR_NFT_RULESET": render_nftables(config, node)},
+    )
+    steps = _sandbox(
+        tmp_path,
+        f"""
+        payload never-applied {check} check
+        payload apply {apply} apply
+        payload loaded {check} check
+        # What `systemctl stop nftables` runs on Debian (ExecStop): every table goes.
+        nft flush ruleset
+        payload flushed {check} check
+        step files-after bash -c 'ls -A /etc/space-harbor'
+        step tables-after nft list tables
+        """,
+    )
+    assert "firewall: ok (no Space Harbor firewall applied here yet)" in steps.stdout("never-applied")
+    assert steps.rc("never-applied") == 0
+    assert steps.status("apply") == "space-harbor: firewall.sh apply: changed"
+    assert f"firewall: ok (table inet {TABLE_NAME} is loaded)" in steps.stdout("loaded")
+    assert steps.rc("flushed") == 1
+    assert (
+        f"space-harbor: preflight agent-1: firewall: this node's firewall (table inet {TABLE_NAME}, stored in "
+        "/etc/space-harbor/firewall.nft) is not loaded" in steps.stderr("flushed")
+    )
+    assert "systemctl restart space-harbor-firewall" in steps.stderr("flushed")
+    # read-only: it loaded nothing and wrote nothing
+    assert steps.stdout("files-after").split() == ["firewall.nft"]
+    assert TABLE_NAME not in steps.stdout("tables-after")

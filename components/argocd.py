@@ -42,6 +42,7 @@ from components.render.argocd import (
 from components.render.gitops import (
     ARGOCD_NAMESPACE,
     ROOT_APPLICATION,
+    platform_application_names,
     platform_applications_selector,
     render_known_hosts_configmap,
     render_repository_secret,
@@ -176,6 +177,7 @@ def sync_after_commit(
         "HARBOR_ARGOCD_NAMESPACE": NAMESPACE,
         "HARBOR_ROOT_APPLICATION": ROOT_APPLICATION,
         "HARBOR_CHILD_SELECTOR": platform_applications_selector(),
+        "HARBOR_CHILD_APPLICATIONS": "\n".join(platform_application_names(config)),
         "HARBOR_SYNC_TIMEOUT": str(config.gitops.sync_timeout_seconds),
     }
     return node_command(

@@ -5,9 +5,9 @@ list, a change of `k3s.firstServer` or of the node that steps run on changes inp
 a resource's identity (a new identity would be a delete, and a k3s delete is an uninstall):
 
   preflight    (on the node)          create: read-only checks (NodePreflight, components/preflight.py)
+  shipped      (on the node)          create: the private staging directory   delete: remove the staged files
   ship-*       (to the node)          create/update: copy the pinned installer (air-gapped: the binary
-                                              and images) to a staging path (components/shipped.py)
-  shipped      (on the node)                                              delete: remove the staged files
+                                              and images) into it (components/shipped.py)
   node-object  (on the first server)  create: check the API            delete: delete the Node object
   k3s          (on the node)          create: install what the enabled components need on every node,
                                               then k3s from config.yaml at k3s.version
@@ -165,6 +165,26 @@ class K3sNode(pulumi.ComponentResource):
         config_yaml = pulumi.Output.all(args.server_token, args.agent_token).apply(
             lambda tokens: render_config_yaml(config, node, server_token=tokens[0], agent_token=tokens[1])
         )
+        # The staged files' lifetime on the node: created first, as the private directory they are
+        # staged into (prepare-staging); deleted after the uninstall (the install depends on it),
+        # so a replaced install still finds them and a node that leaves keeps none of them.
+        staged = (
+            [
+                node_command(
+                    f"{node.name}-shipped",
+                    config,
+                    node,
+                    "k3s.sh",
+                    create="prepare-staging",
+                    delete="remove-shipped",
+                    env={"HARBOR_STAGING_USER": config.ssh_user(node)},
+                    secret=False,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=args.gate or args.prerequisites),
+                )
+            ]
+            if args.shipped
+            else []
+        )
         # Staged on the node before anything runs there that needs them; k3s.sh checks their sha256.
         copies = [
             node_copy(
@@ -173,31 +193,11 @@ class K3sNode(pulumi.ComponentResource):
                 node,
                 shipped.source,
                 shipped.staged_path,
-                pulumi.ResourceOptions(parent=self, depends_on=args.gate or args.prerequisites),
+                pulumi.ResourceOptions(parent=self, depends_on=staged or args.gate or args.prerequisites),
             )
             for shipped in args.shipped
         ]
         shipped_env = {key: value for shipped in args.shipped for key, value in shipped.parameters().items()}
-        # The staged files' lifetime on the node: nothing to create; deleted after the uninstall
-        # (the install depends on it), so a replaced install still finds them and a node that
-        # leaves keeps none of them.
-        staged = (
-            [
-                node_command(
-                    f"{node.name}-shipped",
-                    config,
-                    node,
-                    "k3s.sh",
-                    create=None,
-                    delete="remove-shipped",
-                    env={},
-                    secret=False,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=copies),
-                )
-            ]
-            if copies
-            else []
-        )
         install_env: dict[str, pulumi.Input[str]] = {
             "HARBOR_K3S_ROLE": node.role,
             "HARBOR_K3S_VERSION": config.k3s.version,

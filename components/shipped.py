@@ -2,16 +2,22 @@
 
 Each goes to the node with pulumi-command's `CopyToRemote` (components/remote.py: `node_copy`),
 staged under a name that carries its sha256, and k3s.sh takes it from there only after checking
-that sha256 on the node. The names are ours alone (`space-harbor-k3s-*` in /var/tmp, which exists
-on every Linux and which a non-root SSH user can write to), so k3s.sh may prune older ones.
+that sha256 on the node. They are staged in a private directory, `STAGING_DIR`: the node's
+`shipped` step makes it first (`k3s.sh prepare-staging`), owned by the SSH user with mode 0700
+inside a root-owned directory, so no other local account can pre-create a name there, block the
+copy or plant a link; k3s.sh refuses a staged path that is a symlink or another account's file.
 
 What the engine does with them, and why that is enough:
 - `CopyToRemote` copies on create, and on update only when the file's hash or the remote path
   changed; a connection change alone copies nothing. Its delete removes nothing from the node
   (pulumi-command has no delete for it), so a removed or forgotten node is never dialled for it;
-  k3s.sh's uninstall removes the staged files instead.
+  the `shipped` step's delete (`remove-shipped`) removes the staged files instead, including the
+  ones versions before the staging directory left in /var/tmp.
 - The staged name changes with the content, so a new version is a new path and the old one stays
   until k3s.sh has installed the new one and pruned it.
+- A stack staged by an earlier version in /var/tmp gets the new paths as an update: the `shipped`
+  step's update makes the directory, the copies copy again, and the next install step prunes the
+  old files.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Literal
 
 from components.config.k3s import AIRGAP_IMAGE_SUFFIXES, K3s
 
-STAGING_DIR = "/var/tmp"  # noqa: S108 (on the node; k3s.sh checks a root-owned copy, never the staged file)
+# On the node; k3s.sh (k3s_staging_dir) names the same directory.
+STAGING_DIR = "/var/lib/space-harbor/staging"
 STAGED_PREFIX = "space-harbor-k3s-"
 K3S_INSTALLER_KIND = "k3s-installer"
 

@@ -65,7 +65,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # Unique markers: a leak test searches for them anywhere they must not be.
 SSH_KEY_MARKER = "MARKER-SSH-KEY-6f1c"
 GIT_KEY_MARKER = "MARKER-GIT-KEY-93ab"
-TOKEN_MARKER = "MARKER-K3S-TOKEN-2d7e"
+TOKEN_MARKER = "MARKER-K3S-TOKEN-2d7e-0f9a6c31b8e45d72"  # as long and varied as a real token
 EXAMPLE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 

@@ -150,9 +150,13 @@ _FAKE_K3S = textwrap.dedent(
         sys.exit("The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?")
     if os.path.exists(os.path.join(state, "drain-fails")) and args[0] == "drain":
         sys.exit("error: cannot evict pod web-0: disruption budget")
-    flags, words, output, pending = [], [], "", False
+    flags, words, output, pending, operands_only = [], [], "", False, False
     for a in args:
-        if pending == "namespace":
+        if operands_only:  # after `--`, as in kubectl (cobra): no option, whatever it looks like
+            words.append(a)
+        elif a == "--":
+            operands_only = True
+        elif pending == "namespace":
             pending = False
         elif pending:
             output, pending = a, False

@@ -253,3 +253,30 @@ def registration_address(nodes: Sequence[Node], mesh: Mesh, firewall: Firewall, 
             "the mesh; use a DNS name whose records are the servers' mesh addresses, or the meshAddress of "
             "an operator that runs your load balancer"
         )
+
+
+# k3s derives the key of its bootstrap data (the cluster CA keys, in etcd and in every etcd
+# snapshot, also on S3) from the server token, and the server token is cluster admin on the API.
+# k3s's own tokens are 32 random hex characters; a shorter or repetitive one can be guessed offline
+# from a snapshot.
+MIN_TOKEN_LENGTH = 32
+MIN_TOKEN_DISTINCT = 10
+
+
+def token_strength(k3s: K3s) -> None:
+    """A token set by hand is at least as strong as one k3s or pulumi-random would make; never echoed."""
+    if k3s.allow_weak_tokens:
+        return
+    for key, token in (("k3s.token", k3s.token), ("k3s.agentToken", k3s.agent_token)):
+        if token is None:
+            continue
+        # A full token (K10<ca hash>::server:<secret>) is judged by its secret part.
+        secret = token.get_secret_value().rsplit("::", 1)[-1].split(":", 1)[-1]
+        if len(secret) < MIN_TOKEN_LENGTH or len(set(secret)) < MIN_TOKEN_DISTINCT:
+            raise ValueError(
+                f"{key}: is too weak ({len(secret)} characters, {len(set(secret))} different); it protects the"
+                f" cluster's CA keys in every etcd snapshot, so use at least {MIN_TOKEN_LENGTH} random"
+                " characters (openssl rand -hex 32), or leave it unset to have one generated. A cluster"
+                " that already runs with it can keep it with k3s.allowWeakTokens: true until it is rotated"
+                " (k3s token rotate)"
+            )

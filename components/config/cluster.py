@@ -42,6 +42,7 @@ PREFLIGHT_CHECKS = (
     "role",
     "bootstrap",
     "secretsEncryption",
+    "firewall",
 )
 PREFLIGHT_REQUIRED = frozenset({"role", "secretsEncryption"})
 SKIPPABLE_PREFLIGHT_CHECKS = tuple(check for check in PREFLIGHT_CHECKS if check not in PREFLIGHT_REQUIRED)
@@ -54,6 +55,35 @@ _LABEL_KEY = re.compile(
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _TAINT = re.compile(r"^(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$")
+# A DNS subdomain, the optional prefix of a label or taint key.
+_KEY_PREFIX_MAX = 253
+
+
+def _taint(value: str) -> str:
+    """`key[=value]:Effect` with Kubernetes' own key and value syntax (a label's).
+
+    Beyond Kubernetes' rule, this keeps a taint from ever reading as an option of the `kubectl taint`
+    that sets it as root (a key that starts with `-`).
+    """
+    match = _TAINT.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
+    key, taint_value = match.group("key"), match.group("value") or ""
+    prefix = key.rpartition("/")[0]
+    if not _LABEL_KEY.match(key) or len(prefix) > _KEY_PREFIX_MAX:
+        raise ValueError(
+            f"{value!r}: {key!r} is not a valid taint key (an optional DNS subdomain and '/', then up to 63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+        )
+    if not _LABEL_VALUE.match(taint_value):
+        raise ValueError(
+            f"{value!r}: {taint_value!r} is not a valid taint value (up to 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit)"
+        )
+    return value
+
+
+Taint = Annotated[str, AfterValidator(_taint)]
 
 
 def _preflight_check(value: str) -> str:
@@ -142,7 +172,7 @@ class Node(ConfigModel):
     # This node's jump host instead of `ssh.bastion`; false: this node is dialled directly.
     bastion: NodeBastion | None = None
     labels: dict[str, str] = Field(default_factory=dict)
-    taints: list[str] = Field(default_factory=list)
+    taints: list[Taint] = Field(default_factory=list)
     # Any change of this counter reruns the k3s installer on this node at the version it runs,
     # without uninstalling (the seed's `force_k3s_upgrade`, for one node).
     reinstall: int = Field(default=0, ge=0)
@@ -169,14 +199,6 @@ class Node(ConfigModel):
                 raise ValueError(f"{key!r} is not a valid label key")
             if not _LABEL_VALUE.match(label):
                 raise ValueError(f"{label!r} (label {key}) is not a valid label value")
-        return value
-
-    @field_validator("taints")
-    @classmethod
-    def _taints(cls, value: list[str]) -> list[str]:
-        for taint in value:
-            if not _TAINT.match(taint):
-                raise ValueError(f"{taint!r} is not key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
         return value
 
     @property

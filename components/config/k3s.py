@@ -204,6 +204,9 @@ class K3s(ConfigModel):
     # Agents join with this token only; the server token (k3s: equivalent to cluster admin) stays
     # on the servers. Generated in state when unset.
     agent_token: SecretStr | None = None
+    # Lets a cluster that already runs with a shorter token keep it (k3s cannot change it in place
+    # before `k3s token rotate`); see checks.token_strength.
+    allow_weak_tokens: bool = False
     # k3s `secrets-encryption` on servers: Secrets encrypted at rest (and so in etcd snapshots). A
     # running server cannot switch it on in place before k3s's 2026 releases, so the preflight
     # refuses it there (docs/upgrading.md: secrets encryption).

@@ -187,6 +187,7 @@ class HarborConfig(ConfigModel):
     @model_validator(mode="after")
     def _k3s_options(self) -> HarborConfig:
         checks.registries(self.k3s)
+        checks.token_strength(self.k3s)
         checks.registration_address(self.nodes, self.mesh, self.firewall, self.k3s)
         return self
 

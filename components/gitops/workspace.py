@@ -3,9 +3,10 @@
 `sync_tree` fetches the branch into a private bare repository, plans with
 components/gitops/plan.py, builds the new tree in a private index, commits only when the tree
 changed, and pushes without force, rebasing on a moved remote up to `MAX_PUSH_ATTEMPTS` times.
-SSH runs with the key in a 0600 file and only the given known_hosts; HTTPS gets its password from a
-GIT_ASKPASS script that reads the environment. Global and system git config are ignored, and git's
-messages are scrubbed of every credential.
+SSH runs with the key in a 0600 file, only the given known_hosts and no ssh config; HTTPS gets its
+password from a GIT_ASKPASS script that reads the environment and answers only the repository's
+own host. Global and system git config are ignored, and git's messages are scrubbed of every
+credential.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import git
 from gitdb.base import IStream
@@ -45,6 +47,9 @@ def ssh_command(key_file: str, known_hosts_file: str) -> str:
     return " ".join(
         [
             "ssh",
+            # No ~/.ssh/config: its KnownHostsCommand, IdentityFile, ProxyCommand or Match exec
+            # would add trusted host keys, offer other keys or run commands.
+            "-F /dev/null",
             "-i",
             shlex.quote(key_file),
             "-o IdentitiesOnly=yes",
@@ -59,12 +64,29 @@ def ssh_command(key_file: str, known_hosts_file: str) -> str:
 
 
 ASKPASS_SCRIPT = """#!/bin/sh
-# git asks "Username for ...:" and "Password for ...:"; the answers come from the environment.
+# git asks "Username for 'https://host': " and "Password for 'https://user@host': ". Only the
+# repository's own origin gets an answer: a redirect can send git to another host, which would
+# then be handed the password.
+url=${1#*"'"}
+url=${url%"'"*}
+scheme=${url%%://*}
+host=${url#*://}
+host=${host##*@}
+if [ "$scheme://$host" != "$HARBOR_GIT_ORIGIN" ]; then
+  echo "space-harbor: git asked for the credentials of $scheme://$host, not of $HARBOR_GIT_ORIGIN; refused" >&2
+  exit 1
+fi
 case "$1" in
   Username*) printf '%s\\n' "$HARBOR_GIT_USERNAME" ;;
   *) printf '%s\\n' "$HARBOR_GIT_PASSWORD" ;;
 esac
 """
+
+
+def credential_origin(repo_url: str) -> str:
+    """`scheme://host[:port]` of an HTTPS URL, as git names it when it asks for credentials."""
+    parts = urlsplit(repo_url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def transport_env(
@@ -75,6 +97,7 @@ def transport_env(
     askpass: str | None = None,
     username: str | None = None,
     password: str | None = None,
+    origin: str | None = None,
 ) -> dict[str, str]:
     """Environment of every git command: isolated from the user's git config, no prompts."""
     env = {
@@ -90,13 +113,14 @@ def transport_env(
             raise ValueError("ssh transport needs a key file and a known_hosts file")
         env["GIT_SSH_COMMAND"] = ssh_command(key_file, known_hosts_file)
     elif transport == "https":
-        if askpass is None or username is None or password is None:
-            raise ValueError("https transport needs the askpass script, a username and a password")
+        if askpass is None or username is None or password is None or origin is None:
+            raise ValueError("https transport needs the askpass script, a username, a password and the origin")
         env |= {
             "GIT_ASKPASS": askpass,
             "SSH_ASKPASS": askpass,
             "HARBOR_GIT_USERNAME": username,
             "HARBOR_GIT_PASSWORD": password,
+            "HARBOR_GIT_ORIGIN": origin,
         }
     return env
 
@@ -158,6 +182,7 @@ class Workspace:
                 askpass=askpass,
                 username=spec.credentials["username"],
                 password=spec.credentials["password"],
+                origin=credential_origin(spec.repo_url),
             )
         return transport_env("local")
 

@@ -172,7 +172,8 @@ def readme(settings: Backup, context: Context) -> str:
         "**backup** runs backup-maker-controller v0.1.2, which has no target of its own: you commit "
         "`ScheduledBackup`s in namespace `backup`, in a folder of your own (say `backups/`, outside "
         f"`{context.gitops_path}/`), and an Application for that folder in `{context.gitops_path}/apps/user/` "
-        "(project `applications`, destination namespace `backup`; `apps/user/README.md` shows one). "
+        "(project `backups`, destination namespace `backup`, which admits ScheduledBackups and SealedSecrets "
+        "only; `apps/user/README.md` shows an Application). "
         "For example, a PostgreSQL database on this stack's schedule:\n\n"
         f"```yaml\n{scheduled_backup_example(settings, context)}```\n\n"
         "Every field of `spec` above is required. The ScheduledBackup has no field for the Backup "
@@ -190,7 +191,7 @@ def readme(settings: Backup, context: Context) -> str:
         "it sealed and set `createIfNotExists: false`.\n\n"
         "Pods in `backup` may reach DNS, the API server and the repository's port, nothing else: a job "
         "that reads a database in another namespace also needs openings in both namespaces' NetworkPolicies, "
-        "which the project `applications` may not create."
+        "which neither project `backups` nor `applications` may create."
     )
 
 

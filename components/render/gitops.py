@@ -6,7 +6,8 @@ Layout under `gitops.path` (default `cluster`):
 
     <path>/README.md                          generated: the layout and the files Space Harbor owns
     <path>/apps/projects/infrastructure.yaml  AppProject for the platform components
-    <path>/apps/projects/applications.yaml    AppProject for user workloads (namespaced only)
+    <path>/apps/projects/applications.yaml    AppProject for user workloads (namespaced, fenced off the platform)
+    <path>/apps/projects/backups.yaml         AppProject for users' ScheduledBackups (with the backup component)
     <path>/apps/user/README.md                written once if missing, then the user's
     <path>/apps/platform/<name>.yaml          one Application per enabled platform component
     <path>/components/<name>/                 the plain manifests beside its chart, SealedSecrets included
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from components.config import HarborConfig
+from components.platform import REGISTRY
 from components.render.manifests import (
     dump,
     load_template,
@@ -45,6 +47,7 @@ KNOWN_HOSTS_CONFIGMAP = "argocd-ssh-known-hosts-cm"
 KNOWN_HOSTS_KEY = "ssh_known_hosts"
 # The label every platform Application carries (manifests/gitops/component-application.yaml).
 PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 # What the root Application may create in argocd: the Applications and AppProjects under <path>/apps.
 ROOT_PROJECT_KINDS = ("Application", "AppProject")
 
@@ -52,7 +55,12 @@ README = "README.md"
 PROJECTS = {
     "infrastructure": "apps/projects/infrastructure.yaml",
     "applications": "apps/projects/applications.yaml",
+    "backups": "apps/projects/backups.yaml",
 }
+# Namespaces no user Application may deploy into, beside every platform component's.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", ARGOCD_NAMESPACE, "default")
+# The component whose namespace gets a project of its own for users' ScheduledBackups.
+BACKUP_COMPONENT = "backup"
 USER_README = "apps/user/README.md"
 # Relative to gitops.path: written when missing, never rewritten, never removed.
 CREATE_ONLY = frozenset({USER_README})
@@ -80,9 +88,35 @@ def _sync_note(config: HarborConfig) -> str:
     )
 
 
+def fenced_namespaces() -> list[str]:
+    """The system's namespaces and every platform component's (enabled or not: one may be enabled later)."""
+    platform = sorted({component.namespace for component in REGISTRY} - set(SYSTEM_NAMESPACES))
+    return [*SYSTEM_NAMESPACES, *platform]
+
+
+def _applications_project() -> dict[str, Any]:
+    project = load_template("project-applications.yaml")
+    destinations = project["spec"]["destinations"]
+    allow = destinations[-1]
+    assert allow["namespace"] == "*", "the template's allow entry must stay last"
+    project["spec"]["destinations"] = [
+        {"server": IN_CLUSTER, "namespace": f"!{namespace}"} for namespace in fenced_namespaces()
+    ] + [allow]
+    return project
+
+
 def render_projects(config: HarborConfig) -> dict[str, str]:
-    del config  # the projects do not depend on the config (yet); keep the signature of the others
-    return {name: dump(load_template(f"project-{name}.yaml")) for name in PROJECTS}
+    """The AppProjects under <path>/apps/projects/: the platform's, users' and (with backup) users' backups."""
+    projects = {
+        "infrastructure": load_template("project-infrastructure.yaml"),
+        "applications": _applications_project(),
+    }
+    backup = next((c for c in config.enabled_components() if c.name == BACKUP_COMPONENT), None)
+    if backup is not None:
+        project = load_template("project-backups.yaml")
+        project["spec"]["destinations"] = [{"server": IN_CLUSTER, "namespace": backup.namespace}]
+        projects["backups"] = project
+    return {name: dump(project) for name, project in projects.items()}
 
 
 def _render_readme(config: HarborConfig, owned: list[str]) -> str:
@@ -148,7 +182,12 @@ def render_root_application(config: HarborConfig) -> dict[str, Any]:
 def platform_applications_selector() -> str:
     """The label selector of the platform's own Applications, from their template: what syncOnApply syncs."""
     labels = load_template("component-application.yaml")["metadata"]["labels"]
-    return f"{PART_OF_LABEL}={labels[PART_OF_LABEL]}"
+    return ",".join(f"{key}={labels[key]}" for key in (PART_OF_LABEL, MANAGED_BY_LABEL))
+
+
+def platform_application_names(config: HarborConfig) -> list[str]:
+    """The names of this stack's platform Applications (components/render/platform.py names them so)."""
+    return sorted(component.name for component in config.enabled_components())
 
 
 def render_root_project(config: HarborConfig) -> dict[str, Any]:

@@ -9,8 +9,9 @@ and then pass `forward` to the pod.
   node on any port but SSH, the mesh port and `firewall.publicTcpPorts`, and what is addressed
   straight at the pod or service network.
 - `forward` (policy accept) drops connections from untrusted interfaces that go out to pods,
-  flannel or the mesh without having been translated (prerouting admitted the translated ones on
-  their original port), and operators' traffic through a node.
+  flannel or the mesh, unless they were translated from an open port (`ct original proto-dst`:
+  prerouting filters ports for the node's own addresses only, and a Service's externalIP is not
+  one), and operators' traffic through a node. Operators count only on the mesh interface.
 - `input` (policy drop) keeps the node's own ports private, as it always did.
 
 Every base chain on a hook must accept a packet for it to pass, and k3s, flannel and kube-proxy
@@ -206,10 +207,12 @@ def render_nftables(config: HarborConfig, node: Node) -> str:
         "# ICMP and ICMPv6 to this node: ping, path-MTU discovery, IPv6 neighbour discovery.",
         _local(icmp),
     ]
+    # Operators arrive through the mesh: their address alone, spoofable on the public link, is not enough.
+    from_operator = f'iifname "{mesh.interface}" ip saddr @operators_v4' if operators else ""
     if operators:
         prerouting += [
             "# Operators: the API and SSH (above) of this node, nothing else, not even a NodePort.",
-            _local(f'ip saddr @operators_v4 tcp dport {API_PORT} accept comment "operators: the API"'),
+            _local(f'{from_operator} tcp dport {API_PORT} accept comment "operators: the API"'),
             'ip saddr @operators_v4 counter drop comment "operators: anything else"',
         ]
     prerouting += ["", "# Trusted interfaces: the mesh, pods and flannel.", f"iifname {trusted_if} accept"]
@@ -234,11 +237,18 @@ def render_nftables(config: HarborConfig, node: Node) -> str:
     if operators:
         forward.append('ip saddr @operators_v4 counter drop comment "operators: no pods or services through a node"')
     forward += ["# Trusted interfaces: the mesh, pods and flannel.", f"iifname {trusted_if} accept"]
+    # Translated traffic from untrusted interfaces passes only on an open original port: prerouting
+    # filters ports for the node's own addresses only, and a DNAT of an address the node does not
+    # hold (a Service's externalIPs, a LoadBalancer IP) would otherwise open every port of it.
+    translated: list[str] = []
+    if public:
+        open_port = f"meta l4proto tcp ct original proto-dst {_anonymous(public)}"
+        translated.append(f'ct status dnat {open_port} accept comment "translated: an open port"')
     forward += host_gw
     forward += [
-        "# Translated in prerouting, which admitted its original port.",
-        "ct status dnat accept",
-        f'oifname {trusted_if} counter drop comment "to pods, flannel or the mesh, untrusted and untranslated"',
+        "# Translated (NodePorts, hostPorts, externalIPs): only from an open original port.",
+        *translated,
+        f'oifname {trusted_if} counter drop comment "to pods, flannel or the mesh, untrusted"',
     ]
 
     input_ = [
@@ -255,7 +265,7 @@ def render_nftables(config: HarborConfig, node: Node) -> str:
     if operators:
         input_ += [
             "# Operators: the API and SSH (above), nothing else.",
-            f'ip saddr @operators_v4 tcp dport {API_PORT} accept comment "operators: the API"',
+            f'{from_operator} tcp dport {API_PORT} accept comment "operators: the API"',
             'ip saddr @operators_v4 counter drop comment "operators: anything else"',
         ]
     input_ += [
@@ -268,8 +278,8 @@ def render_nftables(config: HarborConfig, node: Node) -> str:
     if peer_rules:
         input_ += ["# The other nodes, by address (mesh off).", *peer_rules]
     input_ += [
-        "# Translated to this node (a host-network endpoint): prerouting admitted its original port.",
-        "ct status dnat accept",
+        "# Translated to this node (a host-network endpoint): only from an open original port.",
+        *translated,
         "",
         "# Open to the world.",
         *world,

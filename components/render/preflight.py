@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from components.config import PREFLIGHT_CHECKS, HarborConfig, Node
 from components.render.k3s import API_PORT
+from components.render.nftables import TABLE_NAME
 
 # What k3s binds on every node: kubelet (10250, its health 10248), kube-proxy (metrics 10249,
 # health 10256), containerd's streaming server (10010) and the local load balancer or API (6444).
@@ -82,4 +83,5 @@ def preflight_env(config: HarborConfig, node: Node) -> dict[str, str]:
         "HARBOR_MESH_ENDPOINT": node.public_endpoint,
         "HARBOR_PEER_SERVERS": ",".join(peer_servers(config, node)),
         "HARBOR_PREFLIGHT_SKIP": ",".join(preflight_skip(config, node)),
+        "HARBOR_NFT_TABLE": TABLE_NAME,
     }

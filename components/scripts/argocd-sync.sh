@@ -4,8 +4,9 @@
 #
 #   argocd-sync.sh sync   refresh the root Application and wait (bounded) until Argo CD has
 #                         compared it with git; sync it unless it is in sync or already syncing;
-#                         then refresh every child Application that HARBOR_CHILD_SELECTOR selects,
-#                         and sync those that are out of sync; wait until every sync has finished
+#                         then refresh every child Application that HARBOR_CHILD_SELECTOR selects
+#                         and HARBOR_CHILD_APPLICATIONS names, and sync those that are out of sync;
+#                         wait until every sync has finished
 #
 # Argo CD Core has no API server, so this does what `argocd app sync --core` and a click in the
 # dashboard do: it writes the Application objects. A refresh is the annotation
@@ -20,6 +21,9 @@
 #   HARBOR_ARGOCD_NAMESPACE  where Argo CD and its Applications live (default argocd)
 #   HARBOR_ROOT_APPLICATION  the app-of-apps root (default space-harbor)
 #   HARBOR_CHILD_SELECTOR    label selector of the child Applications to sync
+#   HARBOR_CHILD_APPLICATIONS  their names, one a line: the platform's Applications of this stack.
+#                            Labels alone are not enough: a user's Application under apps/user/
+#                            can carry them, and our sync prunes.
 #   HARBOR_SYNC_TIMEOUT      seconds for the whole step once the API answers (default 300)
 #   HARBOR_SYNC_POLL         optional, seconds between two looks at an Application (default 2)
 #
@@ -36,6 +40,7 @@ as_revision="${HARBOR_GITOPS_REVISION:-}"
 as_namespace="${HARBOR_ARGOCD_NAMESPACE:-argocd}"
 as_root="${HARBOR_ROOT_APPLICATION:-space-harbor}"
 as_selector="${HARBOR_CHILD_SELECTOR:-}"
+as_child_names="${HARBOR_CHILD_APPLICATIONS:-}"
 as_timeout="${HARBOR_SYNC_TIMEOUT:-300}"
 as_poll="${HARBOR_SYNC_POLL:-2}"
 as_kubeconfig=/etc/rancher/k3s/k3s.yaml
@@ -297,7 +302,11 @@ as_children() {
     while IFS= read -r line; do
         [ -n "$line" ] || continue
         line=${line##*/}
-        [ "$line" != "$as_root" ] && echo "$line"
+        [ "$line" != "$as_root" ] || continue
+        case $'\n'"$as_child_names"$'\n' in
+        *$'\n'"$line"$'\n'*) echo "$line" ;;
+        *) harbor_log "Application $line carries the platform's labels but is not one of this stack's: left alone" ;;
+        esac
     done <<<"$out"
 }
 

@@ -176,7 +176,7 @@ lc_prepare_upgrade() {
     fi
     harbor_changed=true
     # The mark goes on first: if the drain fails, the next confirm-upgrade still knows to uncordon.
-    lc_kubectl annotate node "$lc_node" --overwrite "$lc_drained_note=$lc_version" >&2 ||
+    lc_kubectl annotate --overwrite -- node "$lc_node" "$lc_drained_note=$lc_version" >&2 ||
         harbor_fail "cannot annotate node $lc_node (step prepare-upgrade)"
     harbor_log "draining node $lc_node for its upgrade from $current to $lc_version"
     lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data --timeout="${lc_drain_timeout}s" >&2 ||
@@ -185,7 +185,8 @@ lc_prepare_upgrade() {
 }
 
 # Makes the node's "key=value" lines (labels) or "key[=value]:Effect" lines (taints) match the
-# stack, and removes the ones that reconcile set before and the stack no longer has.
+# stack, and removes the ones that reconcile set before and the stack no longer has. `--` ends
+# kubectl's options, so no item, whatever it holds, is read as one (this runs as root).
 lc_reconcile_list() {
     local kind="$1" wanted="$2" note="$3" previous item key new_keys="" changed=false
     previous=$(lc_node_field ".metadata.annotations.$note") ||
@@ -194,12 +195,12 @@ lc_reconcile_list() {
         [ -n "$item" ] || continue
         if [ "$kind" = label ]; then
             key="${item%%=*}"
-            lc_kubectl label node "$lc_node" --overwrite "$item" >&2 ||
+            lc_kubectl label --overwrite -- node "$lc_node" "$item" >&2 ||
                 harbor_fail "cannot set label $item on node $lc_node (step reconcile)"
         else
             key="${item%%=*}"
             key="${key%%:*}:${item##*:}"
-            lc_kubectl taint node "$lc_node" --overwrite "$item" >&2 ||
+            lc_kubectl taint --overwrite -- node "$lc_node" "$item" >&2 ||
                 harbor_fail "cannot set taint $item on node $lc_node (step reconcile)"
         fi
         new_keys="${new_keys:+$new_keys,}$key"
@@ -210,14 +211,14 @@ lc_reconcile_list() {
         case ",$new_keys," in *",$key,"*) continue ;; esac
         changed=true
         if [ "$kind" = label ]; then
-            lc_kubectl label node "$lc_node" "$key-" >&2 || harbor_fail "cannot remove label $key from node $lc_node (step reconcile)"
-        elif ! lc_kubectl taint node "$lc_node" "$key-" >&2; then
+            lc_kubectl label -- node "$lc_node" "$key-" >&2 || harbor_fail "cannot remove label $key from node $lc_node (step reconcile)"
+        elif ! lc_kubectl taint -- node "$lc_node" "$key-" >&2; then
             harbor_log "taint $key was already gone from node $lc_node"
         fi
     done
     if [ "$previous" != "$new_keys" ]; then
         changed=true
-        lc_kubectl annotate node "$lc_node" --overwrite "$note=$new_keys" >&2 ||
+        lc_kubectl annotate --overwrite -- node "$lc_node" "$note=$new_keys" >&2 ||
             harbor_fail "cannot annotate node $lc_node (step reconcile)"
     fi
     if [ "$changed" = true ]; then
@@ -242,7 +243,7 @@ lc_confirm_upgrade() {
     if [ -n "$drained" ]; then
         # Only a cordon of our own is undone; one an operator set stays.
         lc_kubectl uncordon "$lc_node" >&2 || harbor_fail "cannot uncordon node $lc_node (step confirm-upgrade)"
-        lc_kubectl annotate node "$lc_node" "$lc_drained_note-" >&2 ||
+        lc_kubectl annotate -- node "$lc_node" "$lc_drained_note-" >&2 ||
             harbor_fail "cannot annotate node $lc_node (step confirm-upgrade)"
         harbor_changed=true
         harbor_log "node $lc_node upgraded to $lc_version and uncordoned"
@@ -253,7 +254,7 @@ lc_reconcile() {
     lc_wait_ready
     if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
         # drain-departed only ever drains nodes with this mark
-        lc_kubectl annotate node "$lc_node" --overwrite "$lc_managed_note=true" >&2 ||
+        lc_kubectl annotate --overwrite -- node "$lc_node" "$lc_managed_note=true" >&2 ||
             harbor_fail "cannot annotate node $lc_node (step reconcile)"
         harbor_changed=true
     fi
@@ -343,32 +344,32 @@ lc_drain_departed() {
 # controller fills in. A token Secret made by hand is not one of the "auto-generated" legacy tokens
 # that Kubernetes cleans up after a year unused.
 lc_credential_manifest() {
-    cat <<EOF
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: $lc_credential_account
-  namespace: $lc_credential_namespace
-  labels: {app.kubernetes.io/managed-by: space-harbor}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: $lc_credential_account
-  labels: {app.kubernetes.io/managed-by: space-harbor}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
-subjects:
-- {kind: ServiceAccount, name: $lc_credential_account, namespace: $lc_credential_namespace}
----
-apiVersion: v1
-kind: Secret
-type: kubernetes.io/service-account-token
-metadata:
-  name: $lc_credential_secret
-  namespace: $lc_credential_namespace
-  annotations: {kubernetes.io/service-account.name: $lc_credential_account}
-  labels: {app.kubernetes.io/managed-by: space-harbor}
-EOF
+    # printf, as for the kubeconfig below: no here-documents, which bash < 5.1 writes to /tmp.
+    printf '%s\n' \
+        "apiVersion: v1" \
+        "kind: ServiceAccount" \
+        "metadata:" \
+        "  name: $lc_credential_account" \
+        "  namespace: $lc_credential_namespace" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}" \
+        "---" \
+        "apiVersion: rbac.authorization.k8s.io/v1" \
+        "kind: ClusterRoleBinding" \
+        "metadata:" \
+        "  name: $lc_credential_account" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}" \
+        "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}" \
+        "subjects:" \
+        "- {kind: ServiceAccount, name: $lc_credential_account, namespace: $lc_credential_namespace}" \
+        "---" \
+        "apiVersion: v1" \
+        "kind: Secret" \
+        "type: kubernetes.io/service-account-token" \
+        "metadata:" \
+        "  name: $lc_credential_secret" \
+        "  namespace: $lc_credential_namespace" \
+        "  annotations: {kubernetes.io/service-account.name: $lc_credential_account}" \
+        "  labels: {app.kubernetes.io/managed-by: space-harbor}"
 }
 
 # The kubeconfig goes to stdout only once it is whole: pulumi-command puts a failed step's stdout
@@ -390,25 +391,24 @@ lc_api_credential() {
     ca=$(lc_kubectl config view --raw -o 'jsonpath={.clusters[0].cluster.certificate-authority-data}') ||
         harbor_fail "cannot read the cluster CA from $lc_kubeconfig (step api-credential)"
     [ -n "$ca" ] || harbor_fail "$lc_kubeconfig has no certificate-authority-data (step api-credential)"
-    kubeconfig=$(
-        cat <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: default
-  cluster:
-    certificate-authority-data: $ca
-    server: https://127.0.0.1:6443
-contexts:
-- name: default
-  context: {cluster: default, user: $lc_credential_account}
-current-context: default
-users:
-- name: $lc_credential_account
-  user:
-    token: $token
-EOF
-    )
+    # printf (a builtin, no file): a here-document goes through a temporary file in bash before
+    # 5.1, and this text holds a cluster-admin token.
+    kubeconfig=$(printf '%s\n' \
+        "apiVersion: v1" \
+        "kind: Config" \
+        "clusters:" \
+        "- name: default" \
+        "  cluster:" \
+        "    certificate-authority-data: $ca" \
+        "    server: https://127.0.0.1:6443" \
+        "contexts:" \
+        "- name: default" \
+        "  context: {cluster: default, user: $lc_credential_account}" \
+        "current-context: default" \
+        "users:" \
+        "- name: $lc_credential_account" \
+        "  user:" \
+        "    token: $token")
     printf '%s\n' "$kubeconfig"
 }
 

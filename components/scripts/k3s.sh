@@ -16,13 +16,19 @@
 #                      refused), restart, and wait as `install` does; nothing when it runs it
 #   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml, the kept installer and
 #                      what k3s.registries wrote
-#   k3s.sh remove-shipped  remove the staged copies of the shipped files (the node is leaving)
+#   k3s.sh prepare-staging  make the private directory the copy steps stage into: owned by
+#                      HARBOR_STAGING_USER, mode 0700, inside a root-owned directory, so that no
+#                      other local account can create, replace or link anything there
+#   k3s.sh remove-shipped  remove the staged copies of the shipped files (the node is leaving),
+#                      and those an older version staged in /var/tmp
 #
 # Parameters (environment):
 #   HARBOR_K3S_ROLE            server | agent
 #   HARBOR_K3S_VERSION         e.g. v1.31.4+k3s1
 #   HARBOR_K3S_CONFIG          config.yaml text (holds the token: written 0600, never on argv)
-#   HARBOR_K3S_INSTALLER       the k3s installer as the stack's copy step staged it (a path), and
+#   HARBOR_STAGING_USER        prepare-staging: the SSH user, whose SFTP writes the staged copies
+#   HARBOR_K3S_INSTALLER       the k3s installer as the stack's copy step staged it (a path in the
+#                              staging directory: a symlink or a file of another owner is refused), and
 #   HARBOR_K3S_INSTALLER_SHA256  its pinned sha256: it is copied to a root-only place, checked
 #                              there, and kept as /usr/local/share/space-harbor/k3s-install.sh;
 #                              nothing else is ever run as the installer
@@ -76,8 +82,13 @@ k3s_binary_sha256="${HARBOR_K3S_BINARY_SHA256:-}"
 k3s_images_staged="${HARBOR_K3S_IMAGES:-}"
 k3s_images_sha256="${HARBOR_K3S_IMAGES_SHA256:-}"
 k3s_installer=/usr/local/share/space-harbor/k3s-install.sh
-# The copy steps stage files here under names that are ours (components/shipped.py).
-k3s_staged_glob="/var/tmp/space-harbor-k3s-*"
+# The copy steps stage files here under names that are ours (components/shipped.py: STAGING_DIR).
+# Its parent is root's, so only root can have made it; it belongs to the SSH user, mode 0700.
+k3s_staging_parent=/var/lib/space-harbor
+k3s_staging_dir="$k3s_staging_parent/staging"
+k3s_staged_glob="$k3s_staging_dir/space-harbor-k3s-*"
+# Where versions before the staging directory staged them (world-writable, predictable names).
+k3s_legacy_staged_glob="/var/tmp/space-harbor-k3s-*"
 k3s_images_dir=/var/lib/rancher/k3s/agent/images
 k3s_images_name=space-harbor-airgap-images
 k3s_wait="${HARBOR_K3S_WAIT_TIMEOUT:-180}"
@@ -230,6 +241,7 @@ k3s_take() {
     [ -n "$staged" ] && [ -f "$staged" ] ||
         harbor_fail "$what: the staged copy ${staged:-(none)} is not on this node, and $dest is not the pinned file" \
             "(sha256 $want); the copy step of this node stages it: run \`pulumi up --replace\` with that step's URN"
+    k3s_check_staged "$what" "$staged"
     have=$(k3s_sha256_of "$staged")
     if [ "$have" != "$want" ]; then
         harbor_fail "$what: $staged has sha256 $have, the stack pinned $want; refusing to use it"
@@ -245,6 +257,62 @@ k3s_take() {
     mv -f -- "$tmp" "$dest"
     harbor_log "$what: $dest is the pinned file (sha256 $want)"
     harbor_changed=true
+}
+
+# A staged copy is read only from the private staging directory, as a regular file of its owner
+# (or root): never through a symlink, never one another local account put there.
+k3s_check_staged() {
+    local what=$1 staged=$2 dir owner parent
+    dir=$(dirname -- "$staged")
+    parent=$(dirname -- "$dir")
+    if [ "$dir" != "$k3s_staging_dir" ] || [ -L "$dir" ] || [ -L "$parent" ]; then
+        harbor_fail "$what: $staged is not in the private staging directory $k3s_staging_dir; refusing to use it"
+    fi
+    if [ "$(stat -c '%U %a' -- "$parent")" != "root 755" ] || [ "$(stat -c '%a' -- "$dir")" != 700 ]; then
+        harbor_fail "$what: $dir is not the private staging directory (its parent must be root's, mode 0755," \
+            "itself mode 0700); refusing to use $staged"
+    fi
+    owner=$(stat -c '%U' -- "$dir")
+    if [ -L "$staged" ] || [ ! -f "$staged" ]; then
+        harbor_fail "$what: $staged is not a regular file (a symlink?); refusing to use it"
+    fi
+    case "$(stat -c '%U' -- "$staged")" in
+    root | "$owner") ;;
+    *) harbor_fail "$what: $staged belongs to $(stat -c '%U' -- "$staged"), not to $owner (the SSH user) or root; refusing to use it" ;;
+    esac
+}
+
+# prepare-staging: the staging directory, for the copy steps that follow (as HARBOR_STAGING_USER).
+k3s_prepare_staging() {
+    local user="${HARBOR_STAGING_USER:-}"
+    if ! [[ "$user" =~ ^[A-Za-z0-9._][A-Za-z0-9._-]*$ ]] || ! id -u -- "$user" >/dev/null 2>&1; then
+        harbor_fail "HARBOR_STAGING_USER must be the SSH user, an account on this node (got '${user}')"
+    fi
+    local path
+    for path in "$k3s_staging_parent" "$k3s_staging_dir"; do
+        if [ -L "$path" ] || { [ -e "$path" ] && [ ! -d "$path" ]; }; then
+            harbor_fail "$path is not a directory (a symlink?); remove it and run pulumi up again"
+        fi
+    done
+    if [ ! -d "$k3s_staging_parent" ]; then
+        mkdir -m 755 -- "$k3s_staging_parent"
+        harbor_changed=true
+    fi
+    if [ "$(stat -c '%U %G %a' -- "$k3s_staging_parent")" != "root root 755" ]; then
+        chown root:root -- "$k3s_staging_parent"
+        chmod 755 -- "$k3s_staging_parent"
+        harbor_changed=true
+    fi
+    if [ ! -d "$k3s_staging_dir" ]; then
+        mkdir -m 700 -- "$k3s_staging_dir"
+        harbor_changed=true
+    fi
+    if [ "$(stat -c '%U %a' -- "$k3s_staging_dir")" != "$user 700" ]; then
+        chown -- "$user" "$k3s_staging_dir"
+        chmod 700 -- "$k3s_staging_dir"
+        harbor_log "$k3s_staging_dir: owned by $user, mode 0700"
+        harbor_changed=true
+    fi
 }
 
 # The installer: only ever the pinned one, checked on this node.
@@ -292,13 +360,14 @@ k3s_place_images() {
     done
 }
 
-# Staged copies of other runs (older versions) go; the current ones stay for a repair.
+# Staged copies of other runs (older versions, and all of the old /var/tmp ones) go; the current
+# ones stay for a repair. `rm` on a symlink removes the link, never its target.
 k3s_prune_staged() {
     local staged
-    for staged in $k3s_staged_glob; do
+    for staged in $k3s_staged_glob $k3s_legacy_staged_glob; do
         case "$staged" in
         "$k3s_installer_staged" | "$k3s_binary_staged" | "$k3s_images_staged") ;;
-        *) [ -f "$staged" ] && rm -f -- "$staged" ;;
+        *) if [ -f "$staged" ] || [ -L "$staged" ]; then rm -f -- "$staged"; fi ;;
         esac
     done
 }
@@ -581,16 +650,21 @@ k3s_uninstall() {
     rmdir /usr/local/share/space-harbor 2>/dev/null || true
 }
 
-# The staged copies of every shipped file: the copy steps' own deletes remove nothing.
+# The staged copies of every shipped file: the copy steps' own deletes remove nothing. Also those
+# an older version staged in /var/tmp (its files, or links in their place), and the directory.
 k3s_remove_shipped() {
     local staged
-    for staged in $k3s_staged_glob; do
-        if [ -f "$staged" ]; then
+    for staged in $k3s_staged_glob $k3s_legacy_staged_glob; do
+        if [ -f "$staged" ] || [ -L "$staged" ]; then
             rm -f -- "$staged"
             harbor_log "removed $staged"
             harbor_changed=true
         fi
     done
+    if [ -d "$k3s_staging_dir" ] && [ ! -L "$k3s_staging_dir" ] && rmdir -- "$k3s_staging_dir" 2>/dev/null; then
+        harbor_changed=true
+    fi
+    rmdir -- "$k3s_staging_parent" 2>/dev/null || true
 }
 
 case "$harbor_action" in
@@ -598,8 +672,9 @@ install) k3s_install ;;
 reconfigure) k3s_reconfigure ;;
 upgrade) k3s_upgrade ;;
 uninstall) k3s_uninstall ;;
+prepare-staging) k3s_prepare_staging ;;
 remove-shipped) k3s_remove_shipped ;;
-*) harbor_fail "unknown action '${harbor_action}'; use install, reconfigure, upgrade, uninstall or remove-shipped" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use install, reconfigure, upgrade, uninstall, prepare-staging or remove-shipped" ;;
 esac
 
 harbor_finish

@@ -187,7 +187,10 @@ wg_write_config() {
 
 wg_apply() {
     [ -n "${HARBOR_WG_CONFIG:-}" ] || harbor_fail "HARBOR_WG_CONFIG is empty"
-    grep -q '^[[:space:]]*\[Interface\]' <<<"$HARBOR_WG_CONFIG" ||
+    # A bash regex, not grep on a here-string: the text holds the private key, and bash before 5.1
+    # writes a here-string to a temporary file.
+    local interface_line=$'(^|\n)[[:space:]]*\\[Interface\\]'
+    [[ $HARBOR_WG_CONFIG =~ $interface_line ]] ||
         harbor_fail "HARBOR_WG_CONFIG has no [Interface] section"
     wg_ensure_tools
 

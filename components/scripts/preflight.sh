@@ -22,6 +22,8 @@
 #   role               k3s installed here runs the role the stack gives the node (not skippable)
 #   bootstrap          the bootstrap server does not start a second cluster beside a running one
 #   secretsEncryption  a running server has the secrets encryption the stack asks for (not skippable)
+#   firewall           where Space Harbor's firewall was applied, its table is loaded: stopping
+#                      nftables.service flushes every table, ours included, and nothing reloads it
 #
 # Parameters (shell variables on stdin; components/render/preflight.py renders them):
 #   HARBOR_NODE_NAME               the node's name in the stack
@@ -38,6 +40,7 @@
 #   HARBOR_MESH_ENDPOINT           the address peers dial (IP or DNS name)
 #   HARBOR_PEER_SERVERS            comma list of the other servers' cluster addresses
 #   HARBOR_PREFLIGHT_SKIP          comma list of checks to skip
+#   HARBOR_NFT_TABLE               the name of the firewall's `table inet` (firewall.sh)
 set -euo pipefail
 # The payload brings lib.sh ahead of this body; run by hand from a checkout, load it from beside it.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -59,8 +62,9 @@ pf_mesh_mtu="${HARBOR_MESH_MTU:-1420}"
 pf_mesh_endpoint="${HARBOR_MESH_ENDPOINT:-}"
 pf_peers="${HARBOR_PEER_SERVERS:-}"
 pf_skip="${HARBOR_PREFLIGHT_SKIP:-}"
+pf_nft_table="${HARBOR_NFT_TABLE:-space_harbor}"
 
-pf_checks=(os arch cgroups swap ports timeSync hostname mtu role bootstrap secretsEncryption)
+pf_checks=(os arch cgroups swap ports timeSync hostname mtu role bootstrap secretsEncryption firewall)
 pf_checks_csv=$(
     IFS=,
     echo "${pf_checks[*]}"
@@ -564,6 +568,23 @@ pf_check_secretsEncryption() {
     fi
     pf_fail secretsEncryption "k3s runs on this server without secrets encryption (no secrets-encryption: true in $pf_k3s_dir/config.yaml, and k3s secrets-encrypt status does not report Enabled), but k3s.secretsEncryption is true, and k3s cannot turn encryption on for a running cluster before its 2026 releases" \
         "set k3s.secretsEncryption to false to keep the cluster as it is, or follow the migration in docs/upgrading.md (Secrets encryption on an existing cluster) and then set it"
+    return "$pf_reported"
+}
+
+# The file firewall.sh stores and loads: it exists wherever the firewall was applied.
+pf_firewall_file=/etc/space-harbor/firewall.nft
+
+pf_check_firewall() {
+    if [ ! -e "$pf_firewall_file" ]; then
+        pf_ok firewall "no Space Harbor firewall applied here yet"
+        return 0
+    fi
+    if command -v nft >/dev/null 2>&1 && nft list table inet "$pf_nft_table" >/dev/null 2>&1; then
+        pf_ok firewall "table inet $pf_nft_table is loaded"
+        return 0
+    fi
+    pf_fail firewall "this node's firewall (table inet $pf_nft_table, stored in $pf_firewall_file) is not loaded, so the k3s API, kubelet and etcd answer every network; stopping nftables.service (systemctl stop nftables, or removing the nftables package) flushes every table, ours included, and nothing loads it again before a reboot" \
+        "load it with systemctl restart space-harbor-firewall (nftables installed), and find out who stopped nftables"
     return "$pf_reported"
 }
 

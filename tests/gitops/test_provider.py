@@ -476,7 +476,9 @@ def test_transport_env_isolates_git_and_keeps_secrets_out_of_commands() -> None:
     assert ssh["GIT_CONFIG_NOSYSTEM"] == "1"
     assert ssh["GIT_TERMINAL_PROMPT"] == "0"
 
-    https = transport_env("https", askpass="/askpass.sh", username="bot", password=PASSWORD_MARKER)
+    https = transport_env(
+        "https", askpass="/askpass.sh", username="bot", password=PASSWORD_MARKER, origin="https://git.example.org"
+    )
     assert https["GIT_ASKPASS"] == "/askpass.sh"
     assert https["HARBOR_GIT_PASSWORD"] == PASSWORD_MARKER
     assert all(PASSWORD_MARKER not in value for key, value in https.items() if key != "HARBOR_GIT_PASSWORD")

@@ -66,7 +66,11 @@ def test_the_step_runs_sync_on_the_first_server_after_the_commit_and_argo_cd() -
     assert re.fullmatch(r"[0-9a-f]{40}", env["HARBOR_GITOPS_REVISION"])
     assert env["HARBOR_ARGOCD_NAMESPACE"] == root.inputs["metadata"]["namespace"]
     assert env["HARBOR_ROOT_APPLICATION"] == root.inputs["metadata"]["name"]
-    assert env["HARBOR_CHILD_SELECTOR"] == "app.kubernetes.io/part-of=space-harbor-platform"
+    assert env["HARBOR_CHILD_SELECTOR"] == (
+        "app.kubernetes.io/part-of=space-harbor-platform,app.kubernetes.io/managed-by=space-harbor"
+    )
+    # Labels are not enough (a user's Application can carry them): the names of this stack's own.
+    assert env["HARBOR_CHILD_APPLICATIONS"].splitlines() == ["infracheck", "sealed-secrets", "traefik"]
     assert env["HARBOR_SYNC_TIMEOUT"] == "300"
     assert "argocd-sync.sh" in step.inputs["stdin"]
     # Nothing secret travels with it.
@@ -95,10 +99,10 @@ def test_the_step_changes_exactly_when_a_new_commit_lands() -> None:
     assert tree(changed).inputs["files"] != tree(before).inputs["files"]
     old_env, new_env = command_env(before.named(STEP)), command_env(changed.named(STEP))
     assert new_env["HARBOR_GITOPS_REVISION"] != old_env["HARBOR_GITOPS_REVISION"]
-    # Only the revision: the step's update is the same `sync`, nothing else about it moves.
-    assert {k: v for k, v in new_env.items() if k != "HARBOR_GITOPS_REVISION"} == {
-        k: v for k, v in old_env.items() if k != "HARBOR_GITOPS_REVISION"
-    }
+    # The revision, and the platform's Applications that the tree lost: nothing else about it moves.
+    moved = {"HARBOR_GITOPS_REVISION", "HARBOR_CHILD_APPLICATIONS"}
+    assert {k: v for k, v in new_env.items() if k not in moved} == {k: v for k, v in old_env.items() if k not in moved}
+    assert new_env["HARBOR_CHILD_APPLICATIONS"].splitlines() == ["infracheck", "traefik"]
     assert changed.named(STEP).inputs["connection"] == before.named(STEP).inputs["connection"]
 
 

@@ -169,7 +169,14 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("infracheck without host", _drop("components.infracheck.host"), "components.infracheck.host: is required while infracheck is enabled"),
     ("telegraf without certs", _set("components.telegraf", {"enabled": True, "centralAddress": "metrics.example.org:8094"}), "components.telegraf.caCert: is required while telegraf is enabled"),
     ("smtp without relay", _set("components.smtp", {"enabled": True}), "components.smtp.relayHost: is required while smtp is enabled"),
-    ("bad taint", _set("nodes.1.taints", ["gpu"]), "nodes[1].taints: 'gpu' is not key[=value]:NoSchedule"),
+    ("k3s token too short", _set("k3s.token", "hunter2-hunter2"), "k3s.token: is too weak (15 characters, 8 different)"),
+    ("k3s agent token repetitive", _set("k3s.agentToken", "ab" * 20), "k3s.agentToken: is too weak (40 characters, 2 different)"),
+    ("k3s full token with a short secret", _set("k3s.token", "K10" + "a1b2c3d4e5f6" * 5 + "::server:short"), "k3s.token: is too weak (5 characters"),
+    ("bad taint", _set("nodes.1.taints", ["gpu"]), "nodes[1].taints[0]: 'gpu' is not key[=value]:NoSchedule"),
+    ("taint key that is a kubectl option", _set("nodes.1.taints", ["gpu:NoSchedule", "--kubeconfig=/tmp/x:NoSchedule"]), "nodes[1].taints[1]: '--kubeconfig=/tmp/x:NoSchedule': '--kubeconfig' is not a valid taint key"),
+    ("taint key with a bad prefix", _set("nodes.1.taints", ["Example.com/gpu:NoExecute"]), "nodes[1].taints[0]: 'Example.com/gpu:NoExecute': 'Example.com/gpu' is not a valid taint key"),
+    ("taint value that starts with a dash", _set("nodes.1.taints", ["gpu=-x:NoSchedule"]), "nodes[1].taints[0]: 'gpu=-x:NoSchedule': '-x' is not a valid taint value"),
+    ("taint key too long", _set("nodes.1.taints", ["a" * 64 + ":NoSchedule"]), "is not a valid taint key"),
     ("bad label key", _set("nodes.1.labels", {"bad key": "x"}), "nodes[1].labels: 'bad key' is not a valid label key"),
     ("mesh off, firewall on, peer by name", _mesh_off_named_host, "nodes[1].host: 'agent-1.example.org' is a DNS name"),
     ("secret of the wrong type", _set("gitops.sshPrivateKey", 12345), "gitops.sshPrivateKey: Input should be a valid string"),
@@ -205,3 +212,25 @@ def test_good_config_is_accepted() -> None:
     # The control for the cases above: without a mutation, the same config registers resources.
     run = run_program(base_config(agents=1), preview=True)
     assert run.resources
+
+
+@pytest.mark.parametrize(
+    "k3s",
+    [
+        {"token": "0f9a6c31b8e45d72a1b2c3d4e5f60718"},
+        {"token": "K10" + "a1b2c3d4e5f6" * 5 + "::server:0f9a6c31b8e45d72a1b2c3d4e5f60718"},
+        {"agentToken": "X7pQ-m2Lr9sT4vW8yZ1bN6cF3hJ5kD0a"},
+        # a cluster that already runs with a short token keeps it, by saying so
+        {"token": "hunter2", "allowWeakTokens": True},
+    ],
+)
+def test_strong_tokens_and_the_opt_out_are_accepted(k3s: dict[str, Any]) -> None:
+    config = base_config(agents=1)
+    config["k3s"] = k3s
+    assert run_program(config, preview=True).resources
+
+
+def test_a_weak_token_is_refused_without_being_echoed() -> None:
+    config = base_config(agents=1)
+    config["k3s"] = {"token": "hunter2-hunter2"}
+    assert_refused_before_any_resource(config, "k3s.token: is too weak", secrets=("hunter2",))

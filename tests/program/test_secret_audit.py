@@ -54,8 +54,9 @@ def audit_config(transport: str) -> dict[str, Any]:
     }
     config["mesh"] = {"operators": [{"name": "laptop", "meshAddress": "10.160.200.1"}]}
     config["k3s"] = {
-        "token": marker("k3s.token"),
-        "agentToken": marker("k3s.agentToken"),
+        # with what a real token has on top (length, variety), which k3s.token must show
+        "token": marker("k3s.token") + "-0f9a6c31b8e45d72",
+        "agentToken": marker("k3s.agentToken") + "-0f9a6c31b8e45d72",
         "datastore": "etcd",
         "firstServer": "server-1",
         "etcdSnapshots": {

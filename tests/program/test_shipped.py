@@ -66,16 +66,22 @@ def test_every_node_gets_the_pinned_installer_before_its_install(preview: bool) 
         shipped = run.named(f"{node}-ship-installer")
         # the verified cached copy of the pin, byte for byte the file the pin names
         assert sha256(Path(shipped.inputs["source"]["path"])) == pin.sha256 == sha256(STANDIN_INSTALLER)
-        assert shipped.inputs["remotePath"] == f"/var/tmp/space-harbor-k3s-installer-{pin.sha256[:16]}.sh"
+        assert (
+            shipped.inputs["remotePath"]
+            == f"/var/lib/space-harbor/staging/space-harbor-k3s-installer-{pin.sha256[:16]}.sh"
+        )
         # nothing reaches a node before every preflight passed (cluster-departures waits on them)
         assert run.depends_on(shipped, departures)
         install = run.named(f"{node}-k3s")
         assert run.depends_on(install, shipped)
-        # the staged files' lifetime: deleted after the uninstall, which depends on it
+        # the staged files' lifetime: their private directory first, as the SSH user's; deleted after
+        # the uninstall, which depends on it
         staged = run.named(f"{node}-shipped")
-        assert staged.inputs.get("create") is None
+        assert staged.inputs["create"].endswith("bash -s -- prepare-staging")
         assert staged.inputs["delete"].endswith("bash -s -- remove-shipped")
-        assert run.depends_on(install, staged) and run.depends_on(staged, shipped)
+        assert command_env(staged) == {"HARBOR_STAGING_USER": "root"}
+        assert run.depends_on(install, staged) and run.depends_on(shipped, staged)
+        assert run.depends_on(staged, departures)
 
 
 def test_the_install_and_upgrade_steps_check_the_installer_they_were_shipped() -> None:
@@ -104,9 +110,15 @@ def test_airgap_files_are_shipped_with_their_sha256(airgap_files: dict[str, Path
         ship_binary = run.named(f"{node}-ship-binary")
         ship_images = run.named(f"{node}-ship-images")
         assert ship_binary.inputs["source"]["path"] == str(binary)
-        assert ship_binary.inputs["remotePath"] == f"/var/tmp/space-harbor-k3s-binary-{sha256(binary)[:16]}"
+        assert (
+            ship_binary.inputs["remotePath"]
+            == f"/var/lib/space-harbor/staging/space-harbor-k3s-binary-{sha256(binary)[:16]}"
+        )
         # k3s imports by extension: the staged name keeps the archive's
-        assert ship_images.inputs["remotePath"] == f"/var/tmp/space-harbor-k3s-images-{sha256(images)[:16]}.tar.zst"
+        assert (
+            ship_images.inputs["remotePath"]
+            == f"/var/lib/space-harbor/staging/space-harbor-k3s-images-{sha256(images)[:16]}.tar.zst"
+        )
         for step in (f"{node}-k3s", f"{node}-upgrade"):
             env = command_env(run.named(step))
             assert env["HARBOR_K3S_AIRGAP"] == "true"

@@ -76,5 +76,7 @@ def stage_installer(tb: Testbed, node: str) -> dict[str, str]:
     For tests that run k3s.sh on a node directly, without the program's steps.
     """
     shipped = ShippedFile("installer", STANDIN_INSTALLER, file_sha256(STANDIN_INSTALLER))
-    tb.ssh(node, f"cat >{shipped.staged_path}", input=STANDIN_INSTALLER.read_text())
+    # into the private directory, as the node's `shipped` step makes it (k3s.sh prepare-staging)
+    directory = "install -d -m 755 /var/lib/space-harbor && install -d -m 700 /var/lib/space-harbor/staging"
+    tb.ssh(node, f"{directory} && cat >{shipped.staged_path}", input=STANDIN_INSTALLER.read_text())
     return shipped.parameters()

@@ -64,7 +64,8 @@ class Stack:
         return report
 
     def staged(self, node: str) -> list[str]:
-        return sorted(self.tb.ssh(node, "ls /var/tmp | grep '^space-harbor-' || true").stdout.split())
+        listing = "ls /var/lib/space-harbor/staging /var/tmp 2>/dev/null | grep '^space-harbor-' || true"
+        return sorted(self.tb.ssh(node, listing).stdout.split())
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,9 @@ def audit_config(tb: Testbed, gitops_key: str) -> dict[str, Any]:
         k3s={
             "airgap": True,
             "version": K3S_VERSION,
-            "token": marker("K3S-TOKEN"),
-            "agentToken": marker("K3S-AGENT-TOKEN"),
+            # long and varied enough for k3s.token's strength check
+            "token": marker("K3S-TOKEN") + "-0f9a6c31b8e45d72",
+            "agentToken": marker("K3S-AGENT-TOKEN") + "-0f9a6c31b8e45d72",
             "datastore": "etcd",
             "etcdSnapshots": {
                 "s3Endpoint": "s3.harbor.test",

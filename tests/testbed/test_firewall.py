@@ -223,6 +223,29 @@ def test_an_operator_reaches_the_api_and_ssh_of_every_node_and_nothing_else(stac
     assert pod_seen == []
 
 
+def test_an_operators_address_spoofed_on_the_public_link_reaches_no_api(stack: Stack) -> None:
+    """The operators' API rule names the mesh interface: their address alone, from outside, is nothing."""
+    tb = stack.tb
+    operator = str(OPERATOR["meshAddress"])
+    n1 = stack.node(SERVER)
+    with contextlib.ExitStack() as opened:
+        opened.enter_context(listening(n1.netns, tcp=[6443], banner=SERVER))
+        # The internet, sending from the operator's mesh address. n1's way back to it stands in for
+        # a route the reply could take: a blind attacker needs none, a probe needs the answer.
+        opened.enter_context(extra_address(tb.ctl, operator))
+        opened.enter_context(routes(n1.netns, [(f"{operator}/32", CTL_ADDRESS)]))
+        seen = probe_all(
+            [
+                Probe(tb.ctl, stack.public(SERVER), 6443, source=operator, label="spoofed operator -> API"),
+                # Control: the spoofed source gets its answers where a port is open to all (sshd; any
+                # other port is closed to an operator's address, from anywhere).
+                Probe(tb.ctl, stack.public(SERVER), 22, source=operator, label="spoofed operator -> ssh"),
+            ]
+        )
+    assert seen["spoofed operator -> ssh"].startswith("SSH-2.0-")
+    assert seen["spoofed operator -> API"] == "blocked"
+
+
 # --- netbase --------------------------------------------------------------------------------------
 
 

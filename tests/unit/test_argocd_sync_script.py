@@ -21,7 +21,12 @@ from typing import Any
 import pytest
 
 from components.config import load_config
-from components.render.gitops import ROOT_APPLICATION, platform_applications_selector, render_tree
+from components.render.gitops import (
+    ROOT_APPLICATION,
+    platform_application_names,
+    platform_applications_selector,
+    render_tree,
+)
 from components.render.remote import script_payload
 from tests.conftest import base_config
 from tests.helpers import ARGOCD_CONTROLLER_STANDIN, K3S_STANDIN, SCRIPTS, argocd_objects, status_line
@@ -103,6 +108,7 @@ class Cluster:
             "HARBOR_ARGOCD_NAMESPACE": "argocd",
             "HARBOR_ROOT_APPLICATION": ROOT_APPLICATION,
             "HARBOR_CHILD_SELECTOR": platform_applications_selector(),
+            "HARBOR_CHILD_APPLICATIONS": "\n".join(platform_application_names(load_config(self.config))),
             "HARBOR_SYNC_TIMEOUT": "30",
             "HARBOR_SYNC_POLL": "0.2",
             **env,
@@ -178,6 +184,25 @@ def test_refreshes_the_root_then_syncs_only_the_children_out_of_sync(cluster: Cl
         assert "operation" not in app, name
         assert "argocd.argoproj.io/refresh" not in app["metadata"].get("annotations", {}), name
     assert cluster.app("traefik")["status"]["operationState"]["phase"] == "Succeeded"
+
+
+def test_a_users_application_with_the_platforms_labels_is_never_synced_or_pruned(cluster: Cluster) -> None:
+    cluster.install()
+    # A user's copy of a platform Application under apps/user/, labels and all, out of sync.
+    copy = cluster.app("traefik")
+    copy["metadata"] = {"name": "my-traefik", "namespace": "argocd", "labels": copy["metadata"]["labels"]}
+    copy.pop("status", None)
+    cluster.kubectl("create", "-f", "-", input=json.dumps({"kind": "List", "items": [copy]}))
+    cluster.set_git(drifted=["my-traefik", "traefik"])
+    cluster.start_controller()
+
+    result = cluster.sync()
+
+    assert status_line(result).endswith("changed"), result.stderr
+    touched = {p["name"] for p in cluster.script_patches()}
+    assert "my-traefik" not in touched
+    assert [p["name"] for p in cluster.script_patches() if started_by_us(p)] == ["traefik"]
+    assert "Application my-traefik carries the platform's labels but is not one of this stack's" in result.stderr
 
 
 def test_a_root_that_does_not_sync_by_itself_gets_our_sync_at_the_new_commit(cluster: Cluster) -> None:

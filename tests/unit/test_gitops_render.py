@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from components.config import HarborConfig, load_config
+from components.platform import REGISTRY
 from components.render.gitops import (
     create_only_paths,
     render_known_hosts_configmap,
+    render_projects,
     render_repository_secret,
     render_root_application,
     render_root_project,
@@ -147,12 +151,92 @@ def test_applications_project_is_namespaced_and_fenced() -> None:
     assert spec["clusterResourceWhitelist"] == []
     assert "clusterResourceBlacklist" not in spec
     blacklist = {(item["group"], item["kind"]) for item in spec["namespaceResourceBlacklist"]}
-    assert blacklist == {("", "ResourceQuota"), ("", "LimitRange"), ("networking.k8s.io", "NetworkPolicy")}
+    assert blacklist == {
+        ("", "ResourceQuota"),
+        ("", "LimitRange"),
+        ("networking.k8s.io", "NetworkPolicy"),
+        ("rbac.authorization.k8s.io", "Role"),
+        ("rbac.authorization.k8s.io", "RoleBinding"),
+    }
     assert "namespaceResourceWhitelist" not in spec
     namespaces = [d["namespace"] for d in spec["destinations"]]
     assert namespaces[-1] == "*"
-    assert {"!kube-system", "!kube-public", "!kube-node-lease", "!argocd"} <= set(namespaces)
+    assert {"!kube-system", "!kube-public", "!kube-node-lease", "!argocd", "!default"} <= set(namespaces)
     assert all(d["server"] == "https://kubernetes.default.svc" for d in spec["destinations"])
+
+
+def test_applications_project_denies_every_platform_namespace_enabled_or_not() -> None:
+    # Read from the registry, not from a list here: a component added later is fenced off too.
+    for config in (ssh_config(), load_config(_every_component())):
+        denied = {d["namespace"][1:] for d in projects(config)["applications"]["spec"]["destinations"][:-1]}
+        for component in REGISTRY:
+            assert component.namespace in denied, component.name
+        for namespace in ("traefik", "longhorn-system", "smtp", "backup", "telegraf", "infracheck", "kube-system"):
+            assert namespace in denied
+
+
+def _every_component() -> dict[str, Any]:
+    raw = base_config(agents=1)
+    raw["components"]["sealedSecrets"] = {"enabled": True}
+    raw["components"]["backup"] = {
+        "enabled": True,
+        "schedule": "30 2 * * *",
+        "repositoryUrl": "https://backups.example.org/",
+        "collectionId": "harbor",
+        "token": "a-token",
+    }
+    return raw
+
+
+def test_backups_project_lets_users_commit_scheduled_backups_and_nothing_else() -> None:
+    assert "backups" not in render_projects(ssh_config())
+    project = yaml.safe_load(render_projects(load_config(_every_component()))["backups"])
+    spec = project["spec"]
+    assert spec["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "backup"}]
+    assert spec["clusterResourceWhitelist"] == []
+    assert {(item["group"], item["kind"]) for item in spec["namespaceResourceWhitelist"]} == {
+        ("riotkit.org", "ScheduledBackup"),
+        ("bitnami.com", "SealedSecret"),
+    }
+
+
+def _appproject_schema(version: str) -> dict[str, Any]:
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "upstream" / f"argocd-core-{version}.yaml"
+    (crd,) = [
+        doc
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+        and doc.get("kind") == "CustomResourceDefinition"
+        and doc["metadata"]["name"] == "appprojects.argoproj.io"
+    ]
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return _strict(served["schema"]["openAPIV3Schema"])
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """The CRD's schema, refusing fields it does not name: the API server would prune them silently,
+    and a pruned `namespaceResourceBlacklist` (say, misspelt) is a fence gone without a word."""
+    schema = dict(schema)
+    if "properties" in schema and "additionalProperties" not in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        schema["properties"] = {key: _strict(value) for key, value in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _strict(schema["items"])
+    return schema
+
+
+@pytest.mark.parametrize("version", ["v2.13.3", "v2.14.21"])
+def test_every_project_is_valid_against_the_pinned_appproject_crd(version: str) -> None:
+    schema = _appproject_schema(version)
+    rendered = render_projects(load_config(_every_component()))
+    assert set(rendered) == {"infrastructure", "applications", "backups"}
+    for text in rendered.values():
+        jsonschema.validate(yaml.safe_load(text), schema)
+    # the check can fail: a field the CRD does not know (misspelt), or a kind entry without its group
+    for wrong in ({"namespaceResourceBlackList": []}, {"namespaceResourceBlacklist": [{"kind": "Role"}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"metadata": {}, "spec": wrong}, schema)
 
 
 # --- root Application --------------------------------------------------------------------------

@@ -146,6 +146,23 @@ def test_reconcile_applies_labels_and_taints_and_removes_only_its_own(fake_k3s: 
     assert node["metadata"]["annotations"]["space-harbor/managed-labels"] == "tier"
 
 
+def test_reconcile_passes_labels_and_taints_as_operands_never_as_options(fake_k3s: FakeK3s) -> None:
+    # The model refuses such keys; the script still ends kubectl's options with `--`, so an item
+    # that slipped through is a (refused) operand, never a flag of a kubectl that runs as root.
+    fake_k3s.add("agent-1", NEW)
+    taint = "--kubeconfig=/tmp/planted:NoSchedule"
+    label = "--kubeconfig=/tmp/planted"
+    fake_k3s.run("reconcile", HARBOR_NODE_LABELS=label, HARBOR_NODE_TAINTS=taint)
+    node = fake_k3s.node("agent-1")
+    # the fake, like kubectl, takes what follows `--` as operands: the items landed as such
+    assert [t["key"] for t in node["spec"]["taints"]] == ["--kubeconfig"]
+    assert node["metadata"]["labels"] == {"--kubeconfig": "/tmp/planted"}
+    for call in fake_k3s.calls():
+        if call.startswith(("label", "taint", "annotate")):
+            options, _, operands = call.partition(" -- ")
+            assert operands and "kubeconfig" not in options, call
+
+
 def test_day2_actions_refuse_a_bad_version(fake_k3s: FakeK3s) -> None:
     fake_k3s.add("agent-1", OLD)
     for action in ("prepare-upgrade", "confirm-upgrade"):

@@ -198,12 +198,24 @@ def test_forward_drops_untranslated_traffic_from_untrusted_interfaces_only() -> 
     rules = _rules(text, "forward")
     established = _index(rules, r"^ct state established,related accept$")
     trusted_if = _index(rules, r'^iifname \{.*"cni0".*"wg-harbor".*\} accept$')
-    translated = _index(rules, r"^ct status dnat accept$")
+    translated = _index(rules, r"^ct status dnat meta l4proto tcp ct original proto-dst \{ 80, 443 \} accept")
     drop = _index(rules, r'^oifname \{.*"cni0".*"flannel.1".*"wg-harbor".*\} counter drop')
     assert established < trusted_if < translated < drop == len(rules) - 1
     # Only traffic that goes out to pods, flannel or the mesh is dropped: a node's own routing
     # (a Docker bridge going out to the internet, say) is none of this table's business.
     assert len([rule for rule in rules if "drop" in rule]) == 1
+    # No translated traffic at all passes from untrusted interfaces when no port is public.
+    raw = base_config(agents=1)
+    raw["firewall"] = {"publicTcpPorts": []}
+    _, _, closed = _render(raw, "agent-1")
+    assert not any("ct status dnat" in rule for chain in ("forward", "input") for rule in _rules(closed, chain))
+
+
+def test_operators_count_only_through_the_mesh_interface() -> None:
+    _, _, text = _render(_with_operator(base_config(agents=1)), "agent-1")
+    for chain in ("prerouting", "input"):
+        accepts = [rule for rule in _rules(text, chain) if "@operators_v4" in rule and "accept" in rule]
+        assert accepts and all('iifname "wg-harbor" ip saddr @operators_v4' in rule for rule in accepts), accepts
 
 
 def test_operators_reach_the_api_and_ssh_and_nothing_else() -> None:
@@ -552,6 +564,7 @@ def test_loaded_ruleset_filters_translated_traffic_and_operators(tmp_path: Path)
                 type nat hook prerouting priority dstnat; policy accept;
                 fib daddr type local tcp dport { 30080, 30443 } dnat to 10.42.1.10:8080
                 ip daddr 10.43.0.10 tcp dport 80 dnat to 10.42.1.10:8080
+                ip daddr 192.168.99.5 tcp dport { 443, 8080 } dnat to 10.42.1.10:8080
             }
         }
         """
@@ -569,6 +582,9 @@ def test_loaded_ruleset_filters_translated_traffic_and_operators(tmp_path: Path)
         [operator, mesh_node, 22],
         [operator, mesh_node, 10250],
         [operator, mesh_node, 30080],
+        [operator, public, 6443],  # an operator's address, spoofed on the public link
+        ["192.168.77.2", "192.168.99.5", 443],  # a Service externalIP on a public port
+        ["192.168.77.2", "192.168.99.5", 8080],  # the same externalIP on a port that is not public
     ]
     from_pod = [[pod, peer, 9000]]  # a pod reaches the mesh
     script = textwrap.dedent(
@@ -595,7 +611,9 @@ def test_loaded_ruleset_filters_translated_traffic_and_operators(tmp_path: Path)
         ip -n pod route add default via 10.42.1.1
         ip -n outside route add 10.42.0.0/16 via {public}
         ip -n outside route add 10.43.0.0/16 via {public}
-        ip netns exec node sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0
+        ip -n outside route add 192.168.99.0/24 via {public}
+        ip netns exec node sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+            net.ipv4.conf.v-node.rp_filter=0
         ip netns exec node {NFT} -f {tmp_path}/kube-proxy.nft
         ip netns exec node {NFT} -f {tmp_path}/ruleset.nft
         ip netns exec node {sys.executable} {tmp_path}/listen.py 22 6443 10250 > {tmp_path}/node.log &
@@ -629,5 +647,8 @@ def test_loaded_ruleset_filters_translated_traffic_and_operators(tmp_path: Path)
         "10.175.0.9->10.160.0.1:22": "open",
         "10.175.0.9->10.160.0.1:10250": "blocked",
         "10.175.0.9->10.160.0.1:30080": "blocked",
+        "10.175.0.9->192.168.77.1:6443": "blocked",
+        "192.168.77.2->192.168.99.5:443": "open",
+        "192.168.77.2->192.168.99.5:8080": "blocked",
         "10.42.1.10->10.160.0.2:9000": "open",
     }

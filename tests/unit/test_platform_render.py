@@ -263,8 +263,16 @@ def _without(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return raw
 
 
+# Beside its Application and folder, a component may bring a project for its users' objects.
+_COMPONENT_PROJECTS = {"backup": "cluster/apps/projects/backups.yaml"}
+
+
 def _owned(path: str, name: str) -> bool:
-    return path == f"cluster/apps/platform/{name}.yaml" or path.startswith(f"cluster/components/{name}/")
+    return (
+        path == f"cluster/apps/platform/{name}.yaml"
+        or path.startswith(f"cluster/components/{name}/")
+        or path == _COMPONENT_PROJECTS.get(name)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

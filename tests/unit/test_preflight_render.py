@@ -73,6 +73,7 @@ def test_single_server_is_the_bootstrap_server_with_the_server_ports() -> None:
         "HARBOR_MESH_ENDPOINT": "192.0.2.10",
         "HARBOR_PEER_SERVERS": "",
         "HARBOR_PREFLIGHT_SKIP": "",
+        "HARBOR_NFT_TABLE": "space_harbor",
     }
 
 
@@ -413,3 +414,119 @@ def test_cgroup_v2_with_the_memory_controller_passes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "space-harbor: preflight agent-1: cgroups: ok (cgroup v2 with the memory controller)" in result.stdout
     assert result.stdout.splitlines()[-1] == "space-harbor: preflight.sh check: ok"
+
+
+# --- the os check at every release boundary, against a fake os-release ---------------------------
+
+# Everything but os is skipped: the other checks would judge the machine running the tests.
+_ONLY_OS = ",".join(check for check in SKIPPABLE_PREFLIGHT_CHECKS if check != "os")
+
+# One release on each side of every boundary the check draws, and the comparisons a string or a
+# wrong regex would get wrong (9 > 11 as text, 9.10 > 20.04 as text).
+OS_RELEASES = [
+    ("debian", "10", False),
+    ("debian", "11", True),
+    ("debian", "12", True),
+    ("debian", "9", False),
+    ("debian", "", True),  # testing or unstable: no VERSION_ID
+    ("raspbian", "10", False),
+    ("raspbian", "11", True),
+    ("ubuntu", "18.04", False),
+    ("ubuntu", "19.10", False),
+    ("ubuntu", "20.04", True),
+    ("ubuntu", "20.10", True),
+    ("ubuntu", "9.10", False),
+    ("ubuntu", "24.04", True),
+    ("fedora", "40", False),
+    ("linuxmint", "21", False),
+]
+
+OS_RELEASE_PROBLEM = namespace_problem(
+    ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount --bind /dev/null /etc/hostname"],
+    ("unshare",),
+    "a private mount namespace with a bind mount over /etc",
+)
+
+_FAKE_OS = """
+set -e
+# /run/systemd/system says systemd runs (or, absent, that it does not) in this namespace only.
+mount -t tmpfs tmpfs /run
+if [ "$SYSTEMD" = yes ]; then mkdir -p /run/systemd/system; fi
+: >"$FAKE"
+mount --bind "$FAKE" /etc/os-release
+while IFS=' ' read -r id version; do
+    {
+        echo "ID=$id"
+        if [ -n "$version" ]; then echo "VERSION_ID=\\"$version\\""; fi
+        echo "PRETTY_NAME=\\"$id ${version:-(no version)}\\""
+    } >"$FAKE"
+    set +e
+    bash -s -- check <"$PAYLOAD" >"$OUT/$id-$version.out" 2>"$OUT/$id-$version.err"
+    echo $? >"$OUT/$id-$version.rc"
+    set -e
+done <"$CASES"
+"""
+
+
+def _os_check(tmp_path: Path, releases: list[tuple[str, str]], systemd: bool = True) -> dict[str, tuple[int, str]]:
+    """(exit code, output) of the os check for each (ID, VERSION_ID), keyed "id-version"."""
+    config = _config(base_config(agents=1))
+    env = {**preflight_env(config, config.nodes[1]), "HARBOR_PREFLIGHT_SKIP": _ONLY_OS}
+    payload = tmp_path / "payload.sh"
+    payload.write_text(script_payload(node_script("preflight.sh"), env))
+    cases = tmp_path / "cases"
+    cases.write_text("".join(f"{id_} {version}\n" for id_, version in releases))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", _FAKE_OS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "FAKE": str(tmp_path / "os-release"),
+            "PAYLOAD": str(payload),
+            "CASES": str(cases),
+            "OUT": str(out),
+            "SYSTEMD": "yes" if systemd else "no",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        f"{id_}-{version}": (
+            int((out / f"{id_}-{version}.rc").read_text()),
+            (out / f"{id_}-{version}.out").read_text() + (out / f"{id_}-{version}.err").read_text(),
+        )
+        for id_, version in releases
+    }
+
+
+@pytest.mark.skipif(OS_RELEASE_PROBLEM is not None, reason=OS_RELEASE_PROBLEM or "")
+@pytest.mark.skipif(Path("/etc/rancher").exists(), reason="k3s is installed on this machine; role would judge it")
+def test_os_check_at_every_release_boundary(tmp_path: Path) -> None:
+    results = _os_check(tmp_path, [(id_, version) for id_, version, _ in OS_RELEASES])
+    for id_, version, supported in OS_RELEASES:
+        rc, output = results[f"{id_}-{version}"]
+        label = f"{id_} {version or '(no VERSION_ID)'}"
+        if supported:
+            assert rc == 0, f"{label} was refused:\n{output}"
+            assert f"space-harbor: preflight agent-1: os: ok ({id_} " in output, label
+        else:
+            assert rc == 1, f"{label} was accepted:\n{output}"
+            assert (
+                f"os: this node runs {id_} {version or '(no version)'} (ID={id_}, VERSION_ID={version or 'none'}), "
+                "which Space Harbor does not support" in output
+            ), label
+    # a Debian without a version is let through, with a warning
+    assert "os: warning: debian (no version) has no VERSION_ID" in results["debian-"][1]
+
+
+@pytest.mark.skipif(OS_RELEASE_PROBLEM is not None, reason=OS_RELEASE_PROBLEM or "")
+@pytest.mark.skipif(Path("/etc/rancher").exists(), reason="k3s is installed on this machine; role would judge it")
+def test_os_check_refuses_a_supported_release_without_systemd(tmp_path: Path) -> None:
+    results = _os_check(tmp_path, [("debian", "11"), ("ubuntu", "20.04")], systemd=False)
+    for key in ("debian-11", "ubuntu-20.04"):
+        rc, output = results[key]
+        assert rc == 1, output
+        assert "runs without systemd as its init (no /run/systemd/system)" in output

@@ -470,6 +470,9 @@ def _k3s_fakes(tmp_path: Path) -> str:
     _executable(tmp_path / "fake-installer", _FAKE_INSTALLER)
     return f"""
         mkdir -p /run/systemd/system /usr/local/bin
+        # the staging directory as the node's `shipped` step makes it (prepare-staging)
+        install -d -m 755 /var/lib/space-harbor
+        install -d -m 700 /var/lib/space-harbor/staging
         cp {tmp_path}/fake-k3s /usr/local/bin/k3s
         cp {tmp_path}/fake-installer {FAKE_INSTALLER.staged_path}
         echo v1.31.4+k3s1 >/usr/local/share/fake-k3s-version
@@ -530,7 +533,7 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
         step kept-mode stat -c '%a %U' /usr/local/share/space-harbor/k3s-install.sh
         payload remove-shipped {p["up"]} remove-shipped
         payload remove-shipped-again {p["up"]} remove-shipped
-        step staged-left bash -c 'ls -A /var/tmp'
+        step staged-left bash -c 'ls -A /var/tmp /var/lib/space-harbor 2>&1 || true'
         """,
     )
     installs = (steps.out / "installer.log").read_text().splitlines()
@@ -570,7 +573,8 @@ def test_k3s_server_installs_once_restarts_only_on_change_and_uninstalls(tmp_pat
     assert steps.stdout("kept-mode").split() == ["700", "root"]
     assert steps.status("remove-shipped") == "space-harbor: k3s.sh remove-shipped: changed"
     assert steps.status("remove-shipped-again") == "space-harbor: k3s.sh remove-shipped: unchanged"
-    assert steps.stdout("staged-left") == ""
+    assert "/var/tmp:\n\n" in steps.stdout("staged-left") + "\n"
+    assert "cannot access '/var/lib/space-harbor'" in steps.stdout("staged-left")
 
 
 @needs_sandbox
@@ -755,3 +759,284 @@ def test_lifecycle_refuses_bad_parameters(fake_k3s: FakeK3s) -> None:
     assert "DNS-1123" in fake_k3s.run("drain", node="Bad_Name").stderr
     assert "HARBOR_DRAIN_TIMEOUT" in fake_k3s.run("drain", HARBOR_DRAIN_TIMEOUT="soon").stderr
     assert "HARBOR_FORCE" in fake_k3s.run("drain", HARBOR_FORCE="yes").stderr
+
+
+# --- k3s.sh: k3s_take, every branch ------------------------------------------------------------
+
+# Another installer (a new pin) and another binary: same behaviour, another sha256, so another
+# staged name. Each leaves a mark of its own where the test can see which one ran.
+_FAKE_INSTALLER_V2 = _FAKE_INSTALLER.replace(
+    '>>"$OUT/installer.log"', '>>"$OUT/installer.log"; echo v2 >>"$OUT/which.log"'
+)
+FAKE_INSTALLER_V2 = ShippedFile(
+    "installer", Path("fake-installer-v2"), sha256_of(textwrap.dedent(_FAKE_INSTALLER_V2).lstrip().encode())
+)
+_FAKE_K3S_SHIPPED = _FAKE_K3S + '    echo "shipped binary" >&2\n'
+FAKE_BINARY = ShippedFile(
+    "binary", Path("fake-k3s-shipped"), sha256_of(textwrap.dedent(_FAKE_K3S_SHIPPED).lstrip().encode())
+)
+FAKE_IMAGES_TEXT = "images, the pinned archive\n"
+FAKE_IMAGES = ShippedFile("images", Path("images.tar.zst"), sha256_of(FAKE_IMAGES_TEXT.encode()))
+KEPT_INSTALLER = "/usr/local/share/space-harbor/k3s-install.sh"
+IMAGES_IN_PLACE = "/var/lib/rancher/k3s/agent/images/space-harbor-airgap-images.tar.zst"
+
+
+def _k3s_take_run(tmp_path: Path, body: str) -> Steps:
+    """An installed server (installer v1 kept), then `body`; payloads v1, v2 (a new installer pin),
+    v2-up (an upgrade with it) and airgap (an upgrade that also ships the binary and the images)."""
+    (tmp_path / "fakebin").mkdir()
+    _executable(tmp_path / "fake-installer-v2", _FAKE_INSTALLER_V2)
+    _executable(tmp_path / "fake-k3s-shipped", _FAKE_K3S_SHIPPED)
+    (tmp_path / "images").write_text(FAKE_IMAGES_TEXT)
+    config = "token: T\nnode-name: server-1\n"
+    v2 = FAKE_INSTALLER_V2.parameters()
+    payloads = {
+        "v1": _k3s_env("server", config),
+        "v2": _k3s_env("server", config, **v2),
+        "v2-up": _k3s_env("server", config, version="v1.31.5+k3s1", **v2),
+        "airgap": _k3s_env(
+            "server", config, version="v1.31.5+k3s1", **v2, **FAKE_BINARY.parameters(), **FAKE_IMAGES.parameters()
+        ),
+    }
+    variables = "".join(
+        f"{name.replace('-', '_')}={_payload_file(tmp_path, name, 'k3s.sh', env)}\n" for name, env in payloads.items()
+    )
+    return _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + variables
+        + f"""
+        : >"$OUT/which.log"
+        sum() {{ sha256sum "$1" | cut -d' ' -f1; }}
+        stage_v2() {{ cp {tmp_path}/fake-installer-v2 {FAKE_INSTALLER_V2.staged_path}; }}
+        payload install "$v1" install
+        """
+        + textwrap.dedent(body),
+    )
+
+
+@needs_sandbox
+def test_k3s_take_uses_a_kept_copy_with_the_pinned_sha256_without_the_staged_one(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        rm {FAKE_INSTALLER.staged_path}
+        payload kept-right "$v1" reconfigure
+        """,
+    )
+    assert steps.status("install") == "space-harbor: k3s.sh install: changed"
+    assert steps.status("kept-right") == "space-harbor: k3s.sh reconfigure: unchanged"
+
+
+@needs_sandbox
+def test_k3s_take_replaces_a_kept_copy_altered_on_the_node_or_refuses_it(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        echo 'echo altered >>"$OUT/which.log"' >>{KEPT_INSTALLER}
+        payload kept-wrong "$v1" reconfigure
+        step kept-after-repair sum {KEPT_INSTALLER}
+        # With no staged copy to replace it from: refused, never run.
+        echo 'echo altered >>"$OUT/which.log"' >>{KEPT_INSTALLER}
+        rm {FAKE_INSTALLER.staged_path}
+        payload kept-wrong-unstaged "$v1" reconfigure
+        step which cat "$OUT/which.log"
+        """,
+    )
+    assert steps.status("kept-wrong") == "space-harbor: k3s.sh reconfigure: changed"
+    assert f"k3s installer: {KEPT_INSTALLER} is the pinned file" in steps.stderr("kept-wrong")
+    assert steps.stdout("kept-after-repair").strip() == FAKE_INSTALLER.sha256
+    assert steps.rc("kept-wrong-unstaged") != 0
+    assert f"{KEPT_INSTALLER} is not the pinned file" in steps.stderr("kept-wrong-unstaged")
+    assert steps.stdout("which") == ""
+
+
+@needs_sandbox
+def test_k3s_take_puts_a_new_pin_over_the_old_kept_copy_binary_and_images(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        stage_v2
+        payload new-pin "$v2" reconfigure
+        step kept-after-new-pin sum {KEPT_INSTALLER}
+        echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
+        payload upgrade "$v2_up" upgrade
+        step which cat "$OUT/which.log"
+        """,
+    )
+    assert steps.status("new-pin") == "space-harbor: k3s.sh reconfigure: changed"
+    assert steps.stdout("kept-after-new-pin").strip() == FAKE_INSTALLER_V2.sha256
+    assert steps.status("upgrade") == "space-harbor: k3s.sh upgrade: changed"
+    assert steps.stdout("which").split() == ["v2"]
+
+
+@needs_sandbox
+def test_k3s_take_replaces_a_binary_and_an_images_archive_that_are_not_the_pinned_ones(tmp_path: Path) -> None:
+    steps = _k3s_take_run(
+        tmp_path,
+        f"""
+        # An upgrade that ships the binary, over a binary in place that is not it, and an images
+        # archive of the same name that is not the pinned one.
+        stage_v2
+        cp {tmp_path}/fake-k3s-shipped {FAKE_BINARY.staged_path}
+        cp {tmp_path}/images {FAKE_IMAGES.staged_path}
+        mkdir -p /var/lib/rancher/k3s/agent/images
+        echo 'an older archive under the same name' >{IMAGES_IN_PLACE}
+        echo v1.31.5+k3s1 >/usr/local/share/fake-k3s-version
+        payload airgap "$airgap" upgrade
+        step binary-in-place sum /usr/local/bin/k3s
+        step images-in-place sum {IMAGES_IN_PLACE}
+        payload airgap-again "$airgap" upgrade
+        """,
+    )
+    assert steps.status("airgap") == "space-harbor: k3s.sh upgrade: changed"
+    assert steps.stdout("binary-in-place").strip() == FAKE_BINARY.sha256
+    assert steps.stdout("images-in-place").strip() == FAKE_IMAGES.sha256
+    assert steps.status("airgap-again") == "space-harbor: k3s.sh upgrade: unchanged"
+
+
+# --- k3s.sh: the private staging directory ------------------------------------------------------
+
+STAGING = "/var/lib/space-harbor/staging"
+
+
+@needs_sandbox
+def test_staging_is_private_and_k3s_take_refuses_links_and_other_accounts_files(tmp_path: Path) -> None:
+    (tmp_path / "fakebin").mkdir()
+    config = "token: T\nnode-name: agent-1\nserver: https://10.160.0.1:6443\n"
+    install = _payload_file(tmp_path, "install", "k3s.sh", _k3s_env("agent", config))
+    legacy_path = "/var/tmp/space-harbor-k3s-installer-0123456789abcdef.sh"
+    from_var_tmp = _payload_file(
+        tmp_path, "var-tmp", "k3s.sh", _k3s_env("agent", config, HARBOR_K3S_INSTALLER=legacy_path)
+    )
+    prepare = {
+        user: _payload_file(tmp_path, f"prepare-{user}", "k3s.sh", {"HARBOR_STAGING_USER": user})
+        for user in ("root", "nobody", "no-such-user")
+    }
+    staged = FAKE_INSTALLER.staged_path
+    steps = _sandbox(
+        tmp_path,
+        _k3s_fakes(tmp_path)
+        + f"""
+        rm -rf /var/lib/space-harbor
+        payload prepare-1 {prepare["root"]} prepare-staging
+        payload prepare-2 {prepare["root"]} prepare-staging
+        step modes stat -c '%n %U %a' /var/lib/space-harbor {STAGING}
+        payload prepare-unknown {prepare["no-such-user"]} prepare-staging
+
+        # A link in place of the staged installer (to a perfectly good copy): refused.
+        cp {tmp_path}/fake-installer "$SCRATCH/elsewhere.sh"
+        ln -s "$SCRATCH/elsewhere.sh" {staged}
+        payload link {install} install
+        rm {staged}
+        # Another account's file: refused, whatever it holds.
+        cp {tmp_path}/fake-installer {staged}
+        chown nobody {staged}
+        payload foreign {install} install
+        # The SSH user's own (the directory's owner): taken.
+        payload prepare-nobody {prepare["nobody"]} prepare-staging
+        step owner stat -c '%U %a' {STAGING}
+        payload owned {install} install
+        # A staged path outside the directory (where older versions staged): refused.
+        cp {tmp_path}/fake-installer {legacy_path}
+        rm /usr/local/share/space-harbor/k3s-install.sh
+        payload var-tmp {from_var_tmp} reconfigure
+
+        # What an older version left in /var/tmp, and a link planted there: remove-shipped takes
+        # both away and follows no link.
+        ln -s /etc/hostname /var/tmp/space-harbor-k3s-binary-fedcba9876543210
+        cp /etc/hostname "$SCRATCH/hostname-before"
+        payload remove {install} remove-shipped
+        step left bash -c 'ls -A /var/tmp; ls -d /var/lib/space-harbor 2>&1 || true'
+        step hostname-intact cmp /etc/hostname "$SCRATCH/hostname-before"
+
+        # A link in place of the directory: prepare-staging refuses it.
+        mkdir -p /var/lib/space-harbor "$SCRATCH/attacker"
+        ln -s "$SCRATCH/attacker" {STAGING}
+        payload prepare-link {prepare["root"]} prepare-staging
+        """,
+    )
+    assert steps.status("prepare-1") == "space-harbor: k3s.sh prepare-staging: changed"
+    assert steps.status("prepare-2") == "space-harbor: k3s.sh prepare-staging: unchanged"
+    assert steps.stdout("modes").splitlines() == ["/var/lib/space-harbor root 755", f"{STAGING} root 700"]
+    assert steps.rc("prepare-unknown") != 0
+    assert "HARBOR_STAGING_USER must be the SSH user" in steps.stderr("prepare-unknown")
+
+    assert steps.rc("link") != 0
+    assert f"{staged} is not a regular file (a symlink?); refusing to use it" in steps.stderr("link")
+    assert steps.rc("foreign") != 0
+    assert f"{staged} belongs to nobody, not to root (the SSH user) or root" in steps.stderr("foreign")
+    assert steps.status("prepare-nobody") == "space-harbor: k3s.sh prepare-staging: changed"
+    assert steps.stdout("owner").strip() == "nobody 700"
+    assert steps.status("owned") == "space-harbor: k3s.sh install: changed"
+    assert steps.rc("var-tmp") != 0
+    assert f"{legacy_path} is not in the private staging directory {STAGING}" in steps.stderr("var-tmp")
+
+    assert steps.status("remove") == "space-harbor: k3s.sh remove-shipped: changed"
+    assert steps.stdout("left").splitlines() == ["ls: cannot access '/var/lib/space-harbor': No such file or directory"]
+    assert steps.rc("hostname-intact") == 0
+    assert steps.rc("prepare-link") != 0
+    assert f"{STAGING} is not a directory (a symlink?)" in steps.stderr("prepare-link")
+
+
+def test_k3s_sh_and_the_copy_steps_name_the_same_staging_directory() -> None:
+    from components.shipped import STAGING_DIR
+
+    text = (SCRIPTS / "k3s.sh").read_text()
+    parent = re.search(r"^k3s_staging_parent=(\S+)$", text, re.MULTILINE)
+    child = re.search(r'^k3s_staging_dir="\$k3s_staging_parent/(\S+)"$', text, re.MULTILINE)
+    assert parent and child
+    assert f"{parent.group(1)}/{child.group(1)}" == STAGING_DIR == FAKE_INSTALLER.staged_path.rsplit("/", 1)[0]
+
+
+# --- preflight.sh: a firewall that nftables.service took away ------------------------------------
+
+
+@needs_sandbox
+@needs_nft
+def test_preflight_reports_a_firewall_that_stopping_nftables_flushed(tmp_path: Path) -> None:
+    from components.config import SKIPPABLE_PREFLIGHT_CHECKS
+    from components.render.preflight import preflight_env
+
+    config = load_config(base_config(agents=1))
+    node = config.nodes[1]
+    only_firewall = ",".join(check for check in SKIPPABLE_PREFLIGHT_CHECKS if check != "firewall")
+    check = tmp_path / "preflight"
+    check.write_text(
+        script_payload(
+            (SCRIPTS / "preflight.sh").read_text(),
+            {**preflight_env(config, node), "HARBOR_PREFLIGHT_SKIP": only_firewall},
+        )
+    )
+    apply = _payload_file(
+        tmp_path,
+        "fw",
+        "firewall.sh",
+        {"HARBOR_NFT_TABLE": TABLE_NAME, "HARBOR_NFT_RULESET": render_nftables(config, node)},
+    )
+    steps = _sandbox(
+        tmp_path,
+        f"""
+        payload never-applied {check} check
+        payload apply {apply} apply
+        payload loaded {check} check
+        # What `systemctl stop nftables` runs on Debian (ExecStop): every table goes.
+        nft flush ruleset
+        payload flushed {check} check
+        step files-after bash -c 'ls -A /etc/space-harbor'
+        step tables-after nft list tables
+        """,
+    )
+    assert "firewall: ok (no Space Harbor firewall applied here yet)" in steps.stdout("never-applied")
+    assert steps.rc("never-applied") == 0
+    assert steps.status("apply") == "space-harbor: firewall.sh apply: changed"
+    assert f"firewall: ok (table inet {TABLE_NAME} is loaded)" in steps.stdout("loaded")
+    assert steps.rc("flushed") == 1
+    assert (
+        f"space-harbor: preflight agent-1: firewall: this node's firewall (table inet {TABLE_NAME}, stored in "
+        "/etc/space-harbor/firewall.nft) is not loaded" in steps.stderr("flushed")
+    )
+    assert "systemctl restart space-harbor-firewall" in steps.stderr("flushed")
+    # read-only: it loaded nothing and wrote nothing
+    assert steps.stdout("files-after").split() == ["firewall.nft"]
+    assert TABLE_NAME not in steps.stdout("tables-after")

@@ -109,7 +109,7 @@ def server_count(servers: Sequence[Node], k3s: K3s) -> None:
     if first is None and count > 1:
         raise ValueError(
             f"k3s.firstServer: is required with {count} servers: name the server that bootstrapped the "
-            f"cluster (before this key existed, the first server listed: {servers[0].name!r}; "
+            f"cluster (version 0.0 bootstrapped with the first server listed: {servers[0].name!r}; "
             "for a new cluster, any of them)"
         )
     if first is not None and first not in [node.name for node in servers]:

@@ -132,7 +132,7 @@ def _describe(error: Mapping[str, Any]) -> list[str]:
 
 
 # scheme://user:password@ or scheme://token@: a credential inside a URL.
-_URL_CREDENTIAL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+_URL_CREDENTIAL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<login>[^/@\s'\"]+)@")
 
 
 def _secret_inputs(value: Any, annotation: Any) -> list[str]:
@@ -157,7 +157,14 @@ def _redact(line: str, secrets: list[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             line = line.replace(secret, "***")
-    return _URL_CREDENTIAL.sub(lambda m: f"{m['scheme']}***@", line)
+    return _URL_CREDENTIAL.sub(_without_credential, line)
+
+
+def _without_credential(match: re.Match[str]) -> str:
+    # ssh://git@host is a login name, not a credential; a password or any HTTP(S) login is one.
+    if match["scheme"].lower() == "ssh://" and ":" not in match["login"]:
+        return match[0]
+    return f"{match['scheme']}***@"
 
 
 def _stand_in_key() -> str:

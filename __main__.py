@@ -10,7 +10,7 @@ import pulumi_random as random
 from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import SecretStr
 
-from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions
+from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions, unpinned_node_warnings
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
 from components.cluster_steps import cluster_identity, drain_departed_nodes, read_api_credential
@@ -48,6 +48,9 @@ def stack_config() -> HarborConfig:
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
 
 config = stack_config()
+# Only with ssh.allowUnpinnedHostKeys: an unpinned node is refused otherwise. Every run says so.
+for warning in unpinned_node_warnings(config):
+    pulumi.log.warn(warning)
 try:
     # Read (and checked against its sha256) before any resource exists; never fetched here.
     argocd_core = load_core_manifest(config.argocd.version)
@@ -117,9 +120,6 @@ if config.k3s.api_access == "mesh":
 else:
     api_server = f"https://127.0.0.1:{config.k3s.tunnel_port}"
     tunnel_target = api_tunnel_target(config)
-
-    if first.ssh_host_key is None:
-        pulumi.log.warn(f"the API tunnel to {first.name} does not check its host key; pin it with sshHostKey")
 
 
 def cluster_kubeconfig(raw: str) -> str:

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.sealed_secrets import RSA_BITS  # noqa: E402
-from tests.conftest import base_config  # noqa: E402
+from tests.conftest import base_config, pinned  # noqa: E402
 from tests.harness import ProgramRun, _mock_rsa_key, run_program  # noqa: E402
 
 
@@ -50,12 +50,14 @@ def stack(nodes: int) -> dict[str, Any]:
     """One server and `nodes - 1` agents with distinct hosts and mesh addresses."""
     config = base_config(agents=0)
     config["nodes"] += [
-        {
-            "name": f"agent-{i}",
-            "role": "agent",
-            "host": f"192.0.{2 + i // 240}.{10 + i % 240}",
-            "meshAddress": f"10.161.{i // 250}.{1 + i % 250}",
-        }
+        pinned(
+            {
+                "name": f"agent-{i}",
+                "role": "agent",
+                "host": f"192.0.{2 + i // 240}.{10 + i % 240}",
+                "meshAddress": f"10.161.{i // 250}.{1 + i % 250}",
+            }
+        )
         for i in range(1, nodes)
     ]
     return config
@@ -157,7 +159,9 @@ def change_cost(nodes: int = 20) -> list[tuple[str, int, int, list[str]]]:
 
     row("nothing", copy.deepcopy(base))
     grown = copy.deepcopy(base)
-    grown["nodes"].append({"name": "agent-new", "role": "agent", "host": "192.0.9.9", "meshAddress": "10.170.0.1"})
+    grown["nodes"].append(
+        pinned({"name": "agent-new", "role": "agent", "host": "192.0.9.9", "meshAddress": "10.170.0.1"})
+    )
     row("add one node", grown)
     labelled = copy.deepcopy(base)
     labelled["nodes"][5]["labels"] = {"tier": "web"}

@@ -105,6 +105,20 @@ def api_tunnel_output(config: HarborConfig) -> dict[str, Any] | None:
     return output
 
 
+def unpinned_node_warnings(config: HarborConfig) -> list[str]:
+    """One warning per node dialled without a pinned host key (only with ssh.allowUnpinnedHostKeys)."""
+    first = config.first_server.name if config.k3s.api_access == "ssh-tunnel" else None
+    return [
+        f"nodes[{i}].sshHostKey is not set: {node.name} is dialled with no host-key check at all"
+        + (", and so is the API tunnel" if node.name == first else "")
+        + " (ssh.allowUnpinnedHostKeys is true); whoever answers at "
+        f"{node.host} receives its WireGuard key and k3s token. Pin it: "
+        f"`ssh-keyscan -t ed25519 {node.host} 2>/dev/null | cut -d' ' -f2-`"
+        for i, node in enumerate(config.nodes)
+        if node.ssh_host_key is None
+    ]
+
+
 def unpinned_bastions(config: HarborConfig) -> list[str]:
     """The config keys of bastions in use without a `hostKey`, each once."""
     found: list[str] = []

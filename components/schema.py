@@ -11,8 +11,12 @@ import base64
 import binascii
 import ipaddress
 import re
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Annotated
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
 from pydantic.alias_generators import to_camel
 
@@ -24,6 +28,36 @@ _HOSTNAME = re.compile(
 
 class ConfigError(ValueError):
     """Stack config was refused; the message has one line per problem, each naming its key path."""
+
+
+class Problems(ValueError):
+    """Several refusals found in one pass, each a line that starts with its key path."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+def problem_lines(error: ValueError) -> list[str]:
+    return list(error.lines) if isinstance(error, Problems) else [str(error)]
+
+
+def collect(*checks: Callable[[], object]) -> list[str]:
+    """Run every check and return the lines of those that refused: one run names every problem."""
+    lines: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except ValueError as error:
+            lines += problem_lines(error)
+    return lines
+
+
+def gather(*checks: Callable[[], object]) -> None:
+    """Run every check; refuse with all their problems at once."""
+    lines = collect(*checks)
+    if lines:
+        raise Problems(lines)
 
 
 class ConfigModel(BaseModel):
@@ -108,6 +142,64 @@ def _host_key(value: str) -> str:
     return f"{kind} {blob}"
 
 
+def _host_key_as_given(value: str) -> str:
+    """A node's pin is checked as the bastion's is, but kept as written: it is part of every step's
+    `connection`, and a changed connection would update (re-run) every step of the node."""
+    _host_key(value)
+    return value
+
+
+# The first words of public keys, as a `.pub` file or an authorized_keys line starts.
+_PUBLIC_KEY_STARTS = (*HOST_KEY_TYPES, "ssh-dss", "rsa-sha2-256", "rsa-sha2-512")
+_FROM_FILE = "set it from the private key file: `pulumi config set --secret --path KEY < ~/.ssh/id_ed25519`"
+
+
+def _private_key_text(text: str) -> None:
+    """Refuse what pulumi-command, the API tunnel or git could not use as an SSH private key.
+
+    Checked at load, so that a path, a `.pub` file or a key with a passphrase is named here rather
+    than as `ssh: no key found` on every node's first step. The value is never echoed.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("is empty")
+    first_line = stripped.splitlines()[0]
+    if first_line.split(" ", 1)[0] in _PUBLIC_KEY_STARTS or "PUBLIC KEY-----" in first_line:
+        raise ValueError(f"is a public key (the .pub file); give the private key: {_FROM_FILE}")
+    if not first_line.startswith("-----BEGIN ") or "PRIVATE KEY-----" not in first_line:
+        if "\n" not in stripped and ("/" in stripped or stripped.startswith("~")):
+            raise ValueError(f"is a file path, not a key: {_FROM_FILE}")
+        raise ValueError(f"is not a private key (no -----BEGIN ... PRIVATE KEY----- line): {_FROM_FILE}")
+    encrypted = ValueError(
+        "is protected by a passphrase, which the program cannot type: give it a key without one, "
+        "e.g. a copy of it: `cp KEYFILE harbor-key && ssh-keygen -p -N '' -f harbor-key` (asks the old "
+        "passphrase), or a key of its own: `ssh-keygen -t ed25519 -N '' -f ~/.ssh/harbor`"
+    )
+    if "ENCRYPTED" in first_line or "Proc-Type: 4,ENCRYPTED" in stripped:
+        raise encrypted
+    data = stripped.encode()
+    try:
+        if "OPENSSH PRIVATE KEY" in first_line:
+            load_ssh_private_key(data, password=None)
+        else:
+            load_pem_private_key(data, password=None)
+    except TypeError:
+        # cryptography's way of saying that the key needs a password
+        raise encrypted from None
+    except UnsupportedAlgorithm:
+        return  # a type this library cannot read (a security key, say): ssh may; let it try
+    except ValueError:
+        raise ValueError(
+            f"is not a readable private key ({first_line.strip('-').strip()} that does not parse; cut "
+            f"short or edited?): {_FROM_FILE}"
+        ) from None
+
+
+def _private_key(value: SecretStr) -> SecretStr:
+    _private_key_text(value.get_secret_value())
+    return value
+
+
 def dns_label(value: str) -> str:
     """A Kubernetes node name: a DNS-1123 label."""
     if not _DNS1123_LABEL.match(value):
@@ -119,6 +211,9 @@ Host = Annotated[str, AfterValidator(_host)]
 Port = Annotated[int, AfterValidator(_port)]
 WireGuardKey = Annotated[str, AfterValidator(_wireguard_key)]
 HostKey = Annotated[str, AfterValidator(_host_key)]
+NodeHostKey = Annotated[str, AfterValidator(_host_key_as_given)]
+# An SSH private key, unencrypted, as its file holds it (secret).
+SshPrivateKey = Annotated[SecretStr, AfterValidator(_private_key)]
 Ipv4 = ipaddress.IPv4Address
 Cidr = ipaddress.IPv4Network
 
@@ -137,6 +232,11 @@ def require(value: object, path: str, why: str) -> None:
     """Refuse an unset value: `<path>: is required <why>`."""
     if value in (None, "", [], {}):
         raise ValueError(f"{path}: is required {why}")
+
+
+def require_all(*requirements: tuple[object, str, str]) -> None:
+    """`require` each (value, path, why), refusing every unset one at once."""
+    gather(*(partial(require, *requirement) for requirement in requirements))
 
 
 def secret_value(secret: SecretStr | None) -> str:

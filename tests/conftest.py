@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -69,17 +72,37 @@ TOKEN_MARKER = "MARKER-K3S-TOKEN-2d7e-0f9a6c31b8e45d72"  # as long and varied as
 EXAMPLE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
+def _key_of(seed: str) -> Ed25519PrivateKey:
+    # Derived from the seed, so that a stack built twice has the same keys (a changed key is a change).
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+
+
 def fake_private_key(marker: str) -> str:
-    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker}\n-----END OPENSSH PRIVATE KEY-----\n"
+    """A real, unencrypted private key (the config refuses anything else), with `marker` on a line
+    after it, where every SSH client's parser stops reading: a leak test searches for the marker."""
+    pem = _key_of(marker).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    return f"{pem}{marker}\n"
+
+
+def fake_host_key(name: str) -> str:
+    """A node's SSH host key pin, `ssh-ed25519 AAAA...`, the same for the same name."""
+    return _key_of(f"host-key-{name}").public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+def pinned(node: dict[str, Any]) -> dict[str, Any]:
+    """A `nodes` entry with its SSH host key pinned, as every node of a stack must be."""
+    return {**node, "sshHostKey": fake_host_key(node["name"])}
 
 
 def base_config(agents: int = 0) -> dict[str, Any]:
-    """One server plus `agents` agents, mesh and firewall on, every required key set."""
+    """One server plus `agents` agents, mesh and firewall on, every required key set, every node pinned."""
     nodes = [{"name": "server-1", "role": "server", "host": "192.0.2.10", "meshAddress": "10.160.0.1"}]
     nodes += [
         {"name": f"agent-{i}", "role": "agent", "host": f"192.0.2.{20 + i}", "meshAddress": f"10.160.1.{i}"}
         for i in range(1, agents + 1)
     ]
+    for node in nodes:
+        node["sshHostKey"] = fake_host_key(node["name"])
     return {
         "domain": "example.org",
         "sshPrivateKey": fake_private_key(SSH_KEY_MARKER),
@@ -99,7 +122,13 @@ def base_config(agents: int = 0) -> dict[str, Any]:
 def etcd_config() -> dict[str, Any]:
     config = base_config(agents=1)
     config["nodes"] = [
-        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
+        {
+            "name": f"server-{i}",
+            "role": "server",
+            "host": f"192.0.2.{10 + i}",
+            "meshAddress": f"10.160.0.{i}",
+            "sshHostKey": fake_host_key(f"server-{i}"),
+        }
         for i in range(1, 4)
     ] + config["nodes"][1:]
     config["k3s"] = {"datastore": "etcd", "firstServer": "server-1"}

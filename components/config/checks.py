@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from components.config.cluster import (
     CLUSTER_ONLY_PORTS,
@@ -22,7 +23,7 @@ from components.config.cluster import (
 from components.config.k3s import K3s
 from components.platform import REGISTRY
 from components.platform.base import Context
-from components.schema import ConfigModel, Ipv4, key_segment, split_host_port
+from components.schema import ConfigModel, Ipv4, Problems, collect, key_segment, split_host_port
 
 # The order the sealing check named these components in before each had a module of its own;
 # components added since follow in registry order.
@@ -70,6 +71,31 @@ def bastions(nodes: Sequence[Node], ssh: SshDefaults, ssh_port: Callable[[Node],
         )
 
 
+def host_keys_pinned(nodes: Sequence[Node], ssh: SshDefaults, bastion: Callable[[Node], Bastion | None]) -> None:
+    """Every node is dialled with its host key pinned, unless the stack opts out.
+
+    Unpinned, pulumi-command checks no host key at all (not even on first use), and the node's
+    scripts carry its WireGuard private key and its k3s token: whoever answers at its address
+    would receive them. Every unpinned node is named at once, with the command that reads its key.
+    """
+    if ssh.allow_unpinned_host_keys:
+        return
+    lines = []
+    for i, node in enumerate(nodes):
+        if node.ssh_host_key is not None:
+            continue
+        jump = bastion(node)
+        where = f" (on the bastion {jump.host}, which reaches it)" if jump is not None else ""
+        lines.append(
+            f"nodes[{i}].sshHostKey: is required: pin {node.name}'s SSH host key, the output of "
+            f"`ssh-keyscan -t ed25519 {node.host} 2>/dev/null | cut -d' ' -f2-`{where}, e.g. "
+            f"pulumi config set --path 'nodes[{i}].sshHostKey' 'ssh-ed25519 AAAA...'; or set "
+            "ssh.allowUnpinnedHostKeys to true to dial unpinned nodes without any host-key check"
+        )
+    if lines:
+        raise Problems(lines)
+
+
 def server_count(servers: Sequence[Node], k3s: K3s) -> None:
     count = len(servers)
     if k3s.datastore == "sqlite" and count != 1:
@@ -83,7 +109,7 @@ def server_count(servers: Sequence[Node], k3s: K3s) -> None:
     if first is None and count > 1:
         raise ValueError(
             f"k3s.firstServer: is required with {count} servers: name the server that bootstrapped the "
-            f"cluster (before this key existed, the first server listed: {servers[0].name!r}; "
+            f"cluster (version 0.0 bootstrapped with the first server listed: {servers[0].name!r}; "
             "for a new cluster, any of them)"
         )
     if first is not None and first not in [node.name for node in servers]:
@@ -113,9 +139,11 @@ def mesh_addresses(nodes: Sequence[Node], mesh: Mesh) -> None:
     members: list[tuple[str, Ipv4 | None]] = [
         (f"nodes[{i}].meshAddress", node.mesh_address) for i, node in enumerate(nodes)
     ] + [(f"mesh.operators[{i}].meshAddress", op.mesh_address) for i, op in enumerate(mesh.operators)]
+    missing = [f"{path}: is required while mesh.enabled is true" for path, address in members if address is None]
+    if missing:
+        raise Problems(missing)
     for path, address in members:
-        if address is None:
-            raise ValueError(f"{path}: is required while mesh.enabled is true")
+        assert address is not None
         if address not in mesh.cidr:
             raise ValueError(f"{path}: {address} is outside mesh.cidr {mesh.cidr}")
         if mesh.cidr.prefixlen < 31 and address in usable:
@@ -167,8 +195,9 @@ def public_ports(firewall: Firewall, mesh: Mesh) -> None:
 def platform_components(components: ConfigModel, context: Context) -> None:
     """Each enabled component's own cross-checks, in registry order, then the sealing they need."""
     enabled = [(c, getattr(components, c.field_name)) for c in REGISTRY if getattr(components, c.field_name).enabled]
-    for component, settings in enabled:
-        component.check(settings, context)
+    problems = collect(*(partial(component.check, settings, context) for component, settings in enabled))
+    if problems:
+        raise Problems(problems)
     # A component with a Secret gets it as a SealedSecret; a plain Secret never enters git.
     sealed = [component.key for component, settings in enabled if component.secrets(settings, context)]
     sealed.sort(key=lambda key: (*_SEALING_MESSAGE_ORDER, key).index(key))

@@ -9,9 +9,20 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Discriminator, Field, SecretStr, Tag, field_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
 
-from components.schema import Cidr, ConfigModel, Host, HostKey, Ipv4, Port, WireGuardKey, dns_label
+from components.schema import (
+    Cidr,
+    ConfigModel,
+    Host,
+    HostKey,
+    Ipv4,
+    NodeHostKey,
+    Port,
+    SshPrivateKey,
+    WireGuardKey,
+    dns_label,
+)
 
 # flannel's wireguard-native backend hard-codes these; the mesh must not take them.
 FLANNEL_WIREGUARD_PORTS = frozenset({51820, 51821})
@@ -114,7 +125,7 @@ class Bastion(ConfigModel):
     host: Host
     port: Port = 22
     user: str | None = None
-    private_key: SecretStr | None = None
+    private_key: SshPrivateKey | None = None
     # Pins the bastion's sshd key, as `nodes[i].sshHostKey` does a node's; unset means no check.
     host_key: HostKey | None = None
 
@@ -152,6 +163,8 @@ class SshDefaults(ConfigModel):
     port: Port = 22
     # The jump host for every node; `nodes[i].bastion` replaces it (or, false, turns it off) for one.
     bastion: Bastion | None = None
+    # Dial nodes without `sshHostKey` anyway, with no host-key check at all (warned about on every run).
+    allow_unpinned_host_keys: bool = False
 
 
 class Node(ConfigModel):
@@ -166,15 +179,16 @@ class Node(ConfigModel):
     # The node's own sshd port(s), which the firewall keeps open first. Differs from ssh_port
     # when a NAT forwards the port Pulumi dials; default: [the port Pulumi dials].
     ssh_listen_ports: list[Port] | None = Field(default=None, min_length=1)
-    ssh_private_key: SecretStr | None = None
-    # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset means no host-key check at all.
-    ssh_host_key: str | None = None
+    ssh_private_key: SshPrivateKey | None = None
+    # Pins sshd's host key ("ssh-ed25519 AAAA..."); unset, the node is refused unless
+    # ssh.allowUnpinnedHostKeys, and then dialled with no host-key check at all.
+    ssh_host_key: NodeHostKey | None = None
     # This node's jump host instead of `ssh.bastion`; false: this node is dialled directly.
     bastion: NodeBastion | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[Taint] = Field(default_factory=list)
     # Any change of this counter reruns the k3s installer on this node at the version it runs,
-    # without uninstalling (the seed's `force_k3s_upgrade`, for one node).
+    # without uninstalling (a forced reinstall, for one node).
     reinstall: int = Field(default=0, ge=0)
     # Preflight checks skipped on this node only, beside `preflight.skip`.
     preflight_skip: list[PreflightCheck] = Field(default_factory=list)

@@ -7,10 +7,11 @@ HTTPS a username and password) and Argo CD's own read-only credential against th
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from components.schema import ConfigModel
+from components.schema import ConfigModel, SshPrivateKey, gather
 from components.upstream import UpstreamError, pinned_versions
 
 DEFAULT_ARGOCD_VERSION = "v2.13.3"
@@ -45,13 +46,13 @@ class GitOps(ConfigModel):
     repo_url: str
     branch: str = "main"
     path: str = "cluster"
-    ssh_private_key: SecretStr | None = None
+    ssh_private_key: SshPrivateKey | None = None
     username: str | None = None
     password: SecretStr | None = None
     # known_hosts lines for the git server; Argo CD and the commit both pin them.
     known_hosts: str | None = None
     # Argo CD's own (read-only) credential; unset, Argo CD gets the write credential above.
-    argocd_ssh_private_key: SecretStr | None = None
+    argocd_ssh_private_key: SshPrivateKey | None = None
     argocd_username: str | None = None
     argocd_password: SecretStr | None = None
     auto_sync: bool = False
@@ -64,7 +65,19 @@ class GitOps(ConfigModel):
     @field_validator("repo_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not (_SCP_GIT_URL.match(value) or _URL_GIT.match(value)):
+        if _URL_GIT.match(value):
+            parts = urlsplit(value)
+            # A user name is how SSH logs in (ssh://git@host/...); a password, or any login in an
+            # HTTPS URL, is a credential that would sit in plain text in the state and in Argo CD's
+            # objects. The value is not shown: it holds the credential.
+            if parts.password is not None or (parts.scheme != "ssh" and parts.username is not None):
+                raise ValueError(
+                    "holds a credential before the host (scheme://USER:TOKEN@host/...), which would be stored "
+                    "in plain text; remove it from the URL and set gitops.username, and gitops.password as a "
+                    "secret (`pulumi config set --secret --path gitops.password < token-file`)"
+                )
+            return value
+        if not _SCP_GIT_URL.match(value):
             raise ValueError(f"{value!r} is not git@host:org/repo.git, ssh://... or https://...")
         return value
 
@@ -90,16 +103,25 @@ class GitOps(ConfigModel):
     @model_validator(mode="after")
     def _credentials(self) -> GitOps:
         if self.uses_ssh:
-            if self.ssh_private_key is None:
-                raise ValueError(f"gitops.sshPrivateKey: is required for the SSH URL {self.repo_url}")
-            if not (self.known_hosts or "").strip():
-                raise ValueError(
-                    "gitops.knownHosts: is required for an SSH URL, to pin the git server's host key "
-                    "(the output of `ssh-keyscan <host>`)"
-                )
+            # Both at once: one run names every missing key.
+            gather(self._write_key_given, self._known_hosts_given)
         elif self.username is None or self.password is None:
             raise ValueError(f"gitops.username and gitops.password: are required for the HTTPS URL {self.repo_url}")
         return self
+
+    def _write_key_given(self) -> None:
+        if self.ssh_private_key is None:
+            raise ValueError(
+                f"gitops.sshPrivateKey: is required for the SSH URL {self.repo_url}: a deploy key with write "
+                "access (`pulumi config set --secret --path gitops.sshPrivateKey < deploy_key`)"
+            )
+
+    def _known_hosts_given(self) -> None:
+        if not (self.known_hosts or "").strip():
+            raise ValueError(
+                "gitops.knownHosts: is required for an SSH URL, to pin the git server's host key "
+                "(the output of `ssh-keyscan <host>`)"
+            )
 
     @model_validator(mode="after")
     def _argocd_credentials(self) -> GitOps:
@@ -125,8 +147,6 @@ class GitOps(ConfigModel):
             raise ValueError("gitops.argocdPassword: is required with gitops.argocdUsername")
         if self.argocd_password is not None and self.argocd_username is None:
             raise ValueError("gitops.argocdUsername: is required with gitops.argocdPassword")
-        if self.argocd_ssh_private_key is not None and not self.argocd_ssh_private_key.get_secret_value().strip():
-            raise ValueError("gitops.argocdSshPrivateKey: is empty")
         return self
 
     @property

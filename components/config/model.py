@@ -7,6 +7,7 @@ every section is valid, in the order below (components/config/checks.py).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, create_model, model_validator
@@ -18,7 +19,7 @@ from components.config.gitops import ArgoCD, GitOps
 from components.config.k3s import K3s
 from components.platform import REGISTRY
 from components.platform.base import Component, Context, Section
-from components.schema import ConfigModel, Host
+from components.schema import ConfigModel, Host, Problems, SshPrivateKey, collect
 
 
 def _components_section() -> type[ConfigModel]:
@@ -35,7 +36,7 @@ Components = _components_section()
 
 class HarborConfig(ConfigModel):
     domain: Host | None = None
-    ssh_private_key: SecretStr
+    ssh_private_key: SshPrivateKey
     ssh: SshDefaults = SshDefaults()
     nodes: list[Node] = Field(min_length=1)
     mesh: Mesh = Mesh()
@@ -147,53 +148,30 @@ class HarborConfig(ConfigModel):
         walk(self)
         return found
 
-    # Cross-section checks, in this order; each raises with the key path first.
+    # Cross-section checks. Every one runs, so that one run names every problem (each line starts
+    # with its key path); the platform components' checks need a first server and every node's
+    # address, so they run only once the checks those rest on have passed.
 
     @model_validator(mode="after")
-    def _unique_names(self) -> HarborConfig:
-        checks.unique_names(self.nodes, self.mesh.operators, self.ssh_port)
-        return self
-
-    @model_validator(mode="after")
-    def _bastions(self) -> HarborConfig:
-        checks.bastions(self.nodes, self.ssh, self.ssh_port)
-        return self
-
-    @model_validator(mode="after")
-    def _server_count(self) -> HarborConfig:
-        checks.server_count(self.servers, self.k3s)
-        return self
-
-    @model_validator(mode="after")
-    def _forgotten_nodes(self) -> HarborConfig:
-        checks.forgotten_nodes(self.nodes, self.decommission)
-        return self
-
-    @model_validator(mode="after")
-    def _mesh_addresses(self) -> HarborConfig:
-        checks.mesh_addresses(self.nodes, self.mesh)
-        return self
-
-    @model_validator(mode="after")
-    def _networks(self) -> HarborConfig:
-        checks.networks(self.nodes, self.mesh, self.k3s, self.firewall)
-        return self
-
-    @model_validator(mode="after")
-    def _public_ports(self) -> HarborConfig:
-        checks.public_ports(self.firewall, self.mesh)
-        return self
-
-    @model_validator(mode="after")
-    def _k3s_options(self) -> HarborConfig:
-        checks.registries(self.k3s)
-        checks.token_strength(self.k3s)
-        checks.registration_address(self.nodes, self.mesh, self.firewall, self.k3s)
-        return self
-
-    @model_validator(mode="after")
-    def _components(self) -> HarborConfig:
-        # The context needs the checks above: a first server, and every node's address.
-        checks.platform_components(self.components, self.platform_context())
-        checks.etcd_snapshots(self.k3s)
+    def _cross_section(self) -> HarborConfig:
+        foundation = collect(
+            partial(checks.unique_names, self.nodes, self.mesh.operators, self.ssh_port),
+            partial(checks.server_count, self.servers, self.k3s),
+            partial(checks.mesh_addresses, self.nodes, self.mesh),
+        )
+        problems = foundation + collect(
+            partial(checks.host_keys_pinned, self.nodes, self.ssh, self.bastion),
+            partial(checks.bastions, self.nodes, self.ssh, self.ssh_port),
+            partial(checks.forgotten_nodes, self.nodes, self.decommission),
+            partial(checks.networks, self.nodes, self.mesh, self.k3s, self.firewall),
+            partial(checks.public_ports, self.firewall, self.mesh),
+            partial(checks.registries, self.k3s),
+            partial(checks.token_strength, self.k3s),
+            partial(checks.registration_address, self.nodes, self.mesh, self.firewall, self.k3s),
+            partial(checks.etcd_snapshots, self.k3s),
+        )
+        if not foundation:
+            problems += collect(lambda: checks.platform_components(self.components, self.platform_context()))
+        if problems:
+            raise Problems(problems)
         return self

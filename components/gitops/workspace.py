@@ -63,6 +63,73 @@ def ssh_command(key_file: str, known_hosts_file: str) -> str:
     )
 
 
+# What git (and ssh under it) says, and the stack config key that fixes it. First match wins.
+_GIT_FAILURES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (
+        ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED", "host key is known"),
+        "ssh",
+        "gitops.knownHosts does not hold the git server's host key: set it to the output of "
+        "`ssh-keyscan <git host>` (a port other than 22 needs a `[host]:port` line)",
+    ),
+    (
+        ("Permission denied (publickey",),
+        "ssh",
+        "the git server refused the key in gitops.sshPrivateKey: add its public half to the repository "
+        "as a deploy key with write access",
+    ),
+    (
+        (
+            "read only",
+            "read-only",
+            "denied to deploy key",
+            "Write access to repository not granted",
+            "not allowed to push",
+        ),
+        "",
+        "the repository refused the push: the credential in {credential} needs write access (Argo CD's own "
+        "read-only one belongs in {argocd})",
+    ),
+    (
+        ("Authentication failed", "returned error: 401", "returned error: 403", "could not read Username"),
+        "https",
+        "the git server refused gitops.username and gitops.password: a username and a token with write access",
+    ),
+    (
+        ("Repository not found", "does not appear to be a git repository", "not found", "does not exist"),
+        "",
+        "check gitops.repoUrl, and that {credential} has access to that repository",
+    ),
+    (
+        (
+            "Could not resolve",
+            "Connection refused",
+            "Connection timed out",
+            "timed out",
+            "Network is unreachable",
+            "No route to host",
+        ),
+        "",
+        "this machine cannot reach the git server of gitops.repoUrl (name, address, port or a firewall)",
+    ),
+)
+
+
+def what_to_change(detail: str, transport: str) -> str | None:
+    """The stack config to change for a failed git command, from git's own (scrubbed) message."""
+    credential, argocd = (
+        ("gitops.sshPrivateKey", "gitops.argocdSshPrivateKey")
+        if transport == "ssh"
+        else ("gitops.username/gitops.password", "gitops.argocdUsername/gitops.argocdPassword")
+    )
+    lowered = detail.lower()
+    for needles, only, hint in _GIT_FAILURES:
+        if only and only != transport:
+            continue
+        if any(needle.lower() in lowered for needle in needles):
+            return hint.format(credential=credential, argocd=argocd)
+    return None
+
+
 ASKPASS_SCRIPT = """#!/bin/sh
 # git asks "Username for 'https://host': " and "Password for 'https://user@host': ". Only the
 # repository's own origin gets an answer: a redirect can send git to another host, which would
@@ -202,9 +269,11 @@ class Workspace:
         except git.GitCommandError as error:
             stderr = error.stderr if isinstance(error.stderr, str) else str(error.stderr or "")
             detail = self.scrub(stderr.strip().removeprefix("stderr: ").strip("'").strip())
+            hint = what_to_change(detail, self.spec.transport)
             raise GitOpsError(
                 f"git {args[0]} failed for {redact_url(self.spec.repo_url)} (exit {error.status})"
                 + (f": {detail}" if detail else "")
+                + (f"\n{hint}" if hint else "")
             ) from None
 
     def remote_tip(self) -> str | None:

@@ -30,7 +30,7 @@ from components.platform.base import (
     secret_path,
     tcp,
 )
-from components.schema import require, secret_value
+from components.schema import require_all, secret_value
 
 BACKUP_SECRET = "backup-repository"  # noqa: S105 (a Secret's name)
 BACKUP_TOKEN_KEY = "token"  # noqa: S105 (a key's name)
@@ -63,9 +63,11 @@ class Backup(Section):
 
 def check(settings: Backup, context: Context) -> None:
     del context
-    require(settings.repository_url, "components.backup.repositoryUrl", "while backup is enabled")
-    require(settings.collection_id, "components.backup.collectionId", "while backup is enabled")
-    require(secret_value(settings.token), "components.backup.token", "while backup is enabled")
+    require_all(
+        (settings.repository_url, "components.backup.repositoryUrl", "while backup is enabled"),
+        (settings.collection_id, "components.backup.collectionId", "while backup is enabled"),
+        (secret_value(settings.token), "components.backup.token", "while backup is enabled"),
+    )
 
 
 def values(settings: Backup, context: Context) -> dict[str, Any]:

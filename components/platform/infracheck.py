@@ -21,7 +21,7 @@ from components.platform.base import (
     tcp,
 )
 from components.platform.traefik import CERT_RESOLVER
-from components.schema import Host, require
+from components.schema import Host, require_all
 
 # Infracheck answers on /<prefix>/ only (`--server-path-prefix`). The prefix is in git, so it is a
 # path, not a password.
@@ -36,8 +36,10 @@ class Infracheck(Section):
 
 
 def check(settings: Infracheck, context: Context) -> None:
-    require(context.domain, "domain", "while components.infracheck is enabled")
-    require(settings.host, "components.infracheck.host", "while infracheck is enabled")
+    require_all(
+        (context.domain, "domain", "while components.infracheck is enabled"),
+        (settings.host, "components.infracheck.host", "while infracheck is enabled"),
+    )
     if "traefik" not in context.enabled:
         raise ValueError(
             "components.infracheck.enabled: the health endpoint is served through Traefik; "

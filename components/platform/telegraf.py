@@ -27,7 +27,7 @@ from components.platform.base import (
     secret_path,
     tcp,
 )
-from components.schema import require, secret_value
+from components.schema import require_all, secret_value
 
 TELEGRAF_TLS_DIR = "/etc/telegraf-tls"
 TELEGRAF_CERTS = "telegraf-tls"
@@ -55,13 +55,17 @@ class Telegraf(Section):
 
 def check(settings: Telegraf, context: Context) -> None:
     del context
-    for key in ("central_address", "ca_cert", "tls_cert", "tls_key"):
-        value = getattr(settings, key)
-        require(
-            secret_value(value) if isinstance(value, SecretStr) else value,
-            f"components.telegraf.{to_camel(key)}",
-            "while telegraf is enabled",
+    require_all(
+        *(
+            (
+                secret_value(value) if isinstance(value, SecretStr) else value,
+                f"components.telegraf.{to_camel(key)}",
+                "while telegraf is enabled",
+            )
+            for key in ("central_address", "ca_cert", "tls_cert", "tls_key")
+            for value in [getattr(settings, key)]
         )
+    )
 
 
 def central_address(settings: Telegraf) -> tuple[str, int]:

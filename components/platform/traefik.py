@@ -20,7 +20,7 @@ from components.platform.base import (
     resources,
     tcp,
 )
-from components.schema import require
+from components.schema import require_all
 
 # Traefik's Let's Encrypt resolver, for IngressRoutes' `tls.certResolver`.
 CERT_RESOLVER = "letsencrypt"
@@ -53,8 +53,10 @@ def traefik_node(settings: Traefik, context: Context) -> str:
 
 
 def check(settings: Traefik, context: Context) -> None:
-    require(context.domain, "domain", "while components.traefik is enabled")
-    require(settings.acme_email, "components.traefik.acmeEmail", "for Let's Encrypt")
+    require_all(
+        (context.domain, "domain", "while components.traefik is enabled"),
+        (settings.acme_email, "components.traefik.acmeEmail", "for Let's Encrypt"),
+    )
     names = list(context.node_names)
     if settings.node is not None and settings.node not in names:
         raise ValueError(f"components.traefik.node: {settings.node!r} is not one of the nodes {names}")

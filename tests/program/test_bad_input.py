@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, base_config
+from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, base_config, fake_private_key, pinned
 from tests.harness import run_program
 from tests.helpers import assert_refused_before_any_resource
 
@@ -44,7 +44,9 @@ def _drop(path: str) -> Mutation:
 
 
 def _add_server(config: dict[str, Any]) -> None:
-    config["nodes"].append({"name": "server-2", "role": "server", "host": "192.0.2.50", "meshAddress": "10.160.0.2"})
+    config["nodes"].append(
+        pinned({"name": "server-2", "role": "server", "host": "192.0.2.50", "meshAddress": "10.160.0.2"})
+    )
 
 
 def _etcd_two_servers(config: dict[str, Any]) -> None:
@@ -54,7 +56,9 @@ def _etcd_two_servers(config: dict[str, Any]) -> None:
 
 def _etcd_three_servers_unnamed_first(config: dict[str, Any]) -> None:
     _add_server(config)
-    config["nodes"].append({"name": "server-3", "role": "server", "host": "192.0.2.51", "meshAddress": "10.160.0.3"})
+    config["nodes"].append(
+        pinned({"name": "server-3", "role": "server", "host": "192.0.2.51", "meshAddress": "10.160.0.3"})
+    )
     config["k3s"] = {"datastore": "etcd"}
 
 
@@ -167,7 +171,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("traefik e-mail malformed", _set("components.traefik.acmeEmail", "ops"), "components.traefik.acmeEmail: 'ops' is not an e-mail address"),
     ("no domain", _drop("domain"), "domain: is required while components.traefik is enabled"),
     ("infracheck without host", _drop("components.infracheck.host"), "components.infracheck.host: is required while infracheck is enabled"),
-    ("telegraf without certs", _set("components.telegraf", {"enabled": True, "centralAddress": "metrics.example.org:8094"}), "components.telegraf.caCert: is required while telegraf is enabled"),
+    ("telegraf without its key", _set("components.telegraf", {"enabled": True, "centralAddress": "metrics.example.org:8094", "caCert": "ca", "tlsCert": "cert"}), "components.telegraf.tlsKey: is required while telegraf is enabled"),
     ("smtp without relay", _set("components.smtp", {"enabled": True}), "components.smtp.relayHost: is required while smtp is enabled"),
     ("k3s token too short", _set("k3s.token", "hunter2-hunter2"), "k3s.token: is too weak (15 characters, 8 different)"),
     ("k3s agent token repetitive", _set("k3s.agentToken", "ab" * 20), "k3s.agentToken: is too weak (40 characters, 2 different)"),
@@ -188,7 +192,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("secrets encryption not a bool", _set("k3s.secretsEncryption", "sometimes"), "k3s.secretsEncryption: Input should be a valid boolean"),
     ("argocd version not pinned", _set("argocd.version", "v2.12.0"), "argocd.version: v2.12.0 is not a supported Argo CD release; supported (pinned in manifests/upstream.yaml): v2.13.3, v2.14.21"),
     ("argocd login on an ssh url", _set("gitops.argocdUsername", "reader"), "gitops.argocdUsername: is for HTTPS URLs"),
-    ("argocd ssh key on an https url", _https_with(argocdSshPrivateKey="key"), "gitops.argocdSshPrivateKey: is for SSH URLs"),
+    ("argocd ssh key on an https url", _https_with(argocdSshPrivateKey=fake_private_key("argocd")), "gitops.argocdSshPrivateKey: is for SSH URLs"),
     ("argocd username without password", _https_with(argocdUsername="reader"), "gitops.argocdPassword: is required with gitops.argocdUsername"),
     ("argocd password without username", _https_with(argocdPassword="read-token"), "gitops.argocdUsername: is required with gitops.argocdPassword"),
     ("argocd key empty", _set("gitops.argocdSshPrivateKey", "  "), "gitops.argocdSshPrivateKey: is empty"),

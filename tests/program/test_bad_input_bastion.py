@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, SSH_KEY_MARKER, base_config
+from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, SSH_KEY_MARKER, base_config, fake_private_key
 from tests.harness import run_program
 from tests.helpers import assert_refused_before_any_resource
 
@@ -69,7 +69,7 @@ CASES: list[tuple[str, Mutation, str]] = [
 @pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in CASES], ids=[c[0] for c in CASES])
 def test_refused_with_key_path_before_any_resource(mutate: Mutation, expected: str) -> None:
     config = copy.deepcopy(base_config(agents=1))
-    config["ssh"] = {"bastion": {"host": "jump.example.org", "privateKey": BASTION_KEY_MARKER}}
+    config["ssh"] = {"bastion": {"host": "jump.example.org", "privateKey": fake_private_key(BASTION_KEY_MARKER)}}
     mutate(config)
     assert_refused_before_any_resource(config, expected, secrets=(SSH_KEY_MARKER, GIT_KEY_MARKER, BASTION_KEY_MARKER))
 

@@ -20,7 +20,7 @@ import yaml
 from components.config import load_config
 from components.remote import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
 from components.render.nftables import render_nftables
-from tests.conftest import EXAMPLE_HOST_KEY, SSH_KEY_MARKER, base_config, fake_private_key
+from tests.conftest import EXAMPLE_HOST_KEY, SSH_KEY_MARKER, base_config, fake_host_key, fake_private_key
 from tests.harness import ProgramRun, Registered, run_program
 from tests.testbed.engine import _command_changed
 
@@ -148,7 +148,10 @@ def test_the_api_tunnel_and_its_output_go_through_the_bastion() -> None:
         "-J", "jump@198.51.100.5:2222", "-p", "22", "admin@192.0.2.10",
     ]  # fmt: skip
     # Only the pinned hops get a known_hosts line; a port other than 22 is bracketed.
-    assert output["knownHosts"] == [f"[198.51.100.5]:2222 {BASTION_HOST_KEY}"]
+    assert output["knownHosts"] == [
+        f"[198.51.100.5]:2222 {BASTION_HOST_KEY}",
+        f"192.0.2.10 {fake_host_key('server-1')}",
+    ]
 
 
 def test_the_bastion_key_config_names_where_the_key_lives() -> None:
@@ -169,7 +172,7 @@ def test_an_ipv6_bastion_is_bracketed_for_ssh_j() -> None:
     config["ssh"] = {"bastion": {"host": "2001:db8::5", "hostKey": EXAMPLE_HOST_KEY}}
     output = run_program(config).outputs["apiTunnel"]
     assert "root@[2001:db8::5]:22" in shlex.split(output["sshCommand"])
-    assert output["knownHosts"] == [f"2001:db8::5 {EXAMPLE_HOST_KEY}"]
+    assert output["knownHosts"] == [f"2001:db8::5 {EXAMPLE_HOST_KEY}", f"192.0.2.10 {fake_host_key('server-1')}"]
 
 
 def test_no_bastion_leaves_the_tunnel_output_as_it_was() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 
-from tests.conftest import base_config
+from tests.conftest import base_config, pinned
 from tests.harness import ProgramRun, run_program
 
 
@@ -33,7 +33,9 @@ def test_same_config_changes_nothing() -> None:
 def test_adding_a_node_updates_only_the_meshes_and_reinstalls_nothing() -> None:
     config = base_config(agents=3)
     grown = copy.deepcopy(config)
-    grown["nodes"].append({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    grown["nodes"].append(
+        pinned({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    )
     added, removed, updated = _changes(config, grown)
     assert removed == set()
     assert {"agent-9-mesh", "agent-9-firewall", "agent-9-k3s", "agent-9-node-object", "agent-9-registered"} <= added

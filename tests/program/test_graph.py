@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, STACKS, TOKEN_MARKER
+from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, STACKS, TOKEN_MARKER, fake_host_key
 from tests.harness import UNKNOWN, ProgramRun, run_program
 from tests.helpers import command_env
 
@@ -270,7 +270,7 @@ def test_stack_outputs() -> None:
         "host": "192.0.2.10",
         "port": 22,
         "user": "root",
-        "hostKey": None,
+        "hostKey": fake_host_key("server-1"),
         "localPort": 16443,
         "sshKeyConfig": "sshPrivateKey",
     }

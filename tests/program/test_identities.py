@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import STACKS, base_config, etcd_config
+from tests.conftest import STACKS, base_config, etcd_config, pinned
 from tests.harness import ProgramRun, Registered, resolve_identities, run_program
 from tests.unit.test_platform_render import full_raw
 
@@ -63,7 +63,9 @@ def _inputs(run: ProgramRun) -> dict[str, Any]:
 
 def test_reordering_nodes_changes_no_resource_at_all() -> None:
     config = etcd_config()
-    config["nodes"].append({"name": "agent-2", "role": "agent", "host": "192.0.2.22", "meshAddress": "10.160.1.2"})
+    config["nodes"].append(
+        pinned({"name": "agent-2", "role": "agent", "host": "192.0.2.22", "meshAddress": "10.160.1.2"})
+    )
     reordered = copy.deepcopy(config)
     reordered["nodes"] = list(reversed(reordered["nodes"]))
     before, after = run_program(config), run_program(reordered)
@@ -78,7 +80,9 @@ def test_a_role_change_keeps_every_identity_and_reaches_the_node_as_an_update() 
     promoted = copy.deepcopy(config)
     promoted["nodes"][2]["role"] = "server"
     promoted["k3s"] = {"datastore": "etcd", "firstServer": "server-1"}
-    promoted["nodes"].append({"name": "server-3", "role": "server", "host": "192.0.2.13", "meshAddress": "10.160.0.3"})
+    promoted["nodes"].append(
+        pinned({"name": "server-3", "role": "server", "host": "192.0.2.13", "meshAddress": "10.160.0.3"})
+    )
     before, after = run_program(config), run_program(promoted)
     assert _urns(before) <= _urns(after)
     old, new = _inputs(before), _inputs(after)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import STACKS, etcd_config
+from tests.conftest import STACKS, etcd_config, pinned
 from tests.harness import run_program
 from tests.unit.test_platform_render import full_raw
 
@@ -25,7 +25,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def operators_forget_first_server() -> dict[str, Any]:
     """Three etcd servers bootstrapped by the second, two operators, and a node gone for good."""
     config = etcd_config()
-    config["nodes"].append({"name": "agent-2", "role": "agent", "host": "192.0.2.22", "meshAddress": "10.160.1.2"})
+    config["nodes"].append(
+        pinned({"name": "agent-2", "role": "agent", "host": "192.0.2.22", "meshAddress": "10.160.1.2"})
+    )
     config["k3s"]["firstServer"] = "server-2"
     config["mesh"] = {
         "operators": [

@@ -33,6 +33,10 @@ def marker(path: str) -> str:
     return "MARKER-AUDIT-" + re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-").upper()
 
 
+def pem_text(marker: str) -> str:
+    return f"-----BEGIN PRIVATE KEY-----\n{marker}\n-----END PRIVATE KEY-----\n"
+
+
 def audit_config(transport: str) -> dict[str, Any]:
     """1 server + 2 agents (one with its own SSH key, two behind bastions), etcd snapshots to S3, every
     secret a marker."""
@@ -44,8 +48,11 @@ def audit_config(transport: str) -> dict[str, Any]:
     # Behind bastions with keys of their own: the stack's for the server, its own for agent-2;
     # agent-1 is dialled directly.
     config["ssh"] = {
-        "bastion": {"host": "198.51.100.5", "privateKey": fake_private_key(marker("ssh.bastion.privateKey"))}
+        "bastion": {"host": "198.51.100.5", "privateKey": fake_private_key(marker("ssh.bastion.privateKey"))},
+        # agent-1 stays unpinned, which the stack must then allow: its connection has no hostKey.
+        "allowUnpinnedHostKeys": True,
     }
+    del config["nodes"][1]["sshHostKey"]
     config["nodes"][1]["bastion"] = False
     config["nodes"][2]["bastion"] = {
         "host": "198.51.100.6",
@@ -71,7 +78,8 @@ def audit_config(transport: str) -> dict[str, Any]:
                     "auth": {"username": "puller", "password": marker("k3s.registries.password")},
                     "tls": {
                         "certFile": "/etc/ssl/registry/client.crt",
-                        "keyFile": fake_private_key(marker("k3s.registries.keyFile")),
+                        # PEM text the nodes get as a file: only its shape is checked here.
+                        "keyFile": pem_text(marker("k3s.registries.keyFile")),
                     },
                 },
                 "quay.example.org": {"auth": {"auth": marker("k3s.registries.auth")}},

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import base_config, etcd_config
+from tests.conftest import base_config, etcd_config, pinned
 from tests.harness import ProgramRun, run_program
 from tests.helpers import command_env
 
@@ -34,7 +34,7 @@ def _updated(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
 def _ha_stack(agents: int, concurrency: int = 1) -> dict[str, Any]:
     config = base_config(agents=agents)
     config["nodes"] = [
-        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
+        pinned({"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"})
         for i in range(1, 4)
     ] + config["nodes"][1:]
     config["k3s"] = {"datastore": "etcd", "firstServer": "server-1", "upgradeConcurrency": concurrency}
@@ -122,7 +122,9 @@ def test_day_one_agents_join_in_parallel_and_servers_one_at_a_time() -> None:
 def test_a_node_added_during_an_upgrade_installs_the_new_version_without_waiting_for_agents() -> None:
     config = _ha_stack(agents=3)
     config["k3s"]["version"] = NEW_VERSION
-    config["nodes"].append({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    config["nodes"].append(
+        pinned({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    )
     run = run_program(config)
     assert command_env(run.named("agent-9-k3s"))["HARBOR_K3S_VERSION"] == NEW_VERSION
     for agent in ("agent-1", "agent-2", "agent-3"):

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from components.remote import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
+from tests.conftest import fake_private_key
 from tests.harness import ProgramRun
 from tests.testbed.nodes import GIT_ADDRESS, GIT_REPO, Testbed, _keypair, call_in_netns
 from tests.testbed.runner import CommandFailed, DialPolicy, Runner
@@ -141,9 +142,7 @@ def audit_config(tb: Testbed, gitops_key: str) -> dict[str, Any]:
             "sshPrivateKey": gitops_key,
             "knownHosts": tb.git_known_hosts(),
             # Argo CD's read-only key: it goes only to Argo CD's repository Secret, never to a node or git.
-            "argocdSshPrivateKey": (
-                f"-----BEGIN OPENSSH PRIVATE KEY-----\n{marker('ARGOCD-READ-KEY')}\n-----END OPENSSH PRIVATE KEY-----\n"
-            ),
+            "argocdSshPrivateKey": fake_private_key(marker("ARGOCD-READ-KEY")),
         },
         components={
             "traefik": {"acmeEmail": "ops@harbor.test"},

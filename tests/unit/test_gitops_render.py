@@ -23,7 +23,7 @@ from components.render.gitops import (
     render_tree,
 )
 from components.render.manifests import child_sync_policy
-from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, base_config
+from tests.conftest import EXAMPLE_HOST_KEY, GIT_KEY_MARKER, base_config, fake_private_key
 
 KUBERNETES = "1.31"
 PASSWORD = "MARKER-GIT-PASSWORD-1d9e"
@@ -326,9 +326,7 @@ def test_secret_values_appear_only_under_string_data() -> None:
 
 
 def test_repository_secret_prefers_argo_cds_own_ssh_key() -> None:
-    secret = render_repository_secret(
-        ssh_config(argocdSshPrivateKey=f"-----BEGIN KEY-----\n{READ_ONLY_KEY}\n-----END KEY-----")
-    )
+    secret = render_repository_secret(ssh_config(argocdSshPrivateKey=fake_private_key(READ_ONLY_KEY)))
     key = secret["stringData"]["sshPrivateKey"]
     assert READ_ONLY_KEY in key and GIT_KEY_MARKER not in key and key.endswith("\n")
 

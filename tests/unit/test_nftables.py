@@ -17,7 +17,7 @@ import yaml
 
 from components.config import ConfigError, HarborConfig, Node, load_config
 from components.render.nftables import TABLE_NAME, render_nftables
-from tests.conftest import STACKS, base_config, mesh_off_config
+from tests.conftest import STACKS, base_config, fake_private_key, mesh_off_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_ssh_listen_ports_are_what_opens_when_a_nat_forwards_the_dialled_port() 
 def test_the_example_stack_keeps_the_nated_node_s_own_sshd_open() -> None:
     document = yaml.safe_load((ROOT / "examples" / "tour.yaml").read_text())
     raw = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
-    raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"
+    raw["sshPrivateKey"] = raw["gitops"]["sshPrivateKey"] = fake_private_key("x")
     _, node, text = _render(raw, "harbor-3")
     assert node.ssh_port == 2222
     for chain in ("prerouting", "input"):

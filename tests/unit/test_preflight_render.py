@@ -28,7 +28,7 @@ from components.config import (
 )
 from components.render.preflight import preflight_env
 from components.render.remote import node_script, script_payload
-from tests.conftest import base_config, etcd_config, mesh_off_config
+from tests.conftest import base_config, etcd_config, mesh_off_config, pinned
 from tests.helpers import STANDALONE_LIBRARY, namespace_problem, shellcheck
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +105,9 @@ def test_etcd_servers_need_etcd_ports_and_only_the_bootstrap_server_knows_its_pe
 def test_mesh_off_uses_private_addresses_and_flannels_wireguard_port() -> None:
     raw = mesh_off_config()
     for i, (name, private) in enumerate((("server-2", "172.16.0.99"), ("server-3", "172.16.0.98")), start=1):
-        raw["nodes"].insert(i, {"name": name, "role": "server", "host": f"192.0.2.{10 + i}", "privateAddress": private})
+        raw["nodes"].insert(
+            i, pinned({"name": name, "role": "server", "host": f"192.0.2.{10 + i}", "privateAddress": private})
+        )
     raw["k3s"] |= {"datastore": "etcd", "firstServer": "server-1"}
     env = _env(raw, "server-1")
     assert env["HARBOR_MESH_ENABLED"] == "false"
@@ -143,7 +145,7 @@ def test_the_same_config_in_another_order_gives_every_node_the_same_parameters()
     # bootstraps is the model's choice) must not touch any preflight.
     raw = etcd_config()
     raw["nodes"] += [
-        {"name": f"agent-{i}", "role": "agent", "host": f"192.0.2.{40 + i}", "meshAddress": f"10.160.2.{i}"}
+        pinned({"name": f"agent-{i}", "role": "agent", "host": f"192.0.2.{40 + i}", "meshAddress": f"10.160.2.{i}"})
         for i in range(2, 5)
     ]
     reordered = copy.deepcopy(raw)
@@ -157,7 +159,9 @@ def test_the_same_config_in_another_order_gives_every_node_the_same_parameters()
 def test_adding_a_node_changes_no_other_nodes_parameters_but_the_bootstrap_servers_peers() -> None:
     raw = etcd_config()
     grown = copy.deepcopy(raw)
-    grown["nodes"].append({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    grown["nodes"].append(
+        pinned({"name": "agent-9", "role": "agent", "host": "192.0.2.99", "meshAddress": "10.160.9.9"})
+    )
     before, after = _config(raw), _config(grown)
     for node in before.nodes:
         assert preflight_env(before, node) == preflight_env(after, node), node.name
@@ -165,7 +169,7 @@ def test_adding_a_node_changes_no_other_nodes_parameters_but_the_bootstrap_serve
     # Two more servers (etcd needs 3 or 5): only the bootstrap server's peer list changes.
     five = copy.deepcopy(raw)
     five["nodes"] += [
-        {"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"}
+        pinned({"name": f"server-{i}", "role": "server", "host": f"192.0.2.{10 + i}", "meshAddress": f"10.160.0.{i}"})
         for i in (4, 5)
     ]
     after = _config(five)

@@ -175,18 +175,17 @@ def test_env_runs_the_built_cli_offline_and_carries_no_access_token(repo: Repo) 
     assert exports["PULUMI_BACKEND_URL"].startswith("file:///")
     assert Path(exports["PULUMI_HOME"]).is_absolute()
 
-    # The CLI, the language host and the plugin resolve to the built ones; the testbed's
-    # control plane stays off PATH.
+    # The CLI, the language host, the plugin and the testbed's control plane resolve to the built ones.
     path = exports["PATH"]
     for name, family in [
         ("pulumi", "pulumi"),
         ("pulumi-language-python", "pulumi-language-python"),
         ("pulumi-resource-kubernetes", "provider-kubernetes"),
+        ("kube-apiserver", "kubernetes"),
     ]:
         found = shutil.which(name, path=path)
         assert found == str(repo.cache / f"{family}-{repo.key(family)}" / name)
         assert subprocess.run([found], capture_output=True, text=True).stdout == f"{name} from {family}\n"
-    assert shutil.which("kube-apiserver", path=path) is None
 
 
 def test_env_uses_a_pulumi_already_on_path(repo: Repo, tmp_path: Path) -> None:
@@ -199,7 +198,13 @@ def test_env_uses_a_pulumi_already_on_path(repo: Repo, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     exports = parse_exports(result.stdout)
     assert "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION" not in exports, "the user's pulumi must fetch plugins"
-    assert str(repo.cache) not in exports.get("PATH", "")
+    # The user's pulumi stays first and no built plugin shadows the ones it fetches; the
+    # testbed's control plane is still found.
+    path = exports["PATH"]
+    assert shutil.which("pulumi", path=path) == str(own / "pulumi")
+    assert shutil.which("pulumi-resource-kubernetes", path=path) is None
+    kube_apiserver = repo.cache / f"kubernetes-{repo.key('kubernetes')}" / "kube-apiserver"
+    assert shutil.which("kube-apiserver", path=path) == str(kube_apiserver)
     assert "PULUMI_ACCESS_TOKEN" not in exports
 
     forced = parse_exports(

@@ -20,8 +20,7 @@ from tests.helpers import shellcheck
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "engine"
 FAMILIES = {
-    "pulumi": ["pulumi"],
-    "pulumi-language-python": ["pulumi-language-python"],
+    "pulumi": ["pulumi", "pulumi-language-python"],
     "provider-kubernetes": ["pulumi-resource-kubernetes"],
     "kubernetes": ["kube-apiserver"],
 }
@@ -123,7 +122,14 @@ def test_the_key_changes_with_the_recipe_and_the_go_version(repo: Repo) -> None:
     assert edited != before
 
     (repo.root / "build" / "pulumi" / "main.go").write_text("package main\n")
-    assert repo.key("pulumi") not in {before, edited}
+    added = repo.key("pulumi")
+    assert added not in {before, edited}
+
+    # A module nested in the family's directory (the language host's) is part of its recipe.
+    nested = repo.root / "build" / "pulumi" / "language-python"
+    nested.mkdir()
+    (nested / "host.go").write_text("package main\n")
+    assert repo.key("pulumi") not in {before, edited, added}
 
     assert repo.key("pulumi", FAKE_GO_VERSION="go1.27.0") != repo.key("pulumi")
 
@@ -179,7 +185,7 @@ def test_env_runs_the_built_cli_offline_and_carries_no_access_token(repo: Repo) 
     path = exports["PATH"]
     for name, family in [
         ("pulumi", "pulumi"),
-        ("pulumi-language-python", "pulumi-language-python"),
+        ("pulumi-language-python", "pulumi"),
         ("pulumi-resource-kubernetes", "provider-kubernetes"),
         ("kube-apiserver", "kubernetes"),
     ]:
@@ -234,7 +240,7 @@ def test_status_exits_non_zero_while_something_is_missing(repo: Repo) -> None:
     build(repo)
     complete = repo.run("status")
     assert complete.returncode == 0, complete.stdout
-    assert complete.stdout.count("built: ") == 8
+    assert complete.stdout.count("built: ") == 7
 
 
 def test_which_finds_a_built_executable(repo: Repo) -> None:

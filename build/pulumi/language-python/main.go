@@ -6,7 +6,8 @@
 // part of the LanguageRuntime protocol that the engine uses to run a pip + virtualenv
 // Python project (preview, up, refresh, destroy, stack and config commands), on the public
 // packages of github.com/pulumi/pulumi/sdk/v3. It runs the SDK's own
-// pulumi-language-python-exec, which must sit next to this binary.
+// pulumi-language-python-exec, which must sit next to this binary; ../build.sh puts both next
+// to the pulumi CLI, where the engine looks for its bundled plugins.
 package main
 
 import (

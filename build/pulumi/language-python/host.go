@@ -304,7 +304,7 @@ func (h *host) InstallDependencies(
 		req.GetUseLanguageVersionTools(), true, stdout, stderr); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "Finished installing dependencies")
+	// The toolchain has said "Finished installing dependencies" itself.
 	return closer.Close()
 }
 

@@ -40,5 +40,12 @@ def test_language_host_go_tests_pass() -> None:
         pytest.fail(f"go test in {MODULE} took over {GO_TEST_TIMEOUT} s: {exc.stdout!r} {exc.stderr!r}")
     assert result.returncode == 0, f"go test failed in {MODULE}:\n{result.stdout}\n{result.stderr}"
     # Each test ran and passed: a package that silently ran nothing would not list them.
-    for name in ("TestExecArgs", "TestProgramEnv", "TestRunResponse", "TestPythonOptions", "TestPluginVersion"):
+    for name in (
+        "TestExecArgs",
+        "TestProgramEnv",
+        "TestRunResponse",
+        "TestPythonOptions",
+        "TestPluginVersion",
+        "TestParseInstalledPackages",
+    ):
         assert f"--- PASS: {name} " in result.stdout, result.stdout

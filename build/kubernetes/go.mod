@@ -184,8 +184,11 @@ require (
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )
 
-// k8s.io/kubernetes replaces its staging modules with local directories; each is
-// published under the same minor as v0.31.14. List derived from its go.mod by build/kubernetes/staging-replaces.
+// k8s.io/kubernetes replaces its staging modules with local directories (the
+// "=> ./staging/src/..." lines of its go.mod, which is where this list comes from); each is
+// published as its own module, v0.31.14 beside v1.31.14. The module proxy here does not serve
+// every one at v0.31.14: those use the newest 0.31 patch it does serve (listed with
+// `go list -m -versions`), so kubectl's own code is 0.31.3's.
 replace (
 	k8s.io/api => k8s.io/api v0.31.14
 	k8s.io/apiextensions-apiserver => k8s.io/apiextensions-apiserver v0.31.14

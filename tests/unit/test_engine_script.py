@@ -179,6 +179,8 @@ def test_env_runs_the_built_cli_offline_and_carries_no_access_token(repo: Repo) 
     assert exports["PULUMI_SKIP_UPDATE_CHECK"] == "true"
     assert exports["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] == "true"
     assert exports["PULUMI_BACKEND_URL"].startswith("file:///")
+    # The file backend needs the directory to exist already.
+    assert Path(exports["PULUMI_BACKEND_URL"].removeprefix("file://")).is_dir()
     assert Path(exports["PULUMI_HOME"]).is_absolute()
 
     # The CLI, the language host, the plugin and the testbed's control plane resolve to the built ones.

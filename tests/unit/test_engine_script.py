@@ -106,8 +106,11 @@ def parse_exports(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
 
 
-def test_script_is_shellcheck_clean() -> None:
-    result = shellcheck("-x", str(SCRIPT))
+@pytest.mark.parametrize(
+    "script", [SCRIPT, *sorted((ROOT / "build").glob("*/build.sh"))], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_scripts_are_shellcheck_clean(script: Path) -> None:
+    result = shellcheck("-x", str(script))
     assert result.returncode == 0, result.stdout
 
 

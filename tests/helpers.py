@@ -265,6 +265,9 @@ class FakeK3s:
         fake = self.bin / "k3s"
         fake.write_text(_FAKE_K3S)
         fake.chmod(0o755)
+        # What a started k3s server leaves; the fake kubectl itself reads `state`.
+        self.kubeconfig = root / "k3s.yaml"
+        self.kubeconfig.write_text("# fake k3s kubeconfig\n")
 
     def add(self, name: str, version: str, **metadata: Any) -> None:
         node = {
@@ -303,6 +306,7 @@ class FakeK3s:
             "HARBOR_DRAIN_TIMEOUT": "30",
             "HARBOR_FORCE": "false",
             "HARBOR_READY_TIMEOUT": "4",
+            "HARBOR_K3S_KUBECONFIG": str(self.kubeconfig),
             **env,
         }
         payload = script_payload((SCRIPTS / "k3s-lifecycle.sh").read_text(), {})

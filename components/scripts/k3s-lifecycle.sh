@@ -65,7 +65,8 @@ lc_members="${HARBOR_CLUSTER_NODES:-}"
 lc_forget="${HARBOR_FORGET_NODES:-}"
 lc_drain_for_upgrade="${HARBOR_DRAIN:-true}"
 lc_credential_wait="${HARBOR_CREDENTIAL_WAIT:-60}"
-lc_kubeconfig=/etc/rancher/k3s/k3s.yaml
+# Written by a k3s server when it first starts (k3s write-kubeconfig may put it elsewhere).
+lc_kubeconfig="${HARBOR_K3S_KUBECONFIG:-/etc/rancher/k3s/k3s.yaml}"
 # The stack's own API credential (see api-credential): a ServiceAccount token does not expire,
 # unlike the 365-day client certificate of k3s' admin kubeconfig.
 lc_credential_namespace=kube-system
@@ -306,6 +307,11 @@ lc_drain_departed() {
     local -a names=()
     if ! [ -x "$(command -v k3s || echo /usr/local/bin/k3s)" ]; then
         harbor_log "k3s is not installed here yet: no node to drain"
+        return 0
+    fi
+    # An air-gapped node has the binary before the install; no kubeconfig means no server ever ran.
+    if ! [ -e "$lc_kubeconfig" ]; then
+        harbor_log "k3s has not started a server here yet: no node to drain"
         return 0
     fi
     if ! lc_wait_for_api; then

@@ -194,6 +194,15 @@ def test_drain_departed_before_k3s_exists_does_nothing(fake_k3s: FakeK3s) -> Non
     assert "k3s is not installed here yet" in result.stderr
 
 
+def test_drain_departed_on_an_air_gapped_node_before_its_first_start_does_nothing(fake_k3s: FakeK3s) -> None:
+    # The binary is there (placed for the air-gapped install), but no server has ever started.
+    fake_k3s.kubeconfig.unlink()
+    result = fake_k3s.run("drain-departed", node="", HARBOR_CLUSTER_NODES="server-1")
+    assert _status(result) == "unchanged"
+    assert "k3s has not started a server here yet" in result.stderr
+    assert fake_k3s.calls() == []
+
+
 def test_drain_departed_deletes_forgotten_nodes_without_draining_them(fake_k3s: FakeK3s) -> None:
     managed = {"annotations": {"space-harbor/managed": "true"}}
     for name in ("server-1", "agent-1", "agent-2"):

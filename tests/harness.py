@@ -124,6 +124,10 @@ class ProgramRun:
     def commands(self) -> list[Registered]:
         return self.of_type("command:remote:Command")
 
+    def drift_records(self) -> list[Registered]:
+        """Each node's drift record (components/drift.py): dynamic resources that dial nobody on update."""
+        return [r for r in self.of_type("pulumi-python:dynamic:Resource") if "expected" in r.inputs]
+
     def depends_on(self, dependent: Registered, dependency: Registered) -> bool:
         """Whether `dependent` waits for `dependency`, directly or through other resources."""
         by_urn = {r.urn: r for r in self.resources}

@@ -42,7 +42,7 @@ dr_role="${HARBOR_K3S_ROLE:-}"
 dr_wg_if="${HARBOR_WG_INTERFACE:-}"
 dr_table="${HARBOR_NFT_TABLE:-}"
 # Paths are fixed by the scripts that write them (k3s.sh, mesh.sh, firewall.sh); a test points
-# HARBOR_DRIFT_ROOT at a fake node's filesystem.
+# HARBOR_DRIFT_ROOT at a fake node's filesystem (never set by the program).
 dr_root="${HARBOR_DRIFT_ROOT:-}"
 dr_k3s_dir="$dr_root/etc/rancher/k3s"
 dr_k3s_bin="$dr_root/usr/local/bin/k3s"
@@ -59,9 +59,14 @@ dr_sha() {
     fi
 }
 
+# sd_booted(3), as harbor_has_systemd, under the fake root of a test.
+dr_has_systemd() {
+    [ -d "$dr_root/run/systemd/system" ] && command -v systemctl >/dev/null 2>&1
+}
+
 dr_unit_state() {
-    local active enabled
-    if harbor_has_systemd; then
+    local active="" enabled=""
+    if dr_has_systemd; then
         active=$(systemctl is-active "$1" 2>/dev/null || true)
         enabled=$(systemctl is-enabled "$1" 2>/dev/null || true)
     fi

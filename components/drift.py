@@ -185,11 +185,17 @@ def recorded(props: Mapping[str, Any], reachable: str | None) -> dict[str, Any]:
 
 
 def drift_check(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dict[str, Any]:
-    """The inputs: the program's, with the repair counters carried on (and bumped after a drift read)."""
+    """The inputs: the program's, with the repair counters carried on (and bumped after a drift read).
+
+    `observed` is "as applied" for every artefact: against the lines a refresh stored among the old
+    inputs, that is what a preview's diff shows for each artefact the `up` repairs.
+    """
     olds, checked = plain(dict(olds)), dict(news)
     for key in ("observed", "reachable", "repair"):
         checked.pop(key, None)
     checked["repair"] = next_repair(olds.get("repair"), olds.get("observed"))
+    expected = checked.get("expected")
+    checked["observed"] = dict.fromkeys(expected, AS_APPLIED) if isinstance(expected, Mapping) else {}
     return checked
 
 

@@ -75,7 +75,7 @@ def test_a_read_that_finds_drift_shows_in_the_diff_and_bumps_only_its_step() -> 
     assert outs["observed"]["k3s-service"] == "n1: k3s.service inactive"
     news = drift_check(inputs, props())
     assert news["repair"] == {"k3s": 1, "mesh": 0, "firewall": 0}
-    assert "observed" not in news and "reachable" not in news
+    assert news["observed"] == dict.fromkeys(EXPECTED, AS_APPLIED) and "reachable" not in news
     assert drift_diff(outs, news) == ["repair", "observed.k3s-service"]
     # The update puts the observation back to "as applied"; the next check bumps nothing more.
     after = NodeDriftProvider().update("drift:n1", outs, news).outs

@@ -3,8 +3,10 @@
 #
 #   firewall.sh apply   install nftables (and netbase, for /etc/protocols) if missing, store the
 #                       ruleset, validate it, then replace our table (and only it) in one nft
-#                       transaction; a oneshot unit reloads it at boot when systemd runs
-#   firewall.sh remove  delete our table, its boot unit and its file
+#                       transaction, also when the live table no longer lists as it did right
+#                       after the last load (edited or flushed by hand; drift-read.sh reports it);
+#                       a oneshot unit reloads it at boot when systemd runs
+#   firewall.sh remove  delete our table, its boot unit, its file and the record of its listing
 #
 # Parameters (environment):
 #   HARBOR_NFT_TABLE    name of our `table inet`, e.g. space_harbor

@@ -540,16 +540,20 @@ k3s_binary_replaced() {
     [ "$(k3s_recorded_version)" = "$k3s_version" ] && ! k3s_version_matches
 }
 
-# Put the stack's version back: the installer again, which is an upgrade from an older binary;
-# a newer one is never replaced by an older (its datastore may be migrated already).
+# Put the stack's version back: the installer again, which is an upgrade from an older binary.
+# A newer one is never replaced by an older (its datastore may be migrated already); it may also be
+# the binary an air-gap operator placed ahead of raising k3s.version. It stays, and so does the
+# rest: config and service are reconciled as usual.
 k3s_restore_binary() {
     local found newest
     found=$(k3s_installed_version | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }')
     if [ -n "$found" ]; then
         newest=$(printf '%s\n%s\n' "$found" "$k3s_version" | k3s_sortable | sort -V | tail -n 1)
         if [ "$newest" = "$(printf '%s\n' "$found" | k3s_sortable)" ]; then
-            harbor_fail "$k3s_bin reports $found, newer than $k3s_version, which the stack installed here: refusing to" \
-                "downgrade it; set k3s.version to $found, or put the $k3s_version binary back"
+            harbor_log "$k3s_bin reports $found, newer than $k3s_version, which the stack installed here: left" \
+                "as it is (never downgraded); set k3s.version to $found to upgrade to it, or put the $k3s_version binary back"
+            k3s_apply_config
+            return 0
         fi
     fi
     harbor_log "$k3s_bin reports ${found:-no version}, the stack installed $k3s_version: installing $k3s_version again"

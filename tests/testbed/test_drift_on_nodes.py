@@ -20,8 +20,8 @@ from components.render.drift import AS_APPLIED
 from tests.harness import ProgramRun, run_program
 from tests.testbed.conftest import booted_testbed
 from tests.testbed.engine import Engine, Report
-from tests.testbed.nodes import GIT_REPO, Testbed, call_in_netns
-from tests.testbed.stack import MESH_INTERFACE, stack_config
+from tests.testbed.nodes import AIRGAP_BINARY, GIT_REPO, STANDIN_K3S, Testbed, call_in_netns
+from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
 
 pytestmark = pytest.mark.testbed
 
@@ -154,6 +154,36 @@ def test_an_unreachable_node_is_reported_as_such_and_nothing_runs_there(stack: D
     finally:
         tb.start_sshd("n2")
     assert stack.drifts("n2") == {}
+
+
+def put_k3s_binary(tb: Testbed, node: str, version: str) -> None:
+    """Replace the node's k3s binary by hand with the stand-in of `version` (the running one stays)."""
+    standin = STANDIN_K3S.read_text().replace(
+        'STANDIN_VERSION="${K3S_STANDIN_VERSION:-v1.31.4+k3s1}"',
+        f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{version}}}"',
+    )
+    assert version in standin
+    tb.ssh(
+        node,
+        f"cat > {AIRGAP_BINARY}.new && chmod 755 {AIRGAP_BINARY}.new && mv {AIRGAP_BINARY}.new {AIRGAP_BINARY}",
+        input=standin,
+    )
+
+
+def test_a_newer_binary_put_by_hand_is_named_and_never_downgraded(stack: DriftStack) -> None:
+    tb = stack.tb
+    put_k3s_binary(tb, "n3", "v1.32.1+k3s1")
+    try:
+        assert stack.drifts("n3") == {"k3s-version": f"n3: k3s v1.32.1+k3s1 running, {K3S_VERSION} applied"}
+        report = stack.up()
+        assert stack.steps_run(report) == {"n3-k3s"}
+        said = report.result("n3-k3s").stderr
+        assert "newer than" in said and "never downgraded" in said, said
+        assert "v1.32.1+k3s1" in tb.ssh("n3", f"{AIRGAP_BINARY} --version").stdout
+        assert tb.ssh("n3", "systemctl is-active k3s-agent").stdout.strip() == "active"
+    finally:
+        put_k3s_binary(tb, "n3", K3S_VERSION)
+    assert stack.drifts("n3") == {}
 
 
 def test_a_hand_edited_and_a_removed_gitops_file_are_named_and_committed_back(stack: DriftStack) -> None:

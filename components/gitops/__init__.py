@@ -38,7 +38,7 @@ import pulumi
 import pulumi.dynamic
 
 from components.config import HarborConfig
-from components.gitops.drift import drifted_paths, read_tree
+from components.gitops.drift import drifted_paths, read_inputs, read_tree
 from components.gitops.plan import (
     DEFAULT_AUTHOR,
     INPUT_KEYS,
@@ -116,7 +116,8 @@ class GitTreeProvider(pulumi.dynamic.ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         # `pulumi refresh`: owned files changed or removed in the repository (components/gitops/drift.py).
-        return pulumi.dynamic.ReadResult(id_, read_tree(props))
+        outs = read_tree(props)
+        return pulumi.dynamic.ReadResult(id_, outs, read_inputs(outs))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         sync_tree(props, props, removing=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from components.gitops.plan import GitOpsError, Spec, plain, redact_url
+from components.gitops.plan import INPUT_KEYS, GitOpsError, Spec, plain, redact_url
 from components.gitops.workspace import workspace
 
 
@@ -50,6 +50,12 @@ def read_tree(props: Mapping[str, Any]) -> dict[str, Any]:
     outs["reachable"] = f"read {redact_url(spec.repo_url)} at {base[:12] if base else 'no commit'}"
     outs["drift"] = drift_lines(owned, remote, spec.branch)
     return outs
+
+
+def read_inputs(outs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs a refresh leaves: the stored ones and `drift`, which the program's next inputs lack,
+    so a preview's diff lists each drifted file as it goes away."""
+    return {**{key: outs.get(key) for key in INPUT_KEYS}, "drift": dict(outs.get("drift") or {})}
 
 
 def drifted_paths(olds: Mapping[str, Any]) -> frozenset[str]:

@@ -43,6 +43,9 @@ def test_edited_and_removed_files_are_named_and_only_they_are_committed_back(rem
     assert read.outs["drift"][PROJECTS].startswith(f"{PROJECTS}: changed on branch main (sha256 ")
     assert "tweaked" not in repr(read.outs["drift"])
     assert provider.diff("id", read.outs, props(remote)).changes is True
+    # The refreshed inputs name them too: the next inputs lack `drift`, so a preview's diff shows it.
+    assert read.inputs["drift"] == read.outs["drift"]
+    assert {key: read.inputs[key] for key in props(remote)} == {key: created[key] for key in props(remote)}
 
     updated = provider.update("id", read.outs, props(remote)).outs
     head = commits(remote)[0]

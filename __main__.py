@@ -19,6 +19,7 @@ from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
 from components.k3s import k3s_cluster
 from components.mesh import WireGuardMesh
+from components.node_drift import NodeDrift, RepairInputs, node_expectations
 from components.preflight import NodePreflight
 from components.render.argocd import CoreManifestError
 from components.render.k3s import API_PORT, kubeconfig_for
@@ -84,9 +85,31 @@ forget = list(config.decommission.forget)
 cluster_id = cluster_identity()
 preflight = NodePreflight("preflight", config, forget, after=[cluster_id])
 departures = [drain_departed_nodes(config, after=[preflight])]
-mesh = WireGuardMesh("mesh", config, forget, after=departures) if config.mesh.enabled else None
+# Each node's k3s, mesh and firewall step takes HARBOR_REPAIR from the node's drift record
+# (components/node_drift.py), which is registered below, once the mesh keys it fingerprints exist.
+repairs = RepairInputs(node.name for node in config.nodes)
+mesh = (
+    WireGuardMesh(
+        "mesh",
+        config,
+        forget,
+        after=departures,
+        repair={node.name: repairs.parameter(node.name, "mesh") for node in config.nodes},
+    )
+    if config.mesh.enabled
+    else None
+)
 firewalls = (
-    {node.name: NodeFirewall(f"{node.name}-firewall", config, node, after=departures) for node in config.nodes}
+    {
+        node.name: NodeFirewall(
+            f"{node.name}-firewall",
+            config,
+            node,
+            after=departures,
+            repair=repairs.parameter(node.name, "firewall"),
+        )
+        for node in config.nodes
+    }
     if config.firewall.enabled
     else {}
 )
@@ -107,8 +130,31 @@ def prerequisites(node: Node) -> list[pulumi.Resource]:
 
 
 k3s_nodes = k3s_cluster(
-    config, server_token, agent_token, prerequisites, lifetime=cluster_id, shipped=shipped, gate=departures
+    config,
+    server_token,
+    agent_token,
+    prerequisites,
+    lifetime=cluster_id,
+    shipped=shipped,
+    gate=departures,
+    repair=lambda name: repairs.parameter(name, "k3s"),
 )
+drift = NodeDrift(
+    "drift",
+    config,
+    {
+        node.name: node_expectations(
+            config,
+            node,
+            server_token,
+            agent_token,
+            mesh.node_configs[node.name] if mesh is not None else None,
+            mesh.public_keys if mesh is not None else None,
+        )
+        for node in config.nodes
+    },
+)
+repairs.resolve(drift.records)
 api_credential = read_api_credential(config, after=[k3s_nodes[first.name].registered])
 
 for unpinned in unpinned_bastions(config):

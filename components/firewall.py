@@ -21,9 +21,19 @@ class NodeFirewall(pulumi.ComponentResource):
         node: Node,
         after: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        repair: pulumi.Input[str | None] | None = None,
     ) -> None:
-        """`after`: what the command waits for (the drain of removed nodes, see components/k3s.py)."""
+        """`after`: what the command waits for (the drain of removed nodes, see components/k3s.py).
+
+        `repair`: HARBOR_REPAIR for the step (None until a refresh found the firewall drifted).
+        """
         super().__init__("space-harbor:index:NodeFirewall", name, None, opts)
+        env: dict[str, pulumi.Input[str | None]] = {
+            "HARBOR_NFT_TABLE": TABLE_NAME,
+            "HARBOR_NFT_RULESET": render_nftables(config, node),
+        }
+        if repair is not None:
+            env["HARBOR_REPAIR"] = repair
         self.applied = node_command(
             f"{node.name}-firewall",
             config,
@@ -31,7 +41,7 @@ class NodeFirewall(pulumi.ComponentResource):
             "firewall.sh",
             create="apply",
             delete="remove",
-            env={"HARBOR_NFT_TABLE": TABLE_NAME, "HARBOR_NFT_RULESET": render_nftables(config, node)},
+            env=env,
             secret=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
         )

@@ -123,6 +123,8 @@ class K3sNodeArgs:
     shipped: tuple[ShippedFile, ...] = ()
     # what the copies wait for: every node's preflight (they need neither mesh nor firewall)
     gate: list[pulumi.Resource] = field(default_factory=list)
+    # HARBOR_REPAIR of the install step: None until a refresh found k3s drifted (components/drift.py)
+    repair: pulumi.Input[str | None] | None = None
 
 
 class K3sNode(pulumi.ComponentResource):
@@ -198,7 +200,7 @@ class K3sNode(pulumi.ComponentResource):
             for shipped in args.shipped
         ]
         shipped_env = {key: value for shipped in args.shipped for key, value in shipped.parameters().items()}
-        install_env: dict[str, pulumi.Input[str]] = {
+        install_env: dict[str, pulumi.Input[str | None]] = {
             "HARBOR_K3S_ROLE": node.role,
             "HARBOR_K3S_VERSION": config.k3s.version,
             "HARBOR_K3S_CONFIG": config_yaml,
@@ -211,6 +213,9 @@ class K3sNode(pulumi.ComponentResource):
             install_env["HARBOR_NODE_PACKAGES"] = " ".join(packages)
         # registries.yaml and the reinstall counter, likewise only when used
         install_env |= optional_install_parameters(config, node)
+        if args.repair is not None:
+            # Left out of stdin while None: an unrepaired node's step keeps its inputs as they were.
+            install_env["HARBOR_REPAIR"] = args.repair
 
         def install(after: list[pulumi.Resource]) -> pulumi.Resource:
             return node_command(
@@ -319,6 +324,7 @@ def k3s_cluster(
     lifetime: pulumi.Resource,
     shipped: tuple[ShippedFile, ...] = (),
     gate: list[pulumi.Resource] | None = None,
+    repair: Callable[[str], pulumi.Input[str | None]] | None = None,
 ) -> dict[str, K3sNode]:
     """Every node's steps, wired in cluster order; forgotten nodes' steps disarmed.
 
@@ -352,6 +358,7 @@ def k3s_cluster(
                 cluster_lifetime=lifetime,
                 shipped=shipped,
                 gate=list(gate or []),
+                repair=repair(node.name) if repair is not None else None,
             )
         )
         if node.role == "server":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pulumi
 import pulumi_random as random
 
@@ -26,10 +28,12 @@ class WireGuardMesh(pulumi.ComponentResource):
         forget: list[str] | None = None,
         after: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        repair: Mapping[str, pulumi.Input[str | None]] | None = None,
     ) -> None:
         """`after`: what every node's mesh command waits for (the drain of removed nodes).
 
         `forget`: nodes that left the stack unreachable; their mesh steps stay, disarmed.
+        `repair`: per node, HARBOR_REPAIR for its step (None until a refresh found its mesh drifted).
         """
         super().__init__("space-harbor:index:WireGuardMesh", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -50,10 +54,19 @@ class WireGuardMesh(pulumi.ComponentResource):
         peers = self.public_keys.apply(lambda keys: mesh_peers(config, keys))
 
         self.applied = {}
+        # Each node's wg-quick file (secret: it holds the key); the drift record keeps its sha256.
+        self.node_configs: dict[str, pulumi.Output[str]] = {}
         for node in config.nodes:
             wg_config = pulumi.Output.all(private_keys[node.name], peers).apply(
                 lambda args, node_name=node.name: render_node_config(config, node_name, args[0], args[1])
             )
+            self.node_configs[node.name] = wg_config
+            env: dict[str, pulumi.Input[str | None]] = {
+                "HARBOR_WG_INTERFACE": config.mesh.interface,
+                "HARBOR_WG_CONFIG": wg_config,
+            }
+            if repair is not None:
+                env["HARBOR_REPAIR"] = repair[node.name]
             self.applied[node.name] = node_command(
                 f"{node.name}-mesh",
                 config,
@@ -61,7 +74,7 @@ class WireGuardMesh(pulumi.ComponentResource):
                 "mesh.sh",
                 create="apply",
                 delete="remove",
-                env={"HARBOR_WG_INTERFACE": config.mesh.interface, "HARBOR_WG_CONFIG": wg_config},
+                env=env,
                 secret=True,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=after or []),
             )

@@ -66,7 +66,7 @@ def node_command(
     create: str | None,
     delete: str | None,
     update: str | None = None,
-    env: Mapping[str, pulumi.Input[str]],
+    env: Mapping[str, pulumi.Input[str | None]],
     secret: bool,
     opts: pulumi.ResourceOptions,
     prints_secret: bool = False,
@@ -85,8 +85,11 @@ def node_command(
     pending = {key: value for key, value in env.items() if not isinstance(value, str)}
     payload: pulumi.Input[str]
     if pending:
+        # A parameter that resolves to None is left out (HARBOR_REPAIR before any repair).
         payload = pulumi.Output.all(**pending).apply(
-            lambda values: script_payload(node_script(script), {**plain, **values})
+            lambda values: script_payload(
+                node_script(script), {**plain, **{key: value for key, value in values.items() if value is not None}}
+            )
         )
     else:
         payload = script_payload(node_script(script), plain)

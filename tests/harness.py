@@ -26,6 +26,7 @@ from pulumi.runtime import mocks, settings
 from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_in_stack
 
+from components.drift import drift_check, recorded
 from components.upstream import PinnedFiles
 from tests.helpers import reachable
 
@@ -122,6 +123,10 @@ class ProgramRun:
 
     def commands(self) -> list[Registered]:
         return self.of_type("command:remote:Command")
+
+    def drift_records(self) -> list[Registered]:
+        """Each node's drift record (components/drift.py): dynamic resources that dial nobody on update."""
+        return [r for r in self.of_type("pulumi-python:dynamic:Resource") if "expected" in r.inputs]
 
     def depends_on(self, dependent: Registered, dependency: Registered) -> bool:
         """Whether `dependent` waits for `dependency`, directly or through other resources."""
@@ -393,14 +398,23 @@ class HarborMocks(mocks.Mocks):
     SealedSecretManifest is sealed by its own provider, so tests can unseal what would be committed.
     """
 
-    def __init__(self, preview: bool, existing: bool = False) -> None:
+    def __init__(
+        self, preview: bool, existing: bool = False, drift_state: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.preview = preview
         # A preview of a stack that exists: unchanged resources have their outputs from state.
         self.existing = existing
+        # The stored inputs of drift records by resource name (after a refresh: with `observed`).
+        self.drift_state = drift_state or {}
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs = dict(args.inputs)
         digest = hashlib.sha256(f"{args.typ}:{args.name}".encode()).digest()
+        if args.typ == "pulumi-python:dynamic:Resource" and "expected" in args.inputs:
+            # A drift record: the engine hands back its checked inputs in a preview (the provider
+            # has no preview of its own) and the update's outputs in an up; `repair` is in both.
+            checked = drift_check(self.drift_state.get(args.name, {}), args.inputs)
+            return f"{args.name}-id", checked if self.preview else recorded(checked, None)
         if self.preview and not self.existing:
             # Before `pulumi up`, a provider's computed outputs are unknown: return only inputs.
             return ("", outputs) if args.custom else (f"{args.name}-id", outputs)
@@ -467,11 +481,14 @@ def run_program(
     preview: bool = False,
     existing: bool = False,
     upstream: PinnedFiles | None = None,
+    drift_state: dict[str, dict[str, Any]] | None = None,
 ) -> ProgramRun:
     """Evaluate `__main__.py` once with `config` and return everything it registered.
 
     `existing` (with `preview`): a preview of a stack that was applied before, where the outputs
     of unchanged resources (the API credential, say) are known, as they are from the state.
+
+    `drift_state`: the stored inputs of drift records by name (`<node>-drift`), as a refresh left them.
 
     The program reads its pinned upstream files from `upstream`, by default the test fixtures
     (`fixture_upstream()`), never from the operator's cache.
@@ -486,13 +503,15 @@ def run_program(
         previous_loop = None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    monitor = RecordingMonitor(HarborMocks(preview, existing))
+    monitor = RecordingMonitor(HarborMocks(preview, existing, drift_state))
     settings.reset_options(project=PROJECT, stack=STACK, preview=preview)
     settings.SETTINGS.rpc_manager.clear()
     settings.SETTINGS.outputs.clear()
     set_all_config(config_values(config), [f"{PROJECT}:{key}" for key in SECRET_KEYS if key in config])
     settings.set_root_resource(None)  # type: ignore[arg-type]
-    mocks.set_mocks(HarborMocks(preview, existing), project=PROJECT, stack=STACK, preview=preview, monitor=monitor)
+    mocks.set_mocks(
+        HarborMocks(preview, existing, drift_state), project=PROJECT, stack=STACK, preview=preview, monitor=monitor
+    )
     settings.set_root_resource(None)  # type: ignore[arg-type]
 
     tunnels: list[tuple[Any, int]] = []

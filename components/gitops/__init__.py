@@ -38,6 +38,7 @@ import pulumi
 import pulumi.dynamic
 
 from components.config import HarborConfig
+from components.gitops.drift import drifted_paths, read_inputs, read_tree
 from components.gitops.plan import (
     DEFAULT_AUTHOR,
     INPUT_KEYS,
@@ -100,14 +101,23 @@ class GitTreeProvider(pulumi.dynamic.ResourceProvider):
         olds, news = plain(olds), plain(news)
         changed = [key for key in INPUT_KEYS if is_unknown(news.get(key)) or olds.get(key) != news.get(key)]
         replaces = [key for key in changed if key in REPLACE_KEYS]
-        return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+        # Owned files a refresh found changed by hand are a change too: the update puts them back.
+        drifted = bool(drifted_paths(olds))
+        return pulumi.dynamic.DiffResult(
+            changes=bool(changed) or drifted, replaces=replaces, delete_before_replace=False
+        )
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         outs = sync_tree(props, None)
         return pulumi.dynamic.CreateResult(resource_id(props), outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
-        return pulumi.dynamic.UpdateResult(sync_tree(news, olds))
+        return pulumi.dynamic.UpdateResult(sync_tree(news, olds, repairs=drifted_paths(olds)))
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        # `pulumi refresh`: owned files changed or removed in the repository (components/gitops/drift.py).
+        outs = read_tree(props)
+        return pulumi.dynamic.ReadResult(id_, outs, read_inputs(outs))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         sync_tree(props, props, removing=True)

@@ -357,8 +357,18 @@ def workspace(spec: Spec) -> Iterator[Workspace]:
         ws.close()
 
 
-def sync_tree(props: Mapping[str, Any], previous: Mapping[str, Any] | None, *, removing: bool = False) -> dict:
-    """Make the branch hold `props["files"]` (or, `removing`, none of its owned files); return the outputs."""
+def sync_tree(
+    props: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    *,
+    removing: bool = False,
+    repairs: frozenset[str] = frozenset(),
+) -> dict:
+    """Make the branch hold `props["files"]` (or, `removing`, none of its owned files); return the outputs.
+
+    `repairs`: owned files a refresh found changed by hand (components/gitops/drift.py), which the
+    user has seen in the preview: written back without counting as a manual change.
+    """
     spec = Spec.from_props(props)
     previous = plain(dict(previous or {}))
     previous_owned: dict[str, str] = dict(previous.get("owned") or {})
@@ -371,10 +381,11 @@ def sync_tree(props: Mapping[str, Any], previous: Mapping[str, Any] | None, *, r
             plan = plan_changes(
                 ws.remote_hashes(base, relevant), desired, spec.create_only, previous_owned, previous_created
             )
-            if plan.manual and not spec.overwrite_manual_changes:
+            manual = [path for path in plan.manual if path not in repairs]
+            if manual and not spec.overwrite_manual_changes:
                 raise GitOpsError(
-                    f"{len(plan.manual)} file(s) Space Harbor owns in {redact_url(spec.repo_url)} "
-                    f"(branch {spec.branch}) were changed by hand: {', '.join(plan.manual)}. "
+                    f"{len(manual)} file(s) Space Harbor owns in {redact_url(spec.repo_url)} "
+                    f"(branch {spec.branch}) were changed by hand: {', '.join(manual)}. "
                     "Move your change out of the owned files (or into stack config) and revert them, "
                     "or set gitops.overwriteManualChanges to true to overwrite them."
                 )

@@ -3,8 +3,10 @@
 #
 #   firewall.sh apply   install nftables (and netbase, for /etc/protocols) if missing, store the
 #                       ruleset, validate it, then replace our table (and only it) in one nft
-#                       transaction; a oneshot unit reloads it at boot when systemd runs
-#   firewall.sh remove  delete our table, its boot unit and its file
+#                       transaction, also when the live table no longer lists as it did right
+#                       after the last load (edited or flushed by hand; drift-read.sh reports it);
+#                       a oneshot unit reloads it at boot when systemd runs
+#   firewall.sh remove  delete our table, its boot unit, its file and the record of its listing
 #
 # Parameters (environment):
 #   HARBOR_NFT_TABLE    name of our `table inet`, e.g. space_harbor
@@ -24,6 +26,10 @@ fw_dir=/etc/space-harbor
 fw_file="$fw_dir/firewall.nft"
 fw_unit=space-harbor-firewall.service
 fw_unit_file="/etc/systemd/system/$fw_unit"
+# The sha256 of our table as nft lists it (stateless: no counters) right after this script loaded
+# it. A live table that lists otherwise was changed by hand (`nft flush table`, a rule deleted):
+# the next apply loads it again, and drift-read.sh reports it.
+fw_live_record="$fw_dir/firewall.live"
 
 # nft resolves protocol names (icmp, ipv6-icmp) through /etc/protocols, which netbase ships;
 # slim images leave it out. dpkg keeps a conffile that was deleted by hand deleted, even on a
@@ -40,6 +46,16 @@ fw_ensure_protocols() {
 
 fw_table_live() {
     nft list table inet "$fw_table" >/dev/null 2>&1
+}
+
+fw_live_fingerprint() {
+    nft -s list table inet "$fw_table" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+# The live table is the one this script loaded. Without a record (a table loaded before the
+# record existed) it cannot tell, so it says no: one more load, atomic, makes the record.
+fw_live_as_loaded() {
+    [ -f "$fw_live_record" ] && [ "$(head -n 1 "$fw_live_record")" = "$(fw_live_fingerprint)" ]
 }
 
 # The stored file is one transaction: create-if-missing, delete, then the new table. So it loads
@@ -110,12 +126,13 @@ fw_apply() {
     # Load first, then store: a run cut in between leaves a stored file that differs from the
     # candidate, so the next run loads again. Stored first, a run cut before the load would leave
     # the new file beside the old live table, and the next run would find nothing to do.
-    if ! { [ -f "$fw_file" ] && cmp -s "$candidate" "$fw_file" && fw_table_live; }; then
+    if ! { [ -f "$fw_file" ] && cmp -s "$candidate" "$fw_file" && fw_table_live && fw_live_as_loaded; }; then
         nft -f "$candidate" >&2 || harbor_fail "loading the ruleset failed; table inet $fw_table is unchanged"
         harbor_log "table inet $fw_table loaded"
         harbor_changed=true
     fi
     harbor_write_if_changed "$fw_file" 600 <"$candidate"
+    harbor_write_if_changed "$fw_live_record" 600 "$(fw_live_fingerprint)"
 
     if harbor_has_systemd; then
         harbor_write_if_changed "$fw_unit_file" 644 <<<"$(fw_unit_text)"
@@ -164,6 +181,7 @@ fw_remove() {
         rm -f "$fw_file"
         harbor_changed=true
     fi
+    rm -f "$fw_live_record"
     if [ -d "$fw_dir" ]; then
         rmdir "$fw_dir" 2>/dev/null || true
     fi

@@ -8,10 +8,11 @@
 #                      then wait (bounded) until the service is active and, on a server, until
 #                      the kubeconfig exists
 #   k3s.sh reconfigure the update of an installed node: write config.yaml and registries.yaml and
-#                      restart only when one changed; rerun the installer at the installed
-#                      version when the reinstall counter changed (no uninstall); never change the
-#                      version (upgrades go through `upgrade`, in the order the stack gives); a
-#                      node with no k3s at all is installed as by `install`
+#                      restart only when one changed, start the service when it is stopped; rerun
+#                      the installer at the installed version when the reinstall counter changed
+#                      (no uninstall) or when the binary was replaced by an older one by hand;
+#                      never change the recorded version (upgrades go through `upgrade`, in the
+#                      order the stack gives); a node with no k3s at all is installed as by `install`
 #   k3s.sh upgrade     install HARBOR_K3S_VERSION when the node runs another one (a downgrade is
 #                      refused), restart, and wait as `install` does; nothing when it runs it
 #   k3s.sh uninstall   run k3s' own uninstall script, remove config.yaml, the kept installer and
@@ -591,13 +592,41 @@ k3s_reconfigure() {
         harbor_log "k3s is not installed here: installing $k3s_version"
         k3s_refuse_downgrade
         k3s_install_version
-    elif k3s_generation_matches; then
-        k3s_apply_config
-    else
+    elif ! k3s_generation_matches; then
         k3s_reinstall
+    elif k3s_binary_replaced; then
+        k3s_restore_binary
+    else
+        k3s_apply_config
     fi
     k3s_wait_until_serving
     k3s_prune_staged
+}
+
+# The binary reports another version than the one this script installed and recorded, which is
+# the stack's: it was replaced by hand (a version change of the stack goes through `upgrade`).
+k3s_binary_replaced() {
+    [ "$(k3s_recorded_version)" = "$k3s_version" ] && ! k3s_version_matches
+}
+
+# Put the stack's version back: the installer again, which is an upgrade from an older binary.
+# A newer one is never replaced by an older (its datastore may be migrated already); it may also be
+# the binary an air-gap operator placed ahead of raising k3s.version. It stays, and so does the
+# rest: config and service are reconciled as usual.
+k3s_restore_binary() {
+    local found newest
+    found=$(k3s_installed_version | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }')
+    if [ -n "$found" ]; then
+        newest=$(printf '%s\n%s\n' "$found" "$k3s_version" | k3s_sortable | sort -V | tail -n 1)
+        if [ "$newest" = "$(printf '%s\n' "$found" | k3s_sortable)" ]; then
+            harbor_log "$k3s_bin reports $found, newer than $k3s_version, which the stack installed here: left" \
+                "as it is (never downgraded); set k3s.version to $found to upgrade to it, or put the $k3s_version binary back"
+            k3s_apply_config
+            return 0
+        fi
+    fi
+    harbor_log "$k3s_bin reports ${found:-no version}, the stack installed $k3s_version: installing $k3s_version again"
+    k3s_install_version
 }
 
 k3s_upgrade() {

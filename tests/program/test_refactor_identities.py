@@ -54,6 +54,11 @@ ADDED = {
     ),
     # ... and the step whose delete removes the staged copies when the node leaves
     "command:remote:Command::<node>-shipped": re.compile(r"K3sNode\$command:remote:Command::[a-z0-9-]+-shipped$"),
+    # issue 20: each node's drift record (read by `pulumi refresh`) and the component that holds them
+    "space-harbor:index:NodeDrift::drift": re.compile(r"::space-harbor:index:NodeDrift::drift$"),
+    "pulumi-python:dynamic:Resource::<node>-drift": re.compile(
+        r"NodeDrift\$pulumi-python:dynamic:Resource::[a-z0-9-]+-drift$"
+    ),
 }
 
 

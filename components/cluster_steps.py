@@ -12,6 +12,16 @@ import pulumi_random as random
 from components.config import HarborConfig
 from components.remote import first_server_command
 
+# The Kubernetes provider's `clusterIdentifier`. pulumi-kubernetes replaces a provider whose
+# identifier is unchanged never, whatever else changed in its kubeconfig (the API address of a
+# mesh/ssh-tunnel switch, another tunnel port or first server, a new CA, or a kubeconfig that a
+# preview cannot know yet); a replaced provider would replace every object in the cluster. A
+# stack has one cluster for its whole life, so the identifier is a constant: not the cluster's
+# id, whose replacement must not take the provider with it, and not the stack's name, which
+# `pulumi stack rename` changes. Set on an existing stack it replaces nothing: the provider
+# replaces only when an identifier it already had changes.
+KUBERNETES_CLUSTER_IDENTIFIER = "space-harbor"
+
 
 def cluster_identity() -> pulumi.Resource:
     """The cluster's id: made first, deleted last, only by `pulumi destroy`. Everything that lives in

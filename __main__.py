@@ -18,6 +18,7 @@ from components.cluster_steps import (
     cluster_identity,
     drain_departed_nodes,
     read_api_credential,
+    refuse_cluster_id_replacement,
 )
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
 from components.firewall import NodeFirewall, forgotten_firewall
@@ -87,7 +88,8 @@ forget = list(config.decommission.forget)
 # Nothing changes on any node until every node has passed its preflight; then a node removed from
 # the stack is drained before the others' mesh and firewall drop it.
 cluster_id = cluster_identity()
-preflight = NodePreflight("preflight", config, forget, after=[cluster_id])
+cluster_id_guard = refuse_cluster_id_replacement(cluster_id)
+preflight = NodePreflight("preflight", config, forget, after=[cluster_id, cluster_id_guard])
 departures = [drain_departed_nodes(config, after=[preflight])]
 mesh = WireGuardMesh("mesh", config, forget, after=departures) if config.mesh.enabled else None
 firewalls = (

@@ -13,11 +13,16 @@
 #                                     cordoned it
 #   k3s-lifecycle.sh reconcile        wait (bounded) until the node is Ready, apply its labels and
 #                                     taints (k3s itself applies them only at registration) and
-#                                     mark it as joined by Space Harbor
+#                                     mark it as joined by Space Harbor; uncordon it if drain left
+#                                     it cordoned (the node is in the stack again)
 #   k3s-lifecycle.sh wait-ready       wait (bounded) until node HARBOR_NODE_NAME is Ready
-#   k3s-lifecycle.sh drain            cordon and drain the node; a node that is gone is fine
-#   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone, or a cluster
-#                                     whose k3s is gone from this server, is fine
+#   k3s-lifecycle.sh drain            mark the node as leaving, cordon and drain it; a node that
+#                                     is gone is fine
+#   k3s-lifecycle.sh delete-node      delete the Node object of a node that left: marked as
+#                                     leaving by drain, or no longer Ready. A Ready node that was
+#                                     never drained to leave is kept (the step was replaced, the
+#                                     node did not leave). A node that is gone, or a cluster whose
+#                                     k3s is gone from this server, is fine
 #   k3s-lifecycle.sh drain-departed   drain every node that reconcile marked as ours and that is
 #                                     not in HARBOR_CLUSTER_NODES: runs before the other nodes'
 #                                     mesh and firewall drop a removed node, while its kubelet
@@ -76,6 +81,9 @@ lc_labels_note=space-harbor/managed-labels
 lc_taints_note=space-harbor/managed-taints
 lc_drained_note=space-harbor/drained-for-upgrade
 lc_managed_note=space-harbor/managed
+# Set by drain (a node leaving the stack): delete-node deletes only such a node while it is Ready,
+# and reconcile, finding it on a node of the stack, uncordons the node.
+lc_leaving_note=space-harbor/drained-to-leave
 
 # Under HARBOR_FORCE a failed step is reported and skipped; otherwise it stops the run.
 lc_fail_or_warn() {
@@ -251,7 +259,19 @@ lc_confirm_upgrade() {
 }
 
 lc_reconcile() {
+    local leaving
     lc_wait_ready
+    leaving=$(lc_node_field ".metadata.annotations.$lc_leaving_note") ||
+        harbor_fail "cannot read the annotations of node $lc_node (step reconcile)"
+    if [ -n "$leaving" ]; then
+        # Drained to leave, and in the stack after all (a replaced registration, or a node that came
+        # back): only this cordon of ours is undone, never an operator's.
+        lc_kubectl uncordon "$lc_node" >&2 || harbor_fail "cannot uncordon node $lc_node (step reconcile)"
+        lc_kubectl annotate node "$lc_node" "$lc_leaving_note-" >&2 ||
+            harbor_fail "cannot annotate node $lc_node (step reconcile)"
+        harbor_changed=true
+        harbor_log "node $lc_node was drained to leave and is in the stack: uncordoned"
+    fi
     if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
         # drain-departed only ever drains nodes with this mark
         lc_kubectl annotate --overwrite -- node "$lc_node" "$lc_managed_note=true" >&2 ||
@@ -273,6 +293,10 @@ lc_drain() {
         return 0
     fi
     harbor_changed=true
+    # The mark goes on first: delete-node, after the uninstall, must know the node left.
+    if ! lc_kubectl annotate node "$lc_node" --overwrite "$lc_leaving_note=true" >&2; then
+        lc_fail_or_warn "cannot annotate node $lc_node (step drain)"
+    fi
     if lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data \
         --timeout="${lc_drain_timeout}s" >&2; then
         harbor_log "node $lc_node drained"
@@ -299,6 +323,29 @@ lc_delete_node() {
     else
         harbor_log "node $lc_node is not in the cluster: nothing to delete"
     fi
+}
+
+# The delete of the node-object step. It also runs when that step is replaced (delete first, then
+# the create), on a node that stays: only a node that left loses its Node object.
+lc_delete_departed_node() {
+    local exists leaving ready
+    if [ -x "$(lc_k3s_bin)" ]; then
+        if ! exists=$(lc_node_exists); then
+            lc_fail_or_warn "cannot ask the k3s API whether node $lc_node exists (step delete-node)"
+            return 0
+        fi
+        if [ "$exists" = yes ]; then
+            leaving=$(lc_node_field ".metadata.annotations.$lc_leaving_note") ||
+                harbor_fail "cannot read the annotations of node $lc_node (step delete-node)"
+            ready=$(lc_node_field '.status.conditions[?(@.type=="Ready")].status') ||
+                harbor_fail "cannot read the status of node $lc_node (step delete-node)"
+            if [ -z "$leaving" ] && [ "$ready" = True ]; then
+                harbor_log "node $lc_node is Ready and was not drained to leave the stack: its Node object stays"
+                return 0
+            fi
+        fi
+    fi
+    lc_delete_node
 }
 
 lc_drain_departed() {
@@ -434,7 +481,7 @@ confirm-upgrade) lc_confirm_upgrade ;;
 reconcile) lc_reconcile ;;
 wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
-delete-node) lc_delete_node ;;
+delete-node) lc_delete_departed_node ;;
 drain-departed) lc_drain_departed ;;
 api-credential)
     lc_api_credential

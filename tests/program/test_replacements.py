@@ -192,3 +192,62 @@ def test_the_sealing_key_secret_would_update_in_place() -> None:
     olds = secret.inputs
     news = {**olds, "stringData": {"tls.crt": "another certificate", "tls.key": "another key"}}
     assert object_replaces(provider, secret, olds, news) == []
+
+
+# --- Commands: replaced delete-first; the cluster's id not at all ----------------------------------
+
+COMMAND_TYPES = ("command:remote:Command", "command:local:Command")
+
+
+def test_every_command_with_a_delete_is_replaced_delete_first() -> None:
+    """Create-before-delete would run the old delete after the new create, on the same host, undoing it."""
+    from tests.program.test_refactor_identities import REFERENCE_STACKS
+
+    kinds: set[str] = set()
+    for stack, config in REFERENCE_STACKS.items():
+        run = run_program(config())
+        with_delete = [r for r in run.resources if r.type in COMMAND_TYPES and r.inputs.get("delete")]
+        kinds |= {r.name.split("-", 2)[-1] for r in with_delete}
+        assert [r.name for r in with_delete if not r.delete_before_replace] == [], stack
+    assert kinds >= {"mesh", "firewall", "shipped", "k3s", "node-object", "registered", "guard"}
+
+
+def test_a_replaced_shipped_step_copies_the_files_again() -> None:
+    """Its delete removes the staged files: the copies come after it and are replaced with it."""
+    run = run_program(base_config(agents=1))
+    for node in ("server-1", "agent-1"):
+        staged = run.named(f"{node}-shipped")
+        copies = [r for r in run.resources if r.name.startswith(f"{node}-ship-")]
+        assert copies
+        for copy_step in copies:
+            assert copy_step.replace_with == [staged.urn]
+            assert run.depends_on(copy_step, staged)
+        assert run.depends_on(run.named(f"{node}-k3s"), staged)
+
+
+def test_a_replacement_of_the_cluster_id_is_refused_before_any_node_step() -> None:
+    import subprocess
+
+    run = run_program(base_config(agents=1))
+    cluster_id = run.named("cluster-id")
+    guard = run.named("cluster-id-guard")
+    # replaced whenever the id is (the engine replaces what is deleted with a replaced resource),
+    # delete-first: its delete runs during the up, before anything that waits for it
+    assert guard.deleted_with == cluster_id.urn and guard.delete_before_replace
+    assert guard.inputs.get("create") is None
+    refused = subprocess.run(
+        ["/bin/sh", "-c", guard.inputs["delete"]],
+        env=guard.inputs["environment"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "refusing to replace cluster-id" in refused.stderr
+    # everything else that goes with the cluster waits for the guard, so none of it is replaced
+    goes_with_cluster = [r for r in run.resources if r.deleted_with == cluster_id.urn and r is not guard]
+    with_delete = [r for r in goes_with_cluster if r.inputs.get("delete")]
+    assert with_delete
+    for resource in goes_with_cluster:
+        if resource.inputs.get("delete") or resource.type.startswith("kubernetes:") or resource.name == "argocd-sync":
+            assert run.depends_on(resource, guard), resource.name

@@ -41,7 +41,6 @@ from components.config import HarborConfig
 from components.gitops.plan import (
     DEFAULT_AUTHOR,
     INPUT_KEYS,
-    REPLACE_KEYS,
     GitOpsError,
     Plan,
     Spec,
@@ -49,6 +48,8 @@ from components.gitops.plan import (
     plain,
     plan_changes,
     redact_url,
+    replaced_keys,
+    repository_location,
     sha256,
     transport_of,
     validate,
@@ -74,6 +75,7 @@ __all__ = [
     "Workspace",
     "plan_changes",
     "redact_url",
+    "repository_location",
     "sha256",
     "ssh_command",
     "sync_tree",
@@ -99,7 +101,10 @@ class GitTreeProvider(pulumi.dynamic.ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         olds, news = plain(olds), plain(news)
         changed = [key for key in INPUT_KEYS if is_unknown(news.get(key)) or olds.get(key) != news.get(key)]
-        replaces = [key for key in changed if key in REPLACE_KEYS]
+        # Another repository, branch or folder is a replacement: the new tree is created, then the
+        # old one's delete removes it (create-before-delete). The same place spelled otherwise
+        # (https or ssh, `.git` or not) is an update that writes with the new URL.
+        replaces = replaced_keys(olds, news, changed)
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
@@ -149,9 +154,11 @@ class GitTree(pulumi.dynamic.Resource):
     commit: pulumi.Output[str]
     owned: pulumi.Output[dict[str, str]]
     created: pulumi.Output[list[str]]
+    tree: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(GitTreeProvider(), name, {**props, "commit": None, "owned": None, "created": None}, opts)
+        outputs = {"commit": None, "owned": None, "created": None, "tree": None}
+        super().__init__(GitTreeProvider(), name, {**props, **outputs}, opts)
 
 
 class GitOpsRepository(pulumi.ComponentResource):

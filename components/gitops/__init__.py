@@ -14,7 +14,8 @@ one branch equal to its `files` input:
   names the files, unless `overwrite_manual_changes` is true. A file it has never written that
   already exists with other content counts the same way.
 - Paths in `create_only` are written when missing, once, and never rewritten or removed.
-- Delete commits the removal of the files it owns (never the create-only ones) and pushes.
+- Delete commits the removal of the files it owns (never the create-only ones, nor one edited by
+  hand: that one is left as it was written) and pushes.
 - Transport: SSH with the key in a 0600 file, `StrictHostKeyChecking=yes` and only the given
   known_hosts (there is no trust-on-first-use: without `known_hosts` an SSH URL is refused);
   HTTPS with username and password handed to git by a GIT_ASKPASS script from environment

@@ -405,6 +405,12 @@ def sync_tree(props: Mapping[str, Any], previous: Mapping[str, Any] | None, *, r
             plan = plan_changes(
                 ws.remote_hashes(base, relevant), desired, spec.create_only, previous_owned, previous_created
             )
+            if removing and plan.manual:
+                # A file someone edited is theirs now: a delete leaves it as they wrote it. Refusing
+                # would leave a pending delete that fails on every later `up` (its stored inputs,
+                # `overwrite_manual_changes` included, never change), and a move could not finish.
+                plan.removals = [path for path in plan.removals if path not in plan.manual]
+                plan.manual = []
             if plan.manual and not spec.overwrite_manual_changes:
                 raise GitOpsError(
                     f"{len(plan.manual)} file(s) Space Harbor owns in {redact_url(spec.repo_url)} "

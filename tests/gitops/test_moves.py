@@ -241,3 +241,18 @@ def test_an_unrecognised_spelling_of_the_same_repository_replaced_keeps_the_tree
     assert tree(remote) == sorted(FILES)
     assert at(remote, "cluster/README.md") == "# same repository, another name\n"
     assert new["repo_url"] == str(link)
+
+
+def test_a_move_away_from_a_hand_edited_tree_finishes(tmp_path: Path) -> None:
+    """The old delete keeps the edited file instead of failing on every later up with its stored inputs."""
+    remote = bare(tmp_path / "remote.git")
+    human = Human(remote, tmp_path / "human")
+    old = provider.create(props(remote)).outs
+    human.commit({"cluster/README.md": "# my notes\n"}, "human: edit an owned file")
+    other = bare(tmp_path / "other.git")
+
+    engine_up(old, props(remote, repo_url=str(other)))
+
+    assert tree(other) == sorted(FILES)
+    assert tree(remote) == ["cluster/README.md", "cluster/apps/user/README.md"]
+    assert at(remote, "cluster/README.md") == "# my notes\n"

@@ -370,13 +370,15 @@ def test_delete_commits_the_removal_of_owned_files_only(remote: Path, human: Hum
     assert_no_leak(remote)
 
 
-def test_delete_refuses_to_drop_a_hand_edited_file(remote: Path, human: Human) -> None:
+def test_delete_keeps_a_hand_edited_file_and_removes_the_others(remote: Path, human: Human) -> None:
+    """Refusing would leave a delete that fails on every later up: its stored inputs never change."""
     created = provider.create(props(remote))
     human.commit({"cluster/README.md": "# precious notes\n"}, "human: notes")
 
-    with pytest.raises(GitOpsError, match=r"changed by hand: cluster/README\.md"):
-        provider.delete("id", created.outs)
+    provider.delete("id", created.outs)
+
     assert at(remote, "cluster/README.md") == "# precious notes\n"
+    assert tree(remote, marker=True) == ["cluster/README.md", "cluster/apps/user/README.md"]
 
 
 def test_delete_when_everything_is_gone_already_makes_no_commit(remote: Path, human: Human) -> None:

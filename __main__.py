@@ -88,7 +88,7 @@ forget = list(config.decommission.forget)
 # Nothing changes on any node until every node has passed its preflight; then a node removed from
 # the stack is drained before the others' mesh and firewall drop it.
 cluster_id = cluster_identity()
-cluster_id_guard = refuse_cluster_id_replacement(cluster_id)
+cluster_id_guard = refuse_cluster_id_replacement(config, cluster_id)
 preflight = NodePreflight("preflight", config, forget, after=[cluster_id, cluster_id_guard])
 departures = [drain_departed_nodes(config, after=[preflight])]
 mesh = WireGuardMesh("mesh", config, forget, after=departures) if config.mesh.enabled else None

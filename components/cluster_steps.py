@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pulumi
 import pulumi_random as random
-from pulumi_command import local
 
 from components.config import HarborConfig
 from components.remote import first_server_command
@@ -36,29 +35,24 @@ def cluster_identity() -> pulumi.Resource:
     return random.RandomUuid("cluster-id")
 
 
-# What the guard's delete says: it runs only when the cluster's id is being replaced.
-CLUSTER_ID_REPLACEMENT_REFUSED = (
-    "space-harbor: refusing to replace cluster-id: everything deleted with it (each node's Node "
-    "object and registration, the Argo CD objects, the sealing key) would be replaced with it, and a "
-    "registration's replacement drains its node. The new id is kept; run `pulumi up` again and it "
-    "replaces nothing. A new cluster is a new stack."
-)
-
-
-def refuse_cluster_id_replacement(cluster_id: pulumi.Resource) -> pulumi.Resource:
+def refuse_cluster_id_replacement(config: HarborConfig, cluster_id: pulumi.Resource) -> pulumi.Resource:
     """A step that stops an `up` that replaces the cluster's id, before anything of the cluster is touched.
 
     The engine replaces whatever is `deleted_with` a replaced resource, this step included, and it
-    replaces it delete-first, while the new id's create has already run: its delete fails, and
-    every node step waits for it (through the preflight), so none of them is replaced. The next
-    `up` finds the new id in the state and nothing being replaced. Its create runs nothing, and
-    `pulumi destroy` skips its delete, as it does every delete of what goes with the cluster.
+    replaces it delete-first (it has a delete), while the new id's create has already run: its
+    delete (k3s-lifecycle.sh refuse-cluster-id-replacement, on the first server) fails, and every
+    node step waits for it (through the preflight), so none of them is replaced. The next `up`
+    finds the new id in the state and nothing being replaced. It has no create or update, so it
+    dials nobody then, and `pulumi destroy` skips its delete, as it does every delete of what goes
+    with the cluster.
     """
-    return local.Command(
+    return first_server_command(
         "cluster-id-guard",
-        delete='printf "%s\\n" "$HARBOR_REFUSAL" >&2; exit 1',
-        environment={"HARBOR_REFUSAL": CLUSTER_ID_REPLACEMENT_REFUSED},
-        opts=pulumi.ResourceOptions(depends_on=[cluster_id], deleted_with=cluster_id, delete_before_replace=True),
+        config,
+        {},
+        pulumi.ResourceOptions(depends_on=[cluster_id], deleted_with=cluster_id),
+        create=None,
+        delete="refuse-cluster-id-replacement",
     )
 
 

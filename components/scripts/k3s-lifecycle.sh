@@ -29,13 +29,17 @@
 #                                     still reaches the API; delete the Node objects of
 #                                     HARBOR_FORGET_NODES (gone for good: nothing to drain);
 #                                     nothing when k3s is not installed yet
+#   k3s-lifecycle.sh refuse-cluster-id-replacement
+#                                     fail, saying why: the delete of the step that every node
+#                                     step waits for, run only when the cluster's id is replaced
 #   k3s-lifecycle.sh api-credential   make sure of the ServiceAccount space-harbor-deployer (bound to
 #                                     cluster-admin) and its long-lived token Secret in
 #                                     kube-system, then print a kubeconfig for it on stdout and
 #                                     nothing else; stdout stays empty unless every step succeeded
 #
 # Parameters (environment):
-#   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed)
+#   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed,
+#                                api-credential and refuse-cluster-id-replacement)
 #   HARBOR_CLUSTER_NODES         drain-departed: the names of the nodes in the stack, one a line
 #   HARBOR_FORGET_NODES          drain-departed: nodes gone for good (decommission.forget), one a line
 #   HARBOR_K3S_VERSION           the release the node should run (prepare-upgrade, confirm-upgrade)
@@ -459,9 +463,13 @@ lc_api_credential() {
     printf '%s\n' "$kubeconfig"
 }
 
-if [ "$harbor_action" != drain-departed ] && [ "$harbor_action" != api-credential ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
-    harbor_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
-fi
+case "$harbor_action" in
+drain-departed | api-credential | refuse-cluster-id-replacement) ;;
+*)
+    [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
+        harbor_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
+    ;;
+esac
 [[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
 [[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
 [[ "$lc_credential_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_CREDENTIAL_WAIT must be a number of seconds"
@@ -483,13 +491,18 @@ wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
 delete-node) lc_delete_departed_node ;;
 drain-departed) lc_drain_departed ;;
+refuse-cluster-id-replacement)
+    harbor_fail "refusing to replace cluster-id: everything that goes with the cluster would be replaced" \
+        "with it, and the replacement of a node's registration drains the node. Nothing else was touched;" \
+        "the new id is kept, and the next pulumi up replaces nothing. A new cluster is a new stack."
+    ;;
 api-credential)
     lc_api_credential
     # stdout is the kubeconfig and nothing else.
     echo "space-harbor: k3s-lifecycle.sh api-credential: unchanged" >&2
     exit 0
     ;;
-*) harbor_fail "unknown action '${harbor_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed or api-credential" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed, refuse-cluster-id-replacement or api-credential" ;;
 esac
 
 harbor_finish

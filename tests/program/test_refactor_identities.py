@@ -55,7 +55,7 @@ ADDED = {
     # ... and the step whose delete removes the staged copies when the node leaves
     "command:remote:Command::<node>-shipped": re.compile(r"K3sNode\$command:remote:Command::[a-z0-9-]+-shipped$"),
     # issue 19.4: the step that stops an up replacing the cluster's id (its delete fails)
-    "command:local:Command::cluster-id-guard": re.compile(r"::command:local:Command::cluster-id-guard$"),
+    "command:remote:Command::cluster-id-guard": re.compile(r"::command:remote:Command::cluster-id-guard$"),
 }
 
 

@@ -286,3 +286,12 @@ def test_drain_departed_marks_the_node_it_drains_as_leaving(fake_k3s: FakeK3s) -
     assert fake_k3s.node("agent-2")["metadata"]["annotations"]["space-harbor/drained-to-leave"] == "true"
     # the node's own node-object delete, after its uninstall, then deletes it while still Ready
     assert _status(fake_k3s.run("delete-node", node="agent-2")) == "changed"
+
+
+def test_the_cluster_id_guard_refuses_and_says_why(fake_k3s: FakeK3s) -> None:
+    """The delete of `cluster-id-guard`: it runs only when the cluster's id is being replaced."""
+    result = fake_k3s.run("refuse-cluster-id-replacement", node="")
+    assert result.returncode != 0
+    assert "refusing to replace cluster-id" in result.stderr
+    assert "the next pulumi up replaces nothing" in result.stderr
+    assert fake_k3s.calls() == []

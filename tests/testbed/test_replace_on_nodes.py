@@ -29,6 +29,7 @@ from tests.testbed.stack import stack_config
 pytestmark = pytest.mark.testbed
 
 STANDIN_NODES = "/var/lib/rancher/k3s/standin/nodes"
+STAGING = "/var/lib/space-harbor/staging"
 
 
 class Stack:
@@ -56,7 +57,7 @@ class Stack:
 
     def state(self, node: str) -> dict[str, Any]:
         snap: Snapshot = snapshot(self.tb, node)
-        staged = self.tb.ssh(node, "sha256sum /var/tmp/space-harbor-* 2>/dev/null || true").stdout
+        staged = self.tb.ssh(node, f"sha256sum {STAGING}/* 2>/dev/null || true").stdout
         record = self.tb.ssh("n1", f"cat {STANDIN_NODES}/{node}.json", check=False)
         return {
             "files": snap.files,

@@ -26,7 +26,7 @@ What it does not model, so a test here proves nothing about it:
   replayed either: tests/program/test_replacements.py checks the options under mocks, and
   tests/gitops/test_moves.py and tests/testbed/test_gitops_moves.py drive the GitOps tree's
   provider in that order.
-- Any other custom resource (Kubernetes, the dynamic providers, random, tls, a local Command) is
+- Any other custom resource (Kubernetes, the dynamic providers, random, tls) is
   only reported: its changes are updates, and neither its create nor its delete acts.
 - Preview: unknown outputs, and a provider's config diff, are not modelled.
 """

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import base_config, etcd_config
+from tests.conftest import base_config, etcd_config, fake_private_key
 from tests.harness import SECRET_SIG, SIG_KEY, UNKNOWN, ProgramRun, Registered, run_program
 
 PROVIDER_TYPE = "pulumi:providers:kubernetes"
@@ -178,9 +178,7 @@ def test_new_known_hosts_update_their_configmap_in_place() -> None:
 def test_a_rotated_repository_credential_updates_its_secret_in_place() -> None:
     config = base_config()
     changed = copy.deepcopy(config)
-    changed["gitops"]["argocdSshPrivateKey"] = (
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nMARKER-ROTATED-READ-KEY\n-----END OPENSSH PRIVATE KEY-----\n"
-    )
+    changed["gitops"]["argocdSshPrivateKey"] = fake_private_key("MARKER-ROTATED-READ-KEY")
     assert _changed_objects(config, changed) == {"argocd-repository": []}
 
 

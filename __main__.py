@@ -13,7 +13,13 @@ from pydantic import SecretStr
 from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions, unpinned_node_warnings
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
-from components.cluster_steps import cluster_identity, drain_departed_nodes, read_api_credential
+from components.cluster_steps import (
+    KUBERNETES_CLUSTER_IDENTIFIER,
+    cluster_identity,
+    drain_departed_nodes,
+    read_api_credential,
+    refuse_cluster_id_replacement,
+)
 from components.config import PROJECT, ConfigError, HarborConfig, Node, load_config, read_pulumi_config
 from components.firewall import NodeFirewall, forgotten_firewall
 from components.gitops import GitOpsRepository
@@ -83,7 +89,8 @@ forget = list(config.decommission.forget)
 # Nothing changes on any node until every node has passed its preflight; then a node removed from
 # the stack is drained before the others' mesh and firewall drop it.
 cluster_id = cluster_identity()
-preflight = NodePreflight("preflight", config, forget, after=[cluster_id])
+cluster_id_guard = refuse_cluster_id_replacement(config, cluster_id)
+preflight = NodePreflight("preflight", config, forget, after=[cluster_id, cluster_id_guard])
 departures = [drain_departed_nodes(config, after=[preflight])]
 # Each node's k3s, mesh and firewall step takes HARBOR_REPAIR from the node's drift record
 # (components/node_drift.py), which is registered below, once the mesh keys it fingerprints exist.
@@ -185,6 +192,13 @@ cluster = k8s.Provider(
     kubeconfig=kubeconfig,
     namespace=ARGOCD_NAMESPACE,
     enable_server_side_apply=True,
+    # Replaced only if this changes, which it never does (components/cluster_steps.py says why).
+    cluster_identifier=KUBERNETES_CLUSTER_IDENTIFIER,
+    # A change of a ConfigMap's or Secret's data (the known hosts, the repository credential,
+    # the sealing key) is then an update in place, not a delete and a create that would leave
+    # Argo CD without them in between. Objects marked `immutable` are still replaced.
+    enable_config_map_mutable=True,
+    enable_secret_mutable=True,
     opts=pulumi.ResourceOptions(depends_on=[api_credential]),
 )
 

@@ -167,9 +167,13 @@ def sync_after_commit(
     """The `argocd-sync` step on the first server: refresh the root, sync what is out of sync (argocd-sync.sh).
 
     The commit the GitOps tree landed as is one of its parameters, so the step's stdin changes, and
-    the engine runs its update (the same `sync`), exactly when a new commit landed; an `up` that
-    commits nothing leaves it alone. It has no delete: nothing of it stays to remove. A preview
-    dials no node: pulumi-command runs nothing then, and the commit is not known before the push.
+    the engine runs its update (the same `sync`), when a new commit landed; an `up` that commits
+    nothing leaves it alone. pulumi-command also runs it again on any other change of its stdin
+    (the script, the timeout) or of its connection (the first server, its key, its bastion): the
+    script records the commit it synced on the root Application and does nothing for a commit
+    recorded there already, so only a new commit syncs. It has no delete: nothing of it stays to
+    remove. A preview dials no node: pulumi-command runs nothing then, and the commit is not known
+    before the push.
     """
     env: dict[str, pulumi.Input[str]] = {
         # None only in a preview, where the provider has not pushed yet (and nothing runs).

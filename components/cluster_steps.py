@@ -12,6 +12,16 @@ import pulumi_random as random
 from components.config import HarborConfig
 from components.remote import first_server_command
 
+# The Kubernetes provider's `clusterIdentifier`. pulumi-kubernetes replaces a provider whose
+# identifier is unchanged never, whatever else changed in its kubeconfig (the API address of a
+# mesh/ssh-tunnel switch, another tunnel port or first server, a new CA, or a kubeconfig that a
+# preview cannot know yet); a replaced provider would replace every object in the cluster. A
+# stack has one cluster for its whole life, so the identifier is a constant: not the cluster's
+# id, whose replacement must not take the provider with it, and not the stack's name, which
+# `pulumi stack rename` changes. Set on an existing stack it replaces nothing: the provider
+# replaces only when an identifier it already had changes.
+KUBERNETES_CLUSTER_IDENTIFIER = "space-harbor"
+
 
 def cluster_identity() -> pulumi.Resource:
     """The cluster's id: made first, deleted last, only by `pulumi destroy`. Everything that lives in
@@ -23,6 +33,27 @@ def cluster_identity() -> pulumi.Resource:
     (through the preflight and the API credential), never a reference to one registered later.
     """
     return random.RandomUuid("cluster-id")
+
+
+def refuse_cluster_id_replacement(config: HarborConfig, cluster_id: pulumi.Resource) -> pulumi.Resource:
+    """A step that stops an `up` that replaces the cluster's id, before anything of the cluster is touched.
+
+    The engine replaces whatever is `deleted_with` a replaced resource, this step included, and it
+    replaces it delete-first (it has a delete), while the new id's create has already run: its
+    delete (k3s-lifecycle.sh refuse-cluster-id-replacement, on the first server) fails, and every
+    node step waits for it (through the preflight), so none of them is replaced. The next `up`
+    finds the new id in the state and nothing being replaced. It has no create or update, so it
+    dials nobody then, and `pulumi destroy` skips its delete, as it does every delete of what goes
+    with the cluster.
+    """
+    return first_server_command(
+        "cluster-id-guard",
+        config,
+        {},
+        pulumi.ResourceOptions(depends_on=[cluster_id], deleted_with=cluster_id),
+        create=None,
+        delete="refuse-cluster-id-replacement",
+    )
 
 
 def drain_departed_nodes(config: HarborConfig, after: list[pulumi.Resource]) -> pulumi.Resource:

@@ -169,7 +169,9 @@ class K3sNode(pulumi.ComponentResource):
         )
         # The staged files' lifetime on the node: created first, as the private directory they are
         # staged into (prepare-staging); deleted after the uninstall (the install depends on it),
-        # so a replaced install still finds them and a node that leaves keeps none of them.
+        # so a replaced install still finds them and a node that leaves keeps none of them. Its
+        # copies come after it and are replaced with it: a replacement of this step removes the
+        # staged files (delete first), makes the directory again, then the files are copied again.
         staged = (
             [
                 node_command(
@@ -195,7 +197,9 @@ class K3sNode(pulumi.ComponentResource):
                 node,
                 shipped.source,
                 shipped.staged_path,
-                pulumi.ResourceOptions(parent=self, depends_on=staged or args.gate or args.prerequisites),
+                pulumi.ResourceOptions(
+                    parent=self, depends_on=staged or args.gate or args.prerequisites, replace_with=staged or None
+                ),
             )
             for shipped in args.shipped
         ]
@@ -228,11 +232,11 @@ class K3sNode(pulumi.ComponentResource):
                 delete="uninstall",
                 env=install_env,
                 secret=True,
+                # Replaced delete-first (node_command: it has a delete): the uninstall, then the
+                # install, never the new install undone by the old uninstall.
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[*args.prerequisites, *copies, *staged, *after, *args.join_after],
-                    # Create-then-delete would uninstall what the new install just put on the same host.
-                    delete_before_replace=True,
                 ),
             )
 

@@ -95,6 +95,11 @@ def node_command(
         payload = script_payload(node_script(script), plain)
     user = config.ssh_user(node)
     options = opts
+    if delete:
+        # A replacement (`pulumi up --replace`, or of the resource it is deleted with) is
+        # create-before-delete by default: the old delete would run after the new create, on the
+        # same host, and undo it (no mesh, no firewall, no staged files). Delete first, then create.
+        options = pulumi.ResourceOptions.merge(options, pulumi.ResourceOptions(delete_before_replace=True))
     if prints_secret:
         options = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout"]))
     return remote.Command(

@@ -93,6 +93,7 @@ class Registered:
     protect: bool = False
     ignore_changes: list[str] = field(default_factory=list)
     replace_on_changes: list[str] = field(default_factory=list)
+    replace_with: list[str] = field(default_factory=list)
     alias_specs: list[AliasSpec] = field(default_factory=list)
 
     def public_text(self) -> str:
@@ -283,6 +284,7 @@ class RecordingMonitor(mocks.MockMonitor):
                 protect=bool(request.protect),
                 ignore_changes=list(request.ignoreChanges),
                 replace_on_changes=list(request.replaceOnChanges),
+                replace_with=list(request.replace_with),
                 alias_specs=[_alias_spec(alias) for alias in request.aliases],
             )
         )

@@ -14,7 +14,8 @@ one branch equal to its `files` input:
   names the files, unless `overwrite_manual_changes` is true. A file it has never written that
   already exists with other content counts the same way.
 - Paths in `create_only` are written when missing, once, and never rewritten or removed.
-- Delete commits the removal of the files it owns (never the create-only ones) and pushes.
+- Delete commits the removal of the files it owns (never the create-only ones, nor one edited by
+  hand: that one is left as it was written) and pushes.
 - Transport: SSH with the key in a 0600 file, `StrictHostKeyChecking=yes` and only the given
   known_hosts (there is no trust-on-first-use: without `known_hosts` an SSH URL is refused);
   HTTPS with username and password handed to git by a GIT_ASKPASS script from environment
@@ -42,7 +43,6 @@ from components.gitops.drift import drifted_paths, read_inputs, read_tree
 from components.gitops.plan import (
     DEFAULT_AUTHOR,
     INPUT_KEYS,
-    REPLACE_KEYS,
     GitOpsError,
     Plan,
     Spec,
@@ -50,6 +50,8 @@ from components.gitops.plan import (
     plain,
     plan_changes,
     redact_url,
+    replaced_keys,
+    repository_location,
     sha256,
     transport_of,
     validate,
@@ -75,6 +77,7 @@ __all__ = [
     "Workspace",
     "plan_changes",
     "redact_url",
+    "repository_location",
     "sha256",
     "ssh_command",
     "sync_tree",
@@ -100,7 +103,10 @@ class GitTreeProvider(pulumi.dynamic.ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         olds, news = plain(olds), plain(news)
         changed = [key for key in INPUT_KEYS if is_unknown(news.get(key)) or olds.get(key) != news.get(key)]
-        replaces = [key for key in changed if key in REPLACE_KEYS]
+        # Another repository, branch or folder is a replacement: the new tree is created, then the
+        # old one's delete removes it (create-before-delete). The same place spelled otherwise
+        # (https or ssh, `.git` or not) is an update that writes with the new URL.
+        replaces = replaced_keys(olds, news, changed)
         # Owned files a refresh found changed by hand are a change too: the update puts them back.
         drifted = bool(drifted_paths(olds))
         return pulumi.dynamic.DiffResult(
@@ -159,9 +165,11 @@ class GitTree(pulumi.dynamic.Resource):
     commit: pulumi.Output[str]
     owned: pulumi.Output[dict[str, str]]
     created: pulumi.Output[list[str]]
+    tree: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(GitTreeProvider(), name, {**props, "commit": None, "owned": None, "created": None}, opts)
+        outputs = {"commit": None, "owned": None, "created": None, "tree": None}
+        super().__init__(GitTreeProvider(), name, {**props, **outputs}, opts)
 
 
 class GitOpsRepository(pulumi.ComponentResource):

@@ -9,6 +9,8 @@ files someone changed by hand; `commit_message` describes the plan. No git, no I
 from __future__ import annotations
 
 import hashlib
+import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,8 +33,13 @@ INPUT_KEYS = (
     "message_prefix",
 )
 # A change of these points the resource at other files: create the new ones, then delete the old.
+# `repo_url` only when it names another repository, not when it spells the same one otherwise
+# (`repository_location`).
 REPLACE_KEYS = ("repo_url", "branch", "path")
 DEFAULT_AUTHOR = ("Space Harbor", "space-harbor@localhost")
+# In the tree's folder: which resource owns the folder now, and what it wrote (`TreeMarker`). Not a
+# YAML file, so Argo CD, which reads the folder's YAML and JSON, never applies it.
+MARKER_NAME = ".space-harbor-tree"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*):[^/@\s]*@")
 
 
@@ -64,6 +71,67 @@ def transport_of(url: str) -> str:
     if ":" in head:
         return "ssh"
     return "local"
+
+
+def repository_location(url: str) -> str:
+    """Where `url` points, whatever its spelling: `host/path` for SSH and HTTPS, the folder for a local path.
+
+    One repository has many spellings: `git@host:org/repo.git`, `ssh://git@host/org/repo`,
+    `https://host/org/repo/`. Scheme, user, port, a trailing slash and the `.git` suffix are
+    dropped, the host is lowercased; the path keeps its case. An scp-like path is read relative to
+    the login's home, as git hosting services do (`host:org/repo` is `ssh://host/org/repo`).
+    """
+    url = url.strip()
+    transport = transport_of(url)
+    if transport == "local":
+        folder = url.split("://", 1)[1] if "://" in url else url
+        return "local:" + posixpath.normpath(folder).rstrip("/")
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        authority, _, path = rest.partition("/")
+    else:
+        authority, _, path = url.partition(":")
+    host = authority.rsplit("@", 1)[-1]
+    # without the port; an IPv6 host is bracketed
+    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+    path = path.strip("/").removeprefix("~/").rstrip("/")
+    path = path.removesuffix(".git").rstrip("/")
+    return f"{host.lower()}/{path}"
+
+
+def same_location(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+    """Whether two inputs name the same folder of the same branch of the same repository."""
+    try:
+        same_repo = repository_location(str(olds["repo_url"])) == repository_location(str(news["repo_url"]))
+    except (KeyError, ValueError):
+        return False
+    return (
+        same_repo
+        and olds.get("branch") == news.get("branch")
+        and str(olds.get("path") or "").strip("/") == str(news.get("path") or "").strip("/")
+    )
+
+
+def replaced_keys(olds: Mapping[str, Any], news: Mapping[str, Any], changed: list[str]) -> list[str]:
+    """The keys of `changed` that point the tree at another place; a respelling of the same place is none."""
+    unknown = [key for key in REPLACE_KEYS if is_unknown(news.get(key))]
+    if unknown:
+        return unknown
+    if same_location(olds, news):
+        return []
+    moved = [key for key in changed if key in REPLACE_KEYS]
+    if "repo_url" in moved and _location_or_none(olds) == _location_or_none(news):
+        moved.remove("repo_url")
+    if "path" in moved and str(olds.get("path") or "").strip("/") == str(news.get("path") or "").strip("/"):
+        moved.remove("path")
+    return moved
+
+
+def _location_or_none(props: Mapping[str, Any]) -> str | None:
+    try:
+        return repository_location(str(props["repo_url"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def redact_url(url: str) -> str:
@@ -181,6 +249,8 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
                     problems.append(("files", f"{name!r} is not a file inside {str(folder)!r}"))
                 if not isinstance(content, str) and not is_unknown(content):
                     problems.append(("files", f"{name!r}: content must be text"))
+                if PurePosixPath(name).name == MARKER_NAME:
+                    problems.append(("files", f"{name!r}: {MARKER_NAME} is the provider's own file"))
     create_only = props.get("create_only")
     if known("create_only") and known("files") and isinstance(files, Mapping):
         missing = sorted(set(create_only) - set(files))
@@ -255,6 +325,51 @@ def plan_changes(
         plan.removals.append(path)
     plan.manual.sort()
     return plan
+
+
+@dataclass(frozen=True)
+class TreeMarker:
+    """The owner file of a tree's folder: the stack that writes it (its `message_prefix`), the
+    resource that wrote it (`tree`, an id made at that resource's create), and what that one owns.
+
+    A replacement at the same place (`pulumi up --replace`, or a location the URL rules cannot tell
+    is the same) creates the new resource first and deletes the old one after the program, with
+    the old outputs. The new one takes over what the marker says the old one wrote (so those files
+    are not "changed by hand") and writes its own id; the old one's delete then finds the folder
+    taken and removes nothing, where it would otherwise remove every file the new one just wrote.
+    It is rewritten only with a commit that changes the tree anyway, so it adds no commit of its own.
+    """
+
+    owner: str
+    tree: str
+    owned: dict[str, str] = field(default_factory=dict)
+    created: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        body = {"owner": self.owner, "tree": self.tree, "owned": dict(sorted(self.owned.items()))}
+        body["created"] = sorted(self.created)
+        header = "# Space Harbor's record of which GitOps tree owns this folder; it writes this file.\n"
+        return header + json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def parse(cls, text: str | bytes | None) -> TreeMarker | None:
+        """The marker in `text`; None when missing or unreadable (then nobody is known to own the folder)."""
+        if text is None:
+            return None
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        try:
+            data = json.loads(body)
+            owned = {str(path): str(digest) for path, digest in dict(data.get("owned") or {}).items()}
+            created = tuple(str(path) for path in data.get("created") or ())
+            return cls(str(data["owner"]), str(data["tree"]), owned, created)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def marker_path(spec: Spec) -> str:
+    return f"{spec.path}/{MARKER_NAME}"
 
 
 def commit_message(spec: Spec, plan: Plan) -> str:

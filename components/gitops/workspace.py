@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shlex
 import shutil
 import stat
@@ -31,7 +32,9 @@ from components.gitops.plan import (
     GitOpsError,
     Plan,
     Spec,
+    TreeMarker,
     commit_message,
+    marker_path,
     plain,
     plan_changes,
     redact_url,
@@ -308,6 +311,16 @@ class Workspace:
             hashes[path] = sha256(item.data_stream.read())
         return hashes
 
+    def read(self, base: str | None, path: str) -> bytes | None:
+        """The content of the file `path` at `base`; None when there is no such file."""
+        if base is None:
+            return None
+        try:
+            item = self.repo.commit(base).tree / path
+        except KeyError:
+            return None
+        return item.data_stream.read() if item.type == "blob" else None
+
     def store(self, content: bytes) -> str:
         return self.repo.odb.store(IStream("blob", len(content), io.BytesIO(content))).hexsha.decode("ascii")
 
@@ -366,21 +379,46 @@ def sync_tree(
 ) -> dict:
     """Make the branch hold `props["files"]` (or, `removing`, none of its owned files); return the outputs.
 
-    `repairs`: owned files a refresh found changed by hand (components/gitops/drift.py), which the
-    user has seen in the preview: written back without counting as a manual change.
+    `previous` is the resource's own last outputs (None for a create). The folder's marker
+    (`TreeMarker`) says which resource of the stack owns the folder: a create takes over what
+    another one of the stack recorded there, and a delete of a resource that no longer owns the
+    folder removes nothing. `repairs`: owned files a refresh found changed by hand
+    (components/gitops/drift.py), which the user has seen in the preview: written back without
+    counting as a manual change.
     """
     spec = Spec.from_props(props)
     previous = plain(dict(previous or {}))
-    previous_owned: dict[str, str] = dict(previous.get("owned") or {})
-    previous_created = frozenset(previous.get("created") or ())
+    # This resource's id in the marker, made at its create (and at the first write of a state from
+    # before markers), then kept.
+    tree_id = str(previous.get("tree") or secrets.token_hex(8))
+    marker_file = marker_path(spec)
     desired = {} if removing else spec.files
-    relevant = set(desired) | set(previous_owned)
     with workspace(spec) as ws:
         for _attempt in range(MAX_PUSH_ATTEMPTS):
             base = ws.fetch()
+            marker_text = ws.read(base, marker_file)
+            found = TreeMarker.parse(marker_text)
+            previous_owned: dict[str, str] = dict(previous.get("owned") or {})
+            previous_created = frozenset(previous.get("created") or ())
+            taken = found is not None and found.owner == spec.message_prefix and found.tree != tree_id
+            if taken and removing:
+                # Another resource of this stack owns the folder now (the old half of a replacement
+                # at the same place): the files are no longer this resource's to remove.
+                return {**{key: props.get(key) for key in INPUT_KEYS}, "commit": base, "owned": {}, "created": []}
+            if taken and not previous:
+                # The new half of that replacement: what the other one wrote is this one's now.
+                assert found is not None
+                previous_owned, previous_created = dict(found.owned), frozenset(found.created)
+            relevant = set(desired) | set(previous_owned)
             plan = plan_changes(
                 ws.remote_hashes(base, relevant), desired, spec.create_only, previous_owned, previous_created
             )
+            if removing and plan.manual:
+                # A file someone edited is theirs now: a delete leaves it as they wrote it. Refusing
+                # would leave a pending delete that fails on every later `up` (its stored inputs,
+                # `overwrite_manual_changes` included, never change), and a move could not finish.
+                plan.removals = [path for path in plan.removals if path not in plan.manual]
+                plan.manual = []
             manual = [path for path in plan.manual if path not in repairs]
             if manual and not spec.overwrite_manual_changes:
                 raise GitOpsError(
@@ -389,6 +427,15 @@ def sync_tree(
                     "Move your change out of the owned files (or into stack config) and revert them, "
                     "or set gitops.overwriteManualChanges to true to overwrite them."
                 )
+            if removing:
+                # ours, or unreadable; another stack's marker is its own
+                if marker_text is not None and (found is None or found.owner == spec.message_prefix):
+                    plan.removals.append(marker_file)
+            else:
+                marker = TreeMarker(spec.message_prefix, tree_id, plan.owned, tuple(plan.created)).render()
+                ours = found is not None and (found.owner, found.tree) == (spec.message_prefix, tree_id)
+                if marker_text != marker.encode("utf-8") and (plan.writes or plan.removals or not ours):
+                    plan.writes[marker_file] = marker.encode("utf-8")
             commit = ws.build(base, plan)
             if commit is None:
                 head = base
@@ -406,4 +453,5 @@ def sync_tree(
         "commit": head,
         "owned": plan.owned,
         "created": sorted(plan.created),
+        "tree": tree_id,
     }

@@ -6,7 +6,10 @@
 #                         compared it with git; sync it unless it is in sync or already syncing;
 #                         then refresh every child Application that HARBOR_CHILD_SELECTOR selects
 #                         and HARBOR_CHILD_APPLICATIONS names, and sync those that are out of sync;
-#                         wait until every sync has finished
+#                         wait until every sync has finished; then record HARBOR_GITOPS_REVISION
+#                         on the root Application. Nothing at all when that commit is recorded
+#                         there already: the step runs again whenever its script or connection
+#                         changes, and only a new commit syncs.
 #
 # Argo CD Core has no API server, so this does what `argocd app sync --core` and a click in the
 # dashboard do: it writes the Application objects. A refresh is the annotation
@@ -48,6 +51,8 @@ as_resource=applications.argoproj.io
 as_controller=argocd-application-controller
 as_refresh_key='argocd\.argoproj\.io/refresh'
 as_initiator=space-harbor
+# On the root Application: the commit the last complete run synced.
+as_synced_note=space-harbor/synced-revision
 # Set once the API answers; every wait below ends by then.
 as_deadline=0
 # What our operations say in operation.info, for whoever looks at the Application afterwards.
@@ -88,9 +93,10 @@ as_fields+='{.status.sync.revisions}{"\n"}'
 as_fields+='{.status.operationState.phase}{"\n"}'
 as_fields+='{.status.operationState.syncResult.revision}{"\n"}'
 as_fields+='{.status.operationState.syncResult.revisions}{"\n"}'
+as_fields+="{.metadata.annotations.$as_synced_note}"'{"\n"}'
 AS_VERSION=0 AS_REFRESH=1 AS_DELETING=2 AS_OPERATION=3 AS_SINGLE_SOURCE=4 AS_OPTIONS=5 AS_RETRY=6
 AS_SYNC=7 AS_REVISION=8 AS_REVISIONS=9 AS_PHASE=10 AS_SYNCED_REVISION=11 AS_SYNCED_REVISIONS=12
-AS_FIELD_COUNT=13
+AS_SYNCED_NOTE=13 AS_FIELD_COUNT=14
 as_app=()
 # Unless the Application has a retry of its own: a child whose CRDs another child brings
 # (SkipDryRunOnMissingResource) fails until that one has synced, and then succeeds.
@@ -311,14 +317,27 @@ as_children() {
 }
 
 as_sync() {
-    local name seen listing
-    local -a children=() live=()
+    local out
     [ -x "$(command -v k3s || echo /usr/local/bin/k3s)" ] || harbor_fail "k3s is not installed on this server"
     as_wait_for_api || harbor_fail "kubectl on this server cannot reach the k3s API"
     as_deadline=$((SECONDS + as_timeout))
     as_marker="commit $as_revision, run $(date -u +%Y%m%dT%H%M%SZ)-$$"
     as_check_argocd
 
+    as_read "$as_root"
+    if [ "${as_app[$AS_SYNCED_NOTE]}" = "$as_revision" ]; then
+        harbor_log "commit $as_revision was synced by an earlier run: nothing to do (the step changed, not the commit)"
+        return 0
+    fi
+    as_sync_commit
+    out=$(as_kubectl -n "$as_namespace" patch "$as_resource" "$as_root" --type merge \
+        -p "{\"metadata\":{\"annotations\":{\"$as_synced_note\":\"$as_revision\"}}}" 2>&1) ||
+        harbor_fail "cannot record the synced commit on Application $as_namespace/$as_root: $out"
+}
+
+as_sync_commit() {
+    local name seen listing
+    local -a children=() live=()
     as_request_refresh "$as_root"
     as_wait_refreshed "$as_root"
     seen=$(as_target)

@@ -13,24 +13,33 @@
 #                                     cordoned it
 #   k3s-lifecycle.sh reconcile        wait (bounded) until the node is Ready, apply its labels and
 #                                     taints (k3s itself applies them only at registration) and
-#                                     mark it as joined by Space Harbor
+#                                     mark it as joined by Space Harbor; uncordon it if drain left
+#                                     it cordoned (the node is in the stack again)
 #   k3s-lifecycle.sh wait-ready       wait (bounded) until node HARBOR_NODE_NAME is Ready
-#   k3s-lifecycle.sh drain            cordon and drain the node; a node that is gone is fine
-#   k3s-lifecycle.sh delete-node      delete the Node object; a node that is gone, or a cluster
-#                                     whose k3s is gone from this server, is fine
+#   k3s-lifecycle.sh drain            mark the node as leaving, cordon and drain it; a node that
+#                                     is gone is fine
+#   k3s-lifecycle.sh delete-node      delete the Node object of a node that left: marked as
+#                                     leaving by drain, or no longer Ready. A Ready node that was
+#                                     never drained to leave is kept (the step was replaced, the
+#                                     node did not leave). A node that is gone, or a cluster whose
+#                                     k3s is gone from this server, is fine
 #   k3s-lifecycle.sh drain-departed   drain every node that reconcile marked as ours and that is
 #                                     not in HARBOR_CLUSTER_NODES: runs before the other nodes'
 #                                     mesh and firewall drop a removed node, while its kubelet
 #                                     still reaches the API; delete the Node objects of
 #                                     HARBOR_FORGET_NODES (gone for good: nothing to drain);
 #                                     nothing when k3s is not installed yet
+#   k3s-lifecycle.sh refuse-cluster-id-replacement
+#                                     fail, saying why: the delete of the step that every node
+#                                     step waits for, run only when the cluster's id is replaced
 #   k3s-lifecycle.sh api-credential   make sure of the ServiceAccount space-harbor-deployer (bound to
 #                                     cluster-admin) and its long-lived token Secret in
 #                                     kube-system, then print a kubeconfig for it on stdout and
 #                                     nothing else; stdout stays empty unless every step succeeded
 #
 # Parameters (environment):
-#   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed)
+#   HARBOR_NODE_NAME             the Kubernetes node name (every action but drain-departed,
+#                                api-credential and refuse-cluster-id-replacement)
 #   HARBOR_CLUSTER_NODES         drain-departed: the names of the nodes in the stack, one a line
 #   HARBOR_FORGET_NODES          drain-departed: nodes gone for good (decommission.forget), one a line
 #   HARBOR_K3S_VERSION           the release the node should run (prepare-upgrade, confirm-upgrade)
@@ -77,6 +86,9 @@ lc_labels_note=space-harbor/managed-labels
 lc_taints_note=space-harbor/managed-taints
 lc_drained_note=space-harbor/drained-for-upgrade
 lc_managed_note=space-harbor/managed
+# Set by drain (a node leaving the stack): delete-node deletes only such a node while it is Ready,
+# and reconcile, finding it on a node of the stack, uncordons the node.
+lc_leaving_note=space-harbor/drained-to-leave
 
 # Under HARBOR_FORCE a failed step is reported and skipped; otherwise it stops the run.
 lc_fail_or_warn() {
@@ -252,7 +264,19 @@ lc_confirm_upgrade() {
 }
 
 lc_reconcile() {
+    local leaving
     lc_wait_ready
+    leaving=$(lc_node_field ".metadata.annotations.$lc_leaving_note") ||
+        harbor_fail "cannot read the annotations of node $lc_node (step reconcile)"
+    if [ -n "$leaving" ]; then
+        # Drained to leave, and in the stack after all (a replaced registration, or a node that came
+        # back): only this cordon of ours is undone, never an operator's.
+        lc_kubectl uncordon "$lc_node" >&2 || harbor_fail "cannot uncordon node $lc_node (step reconcile)"
+        lc_kubectl annotate node "$lc_node" "$lc_leaving_note-" >&2 ||
+            harbor_fail "cannot annotate node $lc_node (step reconcile)"
+        harbor_changed=true
+        harbor_log "node $lc_node was drained to leave and is in the stack: uncordoned"
+    fi
     if [ -z "$(lc_node_field ".metadata.annotations.$lc_managed_note")" ]; then
         # drain-departed only ever drains nodes with this mark
         lc_kubectl annotate --overwrite -- node "$lc_node" "$lc_managed_note=true" >&2 ||
@@ -274,6 +298,10 @@ lc_drain() {
         return 0
     fi
     harbor_changed=true
+    # The mark goes on first: delete-node, after the uninstall, must know the node left.
+    if ! lc_kubectl annotate node "$lc_node" --overwrite "$lc_leaving_note=true" >&2; then
+        lc_fail_or_warn "cannot annotate node $lc_node (step drain)"
+    fi
     if lc_kubectl drain "$lc_node" --ignore-daemonsets --delete-emptydir-data \
         --timeout="${lc_drain_timeout}s" >&2; then
         harbor_log "node $lc_node drained"
@@ -300,6 +328,29 @@ lc_delete_node() {
     else
         harbor_log "node $lc_node is not in the cluster: nothing to delete"
     fi
+}
+
+# The delete of the node-object step. It also runs when that step is replaced (delete first, then
+# the create), on a node that stays: only a node that left loses its Node object.
+lc_delete_departed_node() {
+    local exists leaving ready
+    if [ -x "$(lc_k3s_bin)" ]; then
+        if ! exists=$(lc_node_exists); then
+            lc_fail_or_warn "cannot ask the k3s API whether node $lc_node exists (step delete-node)"
+            return 0
+        fi
+        if [ "$exists" = yes ]; then
+            leaving=$(lc_node_field ".metadata.annotations.$lc_leaving_note") ||
+                harbor_fail "cannot read the annotations of node $lc_node (step delete-node)"
+            ready=$(lc_node_field '.status.conditions[?(@.type=="Ready")].status') ||
+                harbor_fail "cannot read the status of node $lc_node (step delete-node)"
+            if [ -z "$leaving" ] && [ "$ready" = True ]; then
+                harbor_log "node $lc_node is Ready and was not drained to leave the stack: its Node object stays"
+                return 0
+            fi
+        fi
+    fi
+    lc_delete_node
 }
 
 lc_drain_departed() {
@@ -418,9 +469,13 @@ lc_api_credential() {
     printf '%s\n' "$kubeconfig"
 }
 
-if [ "$harbor_action" != drain-departed ] && [ "$harbor_action" != api-credential ] && ! [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
-    harbor_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
-fi
+case "$harbor_action" in
+drain-departed | api-credential | refuse-cluster-id-replacement) ;;
+*)
+    [[ "$lc_node" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
+        harbor_fail "HARBOR_NODE_NAME must be a node name (DNS-1123 label), got '${lc_node}'"
+    ;;
+esac
 [[ "$lc_drain_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_DRAIN_TIMEOUT must be a number of seconds"
 [[ "$lc_ready_timeout" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_READY_TIMEOUT must be a number of seconds"
 [[ "$lc_credential_wait" =~ ^[0-9]+$ ]] || harbor_fail "HARBOR_CREDENTIAL_WAIT must be a number of seconds"
@@ -440,15 +495,20 @@ confirm-upgrade) lc_confirm_upgrade ;;
 reconcile) lc_reconcile ;;
 wait-ready) lc_wait_ready ;;
 drain) lc_drain ;;
-delete-node) lc_delete_node ;;
+delete-node) lc_delete_departed_node ;;
 drain-departed) lc_drain_departed ;;
+refuse-cluster-id-replacement)
+    harbor_fail "refusing to replace cluster-id: everything that goes with the cluster would be replaced" \
+        "with it, and the replacement of a node's registration drains the node. Nothing else was touched;" \
+        "the new id is kept, and the next pulumi up replaces nothing. A new cluster is a new stack."
+    ;;
 api-credential)
     lc_api_credential
     # stdout is the kubeconfig and nothing else.
     echo "space-harbor: k3s-lifecycle.sh api-credential: unchanged" >&2
     exit 0
     ;;
-*) harbor_fail "unknown action '${harbor_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed or api-credential" ;;
+*) harbor_fail "unknown action '${harbor_action}'; use node-object, prepare-upgrade, confirm-upgrade, reconcile, wait-ready, drain, delete-node, drain-departed, refuse-cluster-id-replacement or api-credential" ;;
 esac
 
 harbor_finish

@@ -84,8 +84,13 @@ def at(remote: Path, path: str, rev: str = "main") -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def tree(remote: Path, rev: str = "main") -> list[str]:
-    return sorted(git("ls-tree", "-r", "--name-only", rev, cwd=remote).splitlines())
+MARKER = "cluster/.space-harbor-tree"
+
+
+def tree(remote: Path, rev: str = "main", *, marker: bool = False) -> list[str]:
+    """The files at `rev`; without the provider's own marker file unless asked for (tests of it do)."""
+    files = sorted(git("ls-tree", "-r", "--name-only", rev, cwd=remote).splitlines())
+    return files if marker else [name for name in files if not name.endswith("/.space-harbor-tree")]
 
 
 def commits(remote: Path) -> list[str]:
@@ -211,6 +216,7 @@ def test_update_is_one_commit_removes_dropped_files_and_keeps_foreign_ones(remot
     assert sorted(changed) == [
         "A\tcluster/apps/projects/extra.yaml",
         "D\tcluster/apps/projects/applications.yaml",
+        "M\tcluster/.space-harbor-tree",  # the provider's record of what it owns
         "M\tcluster/README.md",
     ]
     assert "cluster/apps/projects/applications.yaml" not in updated.outs["owned"]
@@ -364,18 +370,20 @@ def test_delete_commits_the_removal_of_owned_files_only(remote: Path, human: Hum
     assert_no_leak(remote)
 
 
-def test_delete_refuses_to_drop_a_hand_edited_file(remote: Path, human: Human) -> None:
+def test_delete_keeps_a_hand_edited_file_and_removes_the_others(remote: Path, human: Human) -> None:
+    """Refusing would leave a delete that fails on every later up: its stored inputs never change."""
     created = provider.create(props(remote))
     human.commit({"cluster/README.md": "# precious notes\n"}, "human: notes")
 
-    with pytest.raises(GitOpsError, match=r"changed by hand: cluster/README\.md"):
-        provider.delete("id", created.outs)
+    provider.delete("id", created.outs)
+
     assert at(remote, "cluster/README.md") == "# precious notes\n"
+    assert tree(remote, marker=True) == ["cluster/README.md", "cluster/apps/user/README.md"]
 
 
 def test_delete_when_everything_is_gone_already_makes_no_commit(remote: Path, human: Human) -> None:
     created = provider.create(props(remote))
-    owned = {name: None for name in created.outs["owned"]}
+    owned = {name: None for name in [*created.outs["owned"], MARKER]}
     human.commit(owned, "human: cleaned up")
 
     provider.delete("id", created.outs)

@@ -63,7 +63,15 @@ def test_connections_use_the_node_address_and_a_secret_key(stack_run) -> None:
         assert SSH_KEY_MARKER in connection["privateKey"]
         # The SDK marks the whole connection secret once the key inside it is.
         assert "connection" in command.secret_inputs, f"{command.name}: the SSH key is not secret"
-        on_first_server = ("-node-object", "-registered", "-drain", "-uncordon", "cluster-departures", "api-credential")
+        on_first_server = (
+            "-node-object",
+            "-registered",
+            "-drain",
+            "-uncordon",
+            "cluster-departures",
+            "api-credential",
+            "cluster-id-guard",
+        )
         if command.name.endswith(on_first_server):
             # Drain, uncordon and delete run on the first server, not on the node being removed.
             assert connection["host"] == hosts["server-1"], command.name
@@ -228,8 +236,9 @@ def test_four_node_stack_registers_the_full_graph() -> None:
     for resource in run.resources:
         by_type[resource.type] = by_type.get(resource.type, 0) + 1
     # per node: preflight, mesh, firewall, and the seven k3s steps (node-object, shipped, k3s, drain,
-    # upgrade, uncordon, registered); then the API credential read and the drain of departed nodes
-    assert by_type[COMMAND] == 4 * (3 + 7) + 2
+    # upgrade, uncordon, registered); then the API credential read, the drain of departed nodes
+    # and the guard of the cluster's id
+    assert by_type[COMMAND] == 4 * (3 + 7) + 3
     # per node: the pinned installer, copied
     assert by_type["command:remote:CopyToRemote"] == 4
     assert by_type["random:index/randomBytes:RandomBytes"] == 4

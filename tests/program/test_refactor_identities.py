@@ -59,6 +59,8 @@ ADDED = {
     "pulumi-python:dynamic:Resource::<node>-drift": re.compile(
         r"NodeDrift\$pulumi-python:dynamic:Resource::[a-z0-9-]+-drift$"
     ),
+    # issue 19.4: the step that stops an up replacing the cluster's id (its delete fails)
+    "command:remote:Command::cluster-id-guard": re.compile(r"::command:remote:Command::cluster-id-guard$"),
 }
 
 

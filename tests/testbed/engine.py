@@ -16,6 +16,19 @@ of the engine that mocks cannot show:
 - `destroy` runs no program at all: it deletes the whole state by the same rules.
 
 No engine code is reused; this follows the documented behaviour and pulumi's step generator.
+
+What it does not model, so a test here proves nothing about it:
+- Replacement is only a `triggers` change of a Command, which the program never sets; the real
+  engine also replaces on `pulumi up --replace`, with a replaced `deletedWith` or `replaceWith`
+  resource, a replaced provider, a provider's own replace rules (a Kubernetes object's immutable
+  fields, the GitOps tree's move) and random keepers. Its order, create-before-delete (the old
+  delete after the program, with the old stored outputs) unless `delete_before_replace`, is not
+  replayed either: tests/program/test_replacements.py checks the options under mocks, and
+  tests/gitops/test_moves.py and tests/testbed/test_gitops_moves.py drive the GitOps tree's
+  provider in that order.
+- Any other custom resource (Kubernetes, the dynamic providers, random, tls) is
+  only reported: its changes are updates, and neither its create nor its delete acts.
+- Preview: unknown outputs, and a provider's config diff, are not modelled.
 """
 
 from __future__ import annotations

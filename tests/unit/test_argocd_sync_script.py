@@ -376,3 +376,34 @@ def test_the_generated_readme_says_when_the_platform_syncs() -> None:
     assert "syncOnApply" not in note()
     # autoSync makes the children sync by themselves; syncOnApply adds nothing to say then.
     assert "sync automatically too" in note(syncOnApply=True, autoSync=True)
+
+
+def test_a_commit_synced_before_is_not_synced_again(cluster: Cluster) -> None:
+    """pulumi-command reruns the step on any change of its stdin or connection; only a new commit syncs."""
+    cluster.install()
+    cluster.set_git(drifted=[ROOT_APPLICATION, "traefik"])
+    cluster.start_controller()
+    assert status_line(cluster.sync()).endswith("changed")
+    assert cluster.app(ROOT_APPLICATION)["metadata"]["annotations"]["space-harbor/synced-revision"] == HEAD
+    before = len(cluster.patches())
+
+    # the same commit, with another script or connection (here: another timeout)
+    again = cluster.sync(HARBOR_SYNC_TIMEOUT="45")
+
+    assert status_line(again) == "space-harbor: argocd-sync.sh sync: unchanged", again.stderr
+    assert f"commit {HEAD} was synced by an earlier run: nothing to do" in again.stderr
+    assert len(cluster.patches()) == before, "nothing written: no refresh, no operation"
+
+    # a new commit is synced again (everything is in sync now, so only refreshes) and recorded
+    newer = "0" * 39 + "1"
+    assert status_line(cluster.sync(newer)).startswith("space-harbor: argocd-sync.sh sync: ")
+    assert [p["name"] for p in cluster.script_patches()[-4:] if is_refresh(p)] != []
+    assert cluster.app(ROOT_APPLICATION)["metadata"]["annotations"]["space-harbor/synced-revision"] == newer
+
+
+def test_a_failed_sync_records_nothing_so_the_next_run_syncs_again(cluster: Cluster) -> None:
+    cluster.install()
+    cluster.set_git(drifted=[ROOT_APPLICATION, "traefik"], failing=["traefik"])
+    cluster.start_controller()
+    assert cluster.sync().returncode != 0
+    assert "space-harbor/synced-revision" not in cluster.app(ROOT_APPLICATION)["metadata"].get("annotations", {})

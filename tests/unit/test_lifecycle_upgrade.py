@@ -245,3 +245,62 @@ def test_api_credential_prints_a_token_kubeconfig_and_nothing_when_it_fails(fake
     failed = fake_k3s.run("api-credential", node="", HARBOR_CREDENTIAL_WAIT="1")
     assert failed.returncode != 0
     assert failed.stdout == ""
+
+
+# --- the deletes of node-object and registered, replaced delete-first ---------------------------
+
+
+def test_delete_node_keeps_a_ready_node_that_never_left(fake_k3s: FakeK3s) -> None:
+    """`pulumi up --replace` of node-object runs its delete first, on a node that stays in the stack."""
+    fake_k3s.add("agent-1", NEW)
+    result = fake_k3s.run("delete-node")
+    assert _status(result) == "unchanged"
+    assert "node agent-1 is Ready and was not drained to leave the stack: its Node object stays" in result.stderr
+    assert (fake_k3s.state / "nodes" / "agent-1.json").exists()
+    assert not any(call.startswith("delete") for call in fake_k3s.calls())
+
+
+def test_delete_node_deletes_a_node_drained_to_leave_or_no_longer_ready(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-1", NEW)
+    fake_k3s.add("agent-2", NEW)
+    # a node that leaves: its registration's delete (drain) ran first, then its uninstall
+    assert _status(fake_k3s.run("drain")) == "changed"
+    assert fake_k3s.node("agent-1")["metadata"]["annotations"]["space-harbor/drained-to-leave"] == "true"
+    assert _status(fake_k3s.run("delete-node")) == "changed"
+    assert not (fake_k3s.state / "nodes" / "agent-1.json").exists()
+    # never drained by us, but its kubelet is gone
+    fake_k3s.set_ready("agent-2", False)
+    assert _status(fake_k3s.run("delete-node", node="agent-2")) == "changed"
+    assert not (fake_k3s.state / "nodes" / "agent-2.json").exists()
+    # already gone: nothing to do
+    assert _status(fake_k3s.run("delete-node", node="agent-2")) == "unchanged"
+
+
+def test_a_replaced_registration_drains_then_leaves_the_node_schedulable(fake_k3s: FakeK3s) -> None:
+    """registered replaced delete-first: drain (its delete), then reconcile (its create)."""
+    fake_k3s.add("agent-1", NEW)
+    assert _status(fake_k3s.run("drain")) == "changed"
+    assert fake_k3s.node("agent-1")["spec"]["unschedulable"] is True
+    assert _status(fake_k3s.run("reconcile")) == "changed"
+    node = fake_k3s.node("agent-1")
+    assert node["spec"]["unschedulable"] is False
+    assert "space-harbor/drained-to-leave" not in node["metadata"]["annotations"]
+    # and nothing is left to undo
+    assert _status(fake_k3s.run("reconcile")) == "unchanged"
+
+
+def test_drain_departed_marks_the_node_it_drains_as_leaving(fake_k3s: FakeK3s) -> None:
+    fake_k3s.add("agent-2", NEW, annotations={"space-harbor/managed": "true"})
+    fake_k3s.run("drain-departed", node="", HARBOR_CLUSTER_NODES="server-1")
+    assert fake_k3s.node("agent-2")["metadata"]["annotations"]["space-harbor/drained-to-leave"] == "true"
+    # the node's own node-object delete, after its uninstall, then deletes it while still Ready
+    assert _status(fake_k3s.run("delete-node", node="agent-2")) == "changed"
+
+
+def test_the_cluster_id_guard_refuses_and_says_why(fake_k3s: FakeK3s) -> None:
+    """The delete of `cluster-id-guard`: it runs only when the cluster's id is being replaced."""
+    result = fake_k3s.run("refuse-cluster-id-replacement", node="")
+    assert result.returncode != 0
+    assert "refusing to replace cluster-id" in result.stderr
+    assert "the next pulumi up replaces nothing" in result.stderr
+    assert fake_k3s.calls() == []

@@ -748,7 +748,8 @@ def test_lifecycle_failed_drain_is_an_error_unless_forced(fake_k3s: FakeK3s) -> 
 
 
 def test_lifecycle_delete_node_is_idempotent(fake_k3s: FakeK3s) -> None:
-    fake_k3s.add("agent-1", OLD_VERSION)
+    # a node that leaves: drained by its registration's delete before its Node object goes
+    fake_k3s.add("agent-1", OLD_VERSION, annotations={"space-harbor/drained-to-leave": "true"})
     assert status_line(fake_k3s.run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: changed"
     assert not (fake_k3s.state / "nodes" / "agent-1.json").exists()
     assert status_line(fake_k3s.run("delete-node")) == "space-harbor: k3s-lifecycle.sh delete-node: unchanged"

@@ -29,6 +29,7 @@ class SmokeRun:
     # Lines of the script's tables that must show up in its output, header and first row.
     expected: tuple[str, ...]
     testbed: bool = False  # boots testbed nodes: needs root and the testbed's tools
+    realengine: bool = False  # drives the real pulumi CLI: needs ./scripts/engine's tools (scripts/test)
     timeout: float = 120
 
 
@@ -73,6 +74,14 @@ SMOKE_RUNS = {
         testbed=True,
         timeout=300,
     ),
+    # One node, the stand-in instant, with the real CLI: day 1, the no-op up, destroy.
+    "real_engine.py": SmokeRun(
+        args=("--sizes", "1", "--install-seconds", "0", "--start-seconds", "0"),
+        expected=("Load before: ", "  N  day 1 s    vs 2  no-op s  ssh  add s", "  1 ", "Load after: "),
+        testbed=True,
+        realengine=True,
+        timeout=900,
+    ),
 }
 
 
@@ -102,7 +111,14 @@ def test_every_bench_script_has_a_smoke_run() -> None:
 @pytest.mark.parametrize(
     "script",
     [
-        pytest.param(name, marks=[pytest.mark.testbed] if smoke.testbed else [], id=name.removesuffix(".py"))
+        pytest.param(
+            name,
+            marks=[
+                *([pytest.mark.testbed] if smoke.testbed else []),
+                *([pytest.mark.realengine] if smoke.realengine else []),
+            ],
+            id=name.removesuffix(".py"),
+        )
         for name, smoke in SMOKE_RUNS.items()
     ],
 )

@@ -15,7 +15,8 @@ import pytest
 
 from tests.realengine.conftest import RealStack
 from tests.testbed.nodes import GIT_REPO, Testbed
-from tests.testbed.stack import MESH_INTERFACE, stack_config
+from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
+from tests.testbed.test_day2 import stage_k3s
 
 pytestmark = [pytest.mark.realengine, pytest.mark.testbed]
 
@@ -110,6 +111,8 @@ def test_removing_a_node_drains_it_deletes_its_node_and_the_peers_drop_it(cluste
 
 def test_adding_a_node_joins_it(cluster4: RealStack) -> None:
     tb = cluster4.tb
+    # Air-gapped: the uninstall took the binary with it; the operator places it again.
+    stage_k3s(tb, K3S_VERSION, nodes=["n4"])
     cluster4.apply_config(stack_config(tb))
     cluster4.pulumi.run("up", "--yes", "--skip-preview")
     nodes = api_nodes(tb)

@@ -1038,6 +1038,6 @@ def test_preflight_reports_a_firewall_that_stopping_nftables_flushed(tmp_path: P
         "/etc/space-harbor/firewall.nft) is not loaded" in steps.stderr("flushed")
     )
     assert "systemctl restart space-harbor-firewall" in steps.stderr("flushed")
-    # read-only: it loaded nothing and wrote nothing
-    assert steps.stdout("files-after").split() == ["firewall.nft"]
+    # read-only: it loaded nothing and wrote nothing (firewall.sh wrote the table and its live record)
+    assert steps.stdout("files-after").split() == ["firewall.live", "firewall.nft"]
     assert TABLE_NAME not in steps.stdout("tables-after")

@@ -7,6 +7,7 @@ API server through `k3s kubectl` on the first server, the git repository, `pulum
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from tests.realengine.conftest import RealStack
 from tests.testbed.nodes import GIT_REPO, Testbed
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
-from tests.testbed.test_day2 import stage_k3s
+from tests.testbed.test_day2 import NEW_VERSION, stage_k3s
 
 pytestmark = [pytest.mark.realengine, pytest.mark.testbed]
 
@@ -117,6 +118,25 @@ def test_adding_a_node_joins_it(cluster4: RealStack) -> None:
     cluster4.pulumi.run("up", "--yes", "--skip-preview")
     nodes = api_nodes(tb)
     assert set(nodes) == set(tb.nodes) and ready(nodes["n4"])
+
+
+def test_a_version_change_upgrades_the_server_first_then_each_agent(cluster4: RealStack) -> None:
+    tb = cluster4.tb
+    stage_k3s(tb, NEW_VERSION, nodes=list(tb.nodes))
+    config = copy.deepcopy(cluster4.config)
+    config["k3s"] = {**config["k3s"], "version": NEW_VERSION}
+    cluster4.apply_config(config)
+    up = cluster4.pulumi.run("up", "--yes", "--skip-preview")
+    # The engine's own log of the run: when each step started and ended, in order.
+    events = re.findall(r"command:remote:Command (n\d-(?:drain|upgrade|uncordon)) (updating|updated)", up.output)
+    order = [f"{name} {event}" for name, event in events]
+    server_done = order.index("n1-uncordon updated")
+    for agent in ("n2", "n3", "n4"):
+        assert order.index(f"{agent}-drain updating") > server_done, order
+        assert order.index(f"{agent}-upgrade updating") > order.index(f"{agent}-drain updated"), order
+    nodes = api_nodes(tb)
+    assert {n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes.values()} == {NEW_VERSION}
+    assert all(ready(n) and not n["spec"].get("unschedulable") for n in nodes.values())
 
 
 def test_destroy_runs_no_program_and_leaves_every_node_clean(cluster4: RealStack) -> None:

@@ -501,8 +501,9 @@ def run_program(
         # Tests never open the SSH tunnel; they record that the program asked for it.
         with (
             mock.patch(
-                "components.tunnel.ensure_tunnel", lambda target, port, warn=None: tunnels.append((target, port))
+                "components.tunnel.ensure_tunnel", lambda target, port, stack, warn=None: tunnels.append((target, port))
             ),
+            mock.patch("components.tunnel.check_tunnel_port", lambda target, port, stack: None),
             mock.patch("components.upstream.STORE", upstream or fixture_upstream()),
         ):
             runpy.run_path(str(PROGRAM), run_name="__main__")

@@ -96,7 +96,9 @@ class SshTarget:
 
     def fingerprint(self) -> str:
         """Identifies the target without the key itself: who a running tunnel forwards to."""
-        key_id = hashlib.sha256(self.private_key.encode()).hexdigest()[:16]
+        # Stripped: `pulumi config get` (scripts/kubeconfig) ends the key with a newline that the
+        # program's copy may lack, and the same key must name the same tunnel.
+        key_id = hashlib.sha256(self.private_key.strip().encode()).hexdigest()[:16]
         route = f"{self.user}@{self.host}:{self.port} {self.host_key} {key_id}"
         if self.bastion is not None:
             # Only then: a tunnel to a server without a bastion keeps the fingerprint it always had.
@@ -613,7 +615,11 @@ def _main(argv: list[str]) -> int:
         print(f"tunnel on 127.0.0.1:{params['port']}: {outcome}")
         return 0
     if argv[:1] == ["stop"] and len(argv) == 2:
-        print("stopped" if stop_tunnel(int(argv[1])) else "no tunnel of ours on that port")
+        try:
+            print("stopped" if stop_tunnel(int(argv[1])) else "no tunnel of ours on that port")
+        except TunnelError as error:
+            _log(str(error))
+            return 1
         return 0
     print("usage: python -m components.tunnel serve|open (JSON on stdin) | stop PORT", file=sys.stderr)
     return 2

@@ -37,7 +37,8 @@ class _Server(paramiko.ServerInterface):
 
 
 def _answer(channel: paramiko.Channel, name: str) -> None:
-    with contextlib.closing(channel), contextlib.suppress(OSError, EOFError):
+    # The tunnel may close first: then the channel's own close fails too.
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException), contextlib.closing(channel):
         channel.sendall(f"api of {name}\n".encode())
         while data := channel.recv(65536):
             channel.sendall(data)

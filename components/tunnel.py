@@ -495,13 +495,17 @@ def port_holder(local_port: int) -> str:
     Only the program's name (`comm`), never its command line: that may hold someone's secret.
     """
     listeners: dict[str, int] = {}  # socket inode -> owner uid
+    others: dict[str, int] = {}  # the same, for sockets on the port that do not listen
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as rows:
             next(rows)
             for line in rows:
                 fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == local_port:  # 0A: LISTEN
-                    listeners[fields[9]] = int(fields[7])
+                if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                    (listeners if fields[3] == "0A" else others)[fields[9]] = int(fields[7])  # 0A: LISTEN
+    if not listeners:
+        # An outgoing connection's own end can hold a port too, when the port is in the ephemeral range.
+        listeners = {inode: uid for inode, uid in others.items() if inode != "0"}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):

@@ -12,7 +12,7 @@ import pytest
 from components.tunnel import SshTarget, check_tunnel_port, ensure_tunnel, stop_tunnel
 from tests.conftest import base_config
 from tests.harness import run_program
-from tests.helpers import free_port
+from tests.helpers import free_tunnel_port
 
 
 def _refusal(config: dict, preview: bool) -> str:
@@ -27,7 +27,7 @@ def test_a_port_held_by_another_program_stops_the_run_before_any_resource(
     preview: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    port = free_port()
+    port = free_tunnel_port()
     config = base_config()
     config["k3s"] = {"tunnelPort": port}
     with socket.create_server(("127.0.0.1", port)):
@@ -39,7 +39,7 @@ def test_another_stacks_tunnel_on_the_port_stops_the_run_and_keeps_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    port = free_port()
+    port = free_tunnel_port()
     config = base_config()
     config["k3s"] = {"tunnelPort": port}
     staging = SshTarget("192.0.2.20", 22, "root", "MARKER-STAGING-KEY", None)

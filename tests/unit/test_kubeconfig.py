@@ -19,7 +19,7 @@ from components.kubeconfig import merge_into_file, merge_kubeconfig
 from components.tunnel import SshTarget, ensure_tunnel, running_tunnel, stop_tunnel
 from tests.fake_sshd import FakeSshd, ask
 from tests.harness import FAKE_API_CREDENTIAL
-from tests.helpers import free_port
+from tests.helpers import free_tunnel_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_MARKER = "MARKER-KUBECONFIG-SSH-KEY-4e0b"
@@ -53,7 +53,7 @@ def test_merge_replaces_only_the_stacks_own_entries() -> None:
 @pytest.fixture
 def fake_pulumi(tmp_path: Path) -> tuple[Path, int]:
     """A `pulumi` that answers `stack output` and `config get` as the CLI would for a stack."""
-    port = free_port()
+    port = free_tunnel_port()
     outputs = {
         "kubeconfig": yaml.safe_dump(stack_kubeconfig("harbor-prod", f"https://127.0.0.1:{port}")),
         "apiTunnel": {
@@ -202,7 +202,7 @@ def test_the_script_opens_each_stacks_own_tunnel_side_by_side(
     home, _ = fake_pulumi
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     servers = {stack: FakeSshd(stack) for stack in ("staging", "prod")}
-    ports = {stack: free_port() for stack in servers}
+    ports = {stack: free_tunnel_port() for stack in servers}
     try:
         for stack, server in servers.items():
             _stack_outputs(home, stack, server, ports[stack])

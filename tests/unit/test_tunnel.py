@@ -38,7 +38,7 @@ from components.tunnel import (
     stop_tunnel,
 )
 from tests.fake_sshd import FakeSshd, ask
-from tests.helpers import free_port
+from tests.helpers import free_tunnel_port
 
 ROOT = Path(tunnel.__file__).resolve().parent.parent
 # A documentation address (TEST-NET-1): never dialled, since no client reaches the remote side.
@@ -53,7 +53,7 @@ NOBODY = 65534
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """A private state folder and a free port; every tunnel a test started is stopped after it."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    port = free_port()
+    port = free_tunnel_port()
     yield port
     stop_tunnel(port)
 

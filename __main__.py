@@ -10,7 +10,14 @@ import pulumi_random as random
 from pulumi.runtime.config import CONFIG, get_config_env
 from pydantic import SecretStr
 
-from components.access import api_tunnel_output, api_tunnel_target, unpinned_bastions, unpinned_node_warnings
+from components.access import (
+    api_tunnel_output,
+    api_tunnel_port,
+    api_tunnel_target,
+    stack_identity,
+    unpinned_bastions,
+    unpinned_node_warnings,
+)
 from components.argocd import NAMESPACE as ARGOCD_NAMESPACE
 from components.argocd import ArgoCD, load_core_manifest, sync_after_commit
 from components.cluster_steps import (
@@ -32,7 +39,7 @@ from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.shipped import K3S_INSTALLER_KIND, k3s_shipped_files
-from components.tunnel import ensure_tunnel
+from components.tunnel import TunnelError, check_tunnel_port, ensure_tunnel
 from components.upstream import UpstreamError, pinned_path, sole_pin
 
 
@@ -72,6 +79,16 @@ except UpstreamError as error:
     raise pulumi.RunError(f"the k3s installer: {error}") from None
 stack = pulumi.get_stack()
 first = config.first_server
+# Which stack a tunnel serves, and the loopback port of this stack's own.
+tunnel_stack = stack_identity(pulumi.get_project(), stack)
+tunnel_port = api_tunnel_port(config, tunnel_stack)
+if config.k3s.api_access == "ssh-tunnel":
+    tunnel_target = api_tunnel_target(config)
+    try:
+        # Before any resource: another stack's tunnel, or another program, on this stack's port.
+        check_tunnel_port(tunnel_target, tunnel_port, tunnel_stack)
+    except TunnelError as error:
+        raise pulumi.RunError(str(error)) from None
 
 
 def join_token(name: str, given: SecretStr | None) -> pulumi.Output[str]:
@@ -171,8 +188,7 @@ for unpinned in unpinned_bastions(config):
 if config.k3s.api_access == "mesh":
     api_server = f"https://{first.mesh_address}:{API_PORT}"
 else:
-    api_server = f"https://127.0.0.1:{config.k3s.tunnel_port}"
-    tunnel_target = api_tunnel_target(config)
+    api_server = f"https://127.0.0.1:{tunnel_port}"
 
 
 def cluster_kubeconfig(raw: str) -> str:
@@ -181,7 +197,7 @@ def cluster_kubeconfig(raw: str) -> str:
     # reaches nothing it does not need: it starts no tunnel (the provider previews without the
     # cluster unless a tunnel is already open).
     if config.k3s.api_access == "ssh-tunnel" and not pulumi.runtime.is_dry_run():
-        ensure_tunnel(tunnel_target, config.k3s.tunnel_port, warn=pulumi.log.warn)
+        ensure_tunnel(tunnel_target, tunnel_port, stack=tunnel_stack, warn=pulumi.log.warn)
     return kubeconfig_for(raw, api_server, context=f"harbor-{stack}")
 
 
@@ -241,7 +257,7 @@ dashboard = (
     f"./scripts/kubeconfig {stack} && "
     f"argocd admin dashboard --core --kube-context {context} --namespace {ARGOCD_NAMESPACE}"
 )
-api_tunnel = api_tunnel_output(config)
+api_tunnel = api_tunnel_output(config, tunnel_stack)
 
 pulumi.export("kubeconfig", kubeconfig)
 pulumi.export("clusterId", cluster_id.result)

@@ -5,17 +5,37 @@ included; `api_tunnel_output` is the `apiTunnel` stack output that `scripts/kube
 to open the same tunnel without the program. The output holds no secret: where a key is needed
 it names the stack config key that holds it, for `pulumi config get --path`. Behind a bastion it
 also gives the `ssh -J` command that opens the same tunnel by hand, and the known_hosts lines of
-every pinned hop.
+every pinned hop. `api_tunnel_port` is the stack's own loopback port, so that stacks side by side
+never share a tunnel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from typing import Any
 
 from components.config import Bastion, HarborConfig, Node
 from components.render.k3s import API_PORT
 from components.tunnel import SshTarget
+
+# Where a stack's own tunnel port falls when `k3s.tunnelPort` is unset: wide enough that two stacks
+# rarely meet, and below Linux's ephemeral range (32768-60999), so an outgoing connection of the
+# machine never holds it.
+DERIVED_TUNNEL_PORTS = range(17000, 32000)
+
+
+def stack_identity(project: str, stack: str) -> str:
+    """What a tunnel records as the stack it serves."""
+    return f"{project}/{stack}"
+
+
+def api_tunnel_port(config: HarborConfig, stack: str) -> int:
+    """`k3s.tunnelPort`, else a port derived from the stack's identity: the same on every run and machine."""
+    if config.k3s.tunnel_port is not None:
+        return config.k3s.tunnel_port
+    digest = hashlib.sha256(stack.encode()).digest()
+    return DERIVED_TUNNEL_PORTS[int.from_bytes(digest[:8], "big") % len(DERIVED_TUNNEL_PORTS)]
 
 
 def api_tunnel_target(config: HarborConfig) -> SshTarget:
@@ -53,10 +73,9 @@ def _jump(user: str, host: str, port: int) -> str:
     return f"{user}@{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def manual_tunnel_command(config: HarborConfig, node: Node, bastion: Bastion) -> str:
+def manual_tunnel_command(config: HarborConfig, node: Node, bastion: Bastion, local: int) -> str:
     """The `ssh -J` command that opens the tunnel by hand, on the same loopback port as the program's."""
     assert bastion.user is not None
-    local = config.k3s.tunnel_port
     return shlex.join(
         [
             "ssh",
@@ -72,8 +91,8 @@ def manual_tunnel_command(config: HarborConfig, node: Node, bastion: Bastion) ->
     )
 
 
-def api_tunnel_output(config: HarborConfig) -> dict[str, Any] | None:
-    """The `apiTunnel` stack output: where the tunnel goes, and which config keys hold its keys."""
+def api_tunnel_output(config: HarborConfig, stack: str) -> dict[str, Any] | None:
+    """The `apiTunnel` stack output: where the tunnel goes, for which stack, and which config keys hold its keys."""
     if config.k3s.api_access != "ssh-tunnel":
         return None
     first = config.first_server
@@ -82,7 +101,8 @@ def api_tunnel_output(config: HarborConfig) -> dict[str, Any] | None:
         "port": config.ssh_port(first),
         "user": config.ssh_user(first),
         "hostKey": first.ssh_host_key,
-        "localPort": config.k3s.tunnel_port,
+        "localPort": api_tunnel_port(config, stack),
+        "stack": stack,
         # The stack config key that holds the SSH key (the node's own, else the default).
         "sshKeyConfig": (
             f"nodes[{config.nodes.index(first)}].sshPrivateKey" if first.ssh_private_key else "sshPrivateKey"
@@ -99,7 +119,7 @@ def api_tunnel_output(config: HarborConfig) -> dict[str, Any] | None:
         "hostKey": bastion.host_key,
         "sshKeyConfig": config.bastion_key_config(first),
     }
-    output["sshCommand"] = manual_tunnel_command(config, first, bastion)
+    output["sshCommand"] = manual_tunnel_command(config, first, bastion, output["localPort"])
     pinned = [(bastion.host, bastion.port, bastion.host_key), (first.host, config.ssh_port(first), first.ssh_host_key)]
     output["knownHosts"] = [_known_host(host, port, key) for host, port, key in pinned if key]
     return output

@@ -16,6 +16,7 @@ import os
 import runpy
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,8 +485,12 @@ def run_program(
     existing: bool = False,
     upstream: PinnedFiles | None = None,
     drift_state: dict[str, dict[str, Any]] | None = None,
+    tunnel_port_check: Callable[..., None] | None = None,
 ) -> ProgramRun:
     """Evaluate `__main__.py` once with `config` and return everything it registered.
+
+    The program's check of its tunnel port is a no-op unless `tunnel_port_check` is given (the real
+    `components.tunnel.check_tunnel_port`, to test the refusal).
 
     `existing` (with `preview`): a preview of a stack that was applied before, where the outputs
     of unchanged resources (the API credential, say) are known, as they are from the state.
@@ -522,8 +527,9 @@ def run_program(
         # Tests never open the SSH tunnel; they record that the program asked for it.
         with (
             mock.patch(
-                "components.tunnel.ensure_tunnel", lambda target, port, warn=None: tunnels.append((target, port))
+                "components.tunnel.ensure_tunnel", lambda target, port, stack, warn=None: tunnels.append((target, port))
             ),
+            mock.patch("components.tunnel.check_tunnel_port", tunnel_port_check or (lambda target, port, stack: None)),
             mock.patch("components.upstream.STORE", upstream or fixture_upstream()),
         ):
             runpy.run_path(str(PROGRAM), run_name="__main__")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -108,6 +109,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_tunnel_port() -> int:
+    """A free loopback port where API tunnels live: below the ephemeral range, so that no outgoing
+    connection of another program takes it between a tunnel's stop and the next one's start."""
+    from components.access import DERIVED_TUNNEL_PORTS
+
+    for _ in range(100):
+        port = random.choice(DERIVED_TUNNEL_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port among the tunnel ports")
 
 
 # git as the humans and the other writers of a repository: no user or system config, a fixed author.

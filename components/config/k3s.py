@@ -191,7 +191,8 @@ class K3s(ConfigModel):
     service_cidr: Cidr = ipaddress.IPv4Network("10.43.0.0/16")
     datastore: Literal["sqlite", "etcd"] = "sqlite"
     api_access: Literal["ssh-tunnel", "mesh"] = "ssh-tunnel"
-    tunnel_port: int = Field(default=16443, ge=1024, le=65535)
+    # Unset: a port of the stack's own, derived from the project and stack name (components/access.py).
+    tunnel_port: int | None = Field(default=None, ge=1024, le=65535)
     extra_args: list[str] = Field(default_factory=list)
     # For hosts without internet: `true` installs the binary already at /usr/local/bin/k3s on every
     # node (INSTALL_K3S_SKIP_DOWNLOAD); an object ships the binary (and images) there first.

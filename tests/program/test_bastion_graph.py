@@ -125,13 +125,14 @@ def test_opting_out_gives_exactly_the_direct_connection() -> None:
 def test_the_api_tunnel_and_its_output_go_through_the_bastion() -> None:
     run = run_program(bastion_config())
     [(target, port)] = run.tunnels
-    assert (target.host, target.user, port) == ("192.0.2.10", "admin", 16443)
+    assert (target.host, target.user) == ("192.0.2.10", "admin")
     assert target.bastion is not None
     assert (target.bastion.host, target.bastion.port, target.bastion.user) == ("198.51.100.5", 2222, "jump")
     assert target.bastion.host_key == BASTION_HOST_KEY
     assert BASTION_KEY in target.bastion.private_key and SSH_KEY_MARKER in target.private_key
 
     output = run.outputs["apiTunnel"]
+    assert output["localPort"] == port
     assert "apiTunnel" not in run.secret_outputs
     for marker in (BASTION_KEY, SSH_KEY_MARKER):
         assert marker not in json.dumps(output)
@@ -144,7 +145,7 @@ def test_the_api_tunnel_and_its_output_go_through_the_bastion() -> None:
     }
     # By hand: the same loopback port, the same server, through the same bastion.
     assert shlex.split(output["sshCommand"]) == [
-        "ssh", "-N", "-L", "127.0.0.1:16443:127.0.0.1:6443",
+        "ssh", "-N", "-L", f"127.0.0.1:{port}:127.0.0.1:6443",
         "-J", "jump@198.51.100.5:2222", "-p", "22", "admin@192.0.2.10",
     ]  # fmt: skip
     # Only the pinned hops get a known_hosts line; a port other than 22 is bracketed.
@@ -177,7 +178,7 @@ def test_an_ipv6_bastion_is_bracketed_for_ssh_j() -> None:
 
 def test_no_bastion_leaves_the_tunnel_output_as_it_was() -> None:
     output = run_program(base_config()).outputs["apiTunnel"]
-    assert set(output) == {"host", "port", "user", "hostKey", "localPort", "sshKeyConfig"}
+    assert set(output) == {"host", "port", "user", "hostKey", "localPort", "stack", "sshKeyConfig"}
 
 
 # --- what the engine does with an existing stack --------------------------------------------------

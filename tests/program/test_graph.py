@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.access import DERIVED_TUNNEL_PORTS
 from tests.conftest import GIT_KEY_MARKER, SSH_KEY_MARKER, STACKS, TOKEN_MARKER, fake_host_key
 from tests.harness import UNKNOWN, ProgramRun, run_program
 from tests.helpers import command_env
@@ -267,8 +268,11 @@ def test_stack_outputs() -> None:
     assert {"kubeconfig", "operatorConfigs", "k3sToken"} <= run.secret_outputs
     assert "nodes" not in run.secret_outputs
     assert run.outputs["nodes"][1] == {"name": "agent-1", "role": "agent", "meshAddress": "10.160.1.1"}
+    # The stack's own tunnel port, from its name: the kubeconfig, the output and the tunnel agree.
+    port = int(run.outputs["apiTunnel"]["localPort"])  # numbers come back from the engine as floats
+    assert port in DERIVED_TUNNEL_PORTS
     kubeconfig = yaml.safe_load(run.outputs["kubeconfig"])
-    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:16443"
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == f"https://127.0.0.1:{port}"
     laptop = run.outputs["operatorConfigs"]["laptop"]
     assert "Address = 10.175.0.1/32" in laptop
     assert laptop.count("[Peer]") == 4
@@ -280,13 +284,14 @@ def test_stack_outputs() -> None:
         "port": 22,
         "user": "root",
         "hostKey": fake_host_key("server-1"),
-        "localPort": 16443,
+        "localPort": port,
+        "stack": "space-harbor/test",
         "sshKeyConfig": "sshPrivateKey",
     }
     assert "apiTunnel" not in run.secret_outputs
     # The provider's kubeconfig names the tunnel, which the program opens to the first server.
-    [(target, port)] = run.tunnels
-    assert (target.host, target.port, target.user, port) == ("192.0.2.10", 22, "root", 16443)
+    [(target, tunnel_port)] = run.tunnels
+    assert (target.host, target.port, target.user, tunnel_port) == ("192.0.2.10", 22, "root", port)
     assert SSH_KEY_MARKER in target.private_key
     assert "argocd admin dashboard --core" in run.outputs["argocdDashboard"]
 

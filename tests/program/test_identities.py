@@ -172,6 +172,6 @@ def test_preview_of_an_existing_stack_opens_no_tunnel_and_up_does() -> None:
     config = base_config(agents=1)
     preview = run_program(config, preview=True, existing=True)
     # The credential is known from the state, so the kubeconfig is built: without a tunnel.
-    assert "127.0.0.1:16443" in preview.outputs["kubeconfig"]
+    assert f"127.0.0.1:{int(preview.outputs['apiTunnel']['localPort'])}" in preview.outputs["kubeconfig"]
     assert preview.tunnels == []
     assert len(run_program(config).tunnels) == 1

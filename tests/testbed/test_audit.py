@@ -7,9 +7,11 @@ is the marker); the WireGuard private keys and an operator's key come from the p
 the whole graph is applied and the GitOps commit pushed:
 
 - no marker is in a non-secret resource input (under mocks, the same config);
-- no marker is in any process command line: /proc/*/cmdline of every process on this machine, so
-  of every node and of the controller, sampled all through the apply and the push (a sampler that
-  provably sees each node's processes);
+- no marker is in any process command line or environment: /proc/*/cmdline and /proc/*/environ of
+  every process on this machine, so of every node and of the controller, sampled all through the
+  apply and the push (a sampler that provably sees each node's processes), with the API tunnel
+  running and forwarding, started from a process whose environment holds the stack's config as
+  the language host hands it to the program (PULUMI_CONFIG, every secret decrypted);
 - every file on a node that holds a marker is root's and readable by nobody else (0600), and the
   expected ones do hold them; nothing in the journal holds one;
 - the key files (/etc/wireguard/*, /etc/rancher/k3s/config.yaml, registries.yaml and a registry's
@@ -24,21 +26,28 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from components.remote import DIAL_ERROR_LIMIT, PER_DIAL_TIMEOUT
+from components.tunnel import stop_tunnel
 from tests.conftest import fake_private_key
 from tests.harness import ProgramRun
+from tests.testbed.netprobe import fetch_api
 from tests.testbed.nodes import GIT_ADDRESS, GIT_REPO, Testbed, _keypair, call_in_netns
 from tests.testbed.runner import CommandFailed, DialPolicy, Runner
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, program, stack_config
@@ -48,6 +57,7 @@ pytestmark = pytest.mark.testbed
 NODES = ["n1", "n2"]
 SERVER = "n1"
 RUN = secrets.token_hex(4)
+TUNNEL_PORT = 16443
 SEARCHED = "/etc /var /usr/local /root /home /opt /srv /tmp /run"
 # On the testbed the stand-in writes the token files and the kubeconfig (k3s.yaml) as real k3s
 # does; config.yaml and the WireGuard file are the product's own.
@@ -216,7 +226,8 @@ def test_a_wrong_host_key_pin_is_refused(audit: Audit) -> None:
 SAMPLER = textwrap.dedent(
     """
     import json, os, select, sys, time
-    seen, sweeps, started = {}, 0, time.monotonic()
+    markers = json.load(open(sys.argv[1]))
+    seen, leaks, environs, tunnels, sweeps, started = {}, set(), 0, set(), 0, time.monotonic()
     while not select.select([sys.stdin], [], [], 0)[0]:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -225,24 +236,39 @@ SAMPLER = textwrap.dedent(
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     raw = handle.read()
                 ns = os.readlink(f"/proc/{pid}/ns/pid")
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    environ = handle.read().decode(errors="replace")
             except OSError:
                 continue
+            command = raw.replace(b"\\0", b" ").decode(errors="replace").strip()
             if raw:
-                seen.setdefault(ns, set()).add(raw.replace(b"\\0", b" ").decode(errors="replace").strip())
+                seen.setdefault(ns, set()).add(command)
+            environs += 1
+            if "components.tunnel serve" in command:
+                tunnels.add(pid)
+            for name, value in markers.items():
+                if value in environ:
+                    leaks.add((ns, command[:80], name))
         sweeps += 1
         time.sleep(0.002)
     elapsed = time.monotonic() - started
-    json.dump({"sweeps": sweeps, "seconds": elapsed, "seen": {k: sorted(v) for k, v in seen.items()}}, sys.stdout)
+    json.dump({"sweeps": sweeps, "seconds": elapsed, "seen": {k: sorted(v) for k, v in seen.items()},
+               "environ_leaks": sorted(leaks), "environs": environs, "tunnels": sorted(tunnels)}, sys.stdout)
     """
 )
 
 
 class CmdlineSampler:
-    """Every distinct /proc/*/cmdline on this machine, by PID namespace, until `stop`."""
+    """Every distinct /proc/*/cmdline on this machine, by PID namespace, and every /proc/*/environ
+    that holds a marker, until `stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, markers: dict[str, str], workdir: Path) -> None:
+        # The markers reach the sampler in a root-only file, not on its command line.
+        listing = workdir / "sampler-markers.json"
+        listing.touch(mode=0o600)
+        listing.write_text(json.dumps(markers))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SAMPLER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", SAMPLER, str(listing)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
 
     def stop(self) -> dict[str, Any]:
@@ -256,6 +282,23 @@ class CmdlineSampler:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def open_api_tunnel_as_the_program_does(tb: Testbed, config: dict[str, Any], runtime: Path) -> bytes:
+    """Start the API tunnel from an environment like the program's (PULUMI_CONFIG holds every secret
+    of the stack, decrypted, and the state passphrase is exported), and fetch through it."""
+    from components.tunnel import SshTarget, ensure_tunnel
+
+    server = tb.nodes[SERVER]
+    target = SshTarget(server.address, 22, "root", tb.client_key, server.host_key)
+    program_environment = {
+        "PULUMI_CONFIG": json.dumps({f"space-harbor:{key}": value for key, value in config.items()}),
+        "PULUMI_CONFIG_PASSPHRASE": marker("STATE-PASSPHRASE"),
+        "XDG_RUNTIME_DIR": str(runtime),
+    }
+    with mock.patch.dict(os.environ, program_environment):
+        assert call_in_netns(tb.ctl, ensure_tunnel, target, TUNNEL_PORT, stack="space-harbor/audit") == "started"
+    return call_in_netns(tb.ctl, fetch_api, TUNNEL_PORT)
 
 
 def pid_namespace(tb: Testbed, node: str) -> str:
@@ -289,7 +332,9 @@ def test_secrets_stay_in_secret_inputs_root_only_files_and_nowhere_else(audit: A
     # The apply and the push, with every command line on the machine sampled throughout.
     namespaces = {pid_namespace(tb, node): node for node in NODES}
     canaries = {node: f"shtb-canary-{node}-{RUN}" for node in NODES}
-    sampler = CmdlineSampler()
+    runtime = Path(tempfile.mkdtemp(prefix="shtb-audit-"))
+    sought = {**markers, "STATE-PASSPHRASE": marker("STATE-PASSPHRASE")}
+    sampler = CmdlineSampler(sought, runtime)
     try:
         for node, canary in canaries.items():
             # A process that lives 0.3 s: the sampler must catch processes this short on each node.
@@ -301,9 +346,15 @@ def test_secrets_stay_in_secret_inputs_root_only_files_and_nowhere_else(audit: A
         inputs = {k: v for k, v in dynamic[0].inputs.items() if k != "__provider"}
         call_in_netns(tb.ctl, GitTreeProvider().create, inputs)
         applied = time.monotonic() - started
+        # Once the API is up, as `pulumi up` starts it; it runs until after the sampler stops.
+        answer = open_api_tunnel_as_the_program_does(tb, audit.config, runtime)
+        assert b"k3s stand-in API server" in answer, answer
         sampled = sampler.stop()
     finally:
         sampler.kill()
+        with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(runtime)}):
+            stop_tunnel(TUNNEL_PORT)
+        shutil.rmtree(runtime, ignore_errors=True)
     assert all(r.returncode == 0 for r in results)
     seen: dict[str, list[str]] = sampled["seen"]
     for ns, node in namespaces.items():
@@ -313,9 +364,12 @@ def test_secrets_stay_in_secret_inputs_root_only_files_and_nowhere_else(audit: A
     leaks = [(ns, line, find_markers(markers, line)) for ns, lines in seen.items() for line in lines]
     leaks = [leak for leak in leaks if leak[2]]
     assert not leaks, f"secrets on a command line: {leaks}"
+    # Environments: the tunnel's was read (it ran all along), and no process's held a secret.
+    assert sampled["tunnels"], "the sampler never saw the API tunnel"
+    assert not sampled["environ_leaks"], f"secrets in a process environment: {sampled['environ_leaks']}"
     print(
-        f"\ncommand lines: {sum(len(v) for v in seen.values())} distinct, {sampled['sweeps']} sweeps of /proc "
-        f"in {sampled['seconds']:.1f}s (apply + push {applied:.1f}s)"
+        f"\ncommand lines: {sum(len(v) for v in seen.values())} distinct, {sampled['environs']} environments read, "
+        f"{sampled['sweeps']} sweeps of /proc in {sampled['seconds']:.1f}s (apply + push {applied:.1f}s)"
     )
     for ns, node in namespaces.items():
         programs = sorted({line.split()[0].rsplit("/", 1)[-1] for line in seen.get(ns, []) if line.split()})

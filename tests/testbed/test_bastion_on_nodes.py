@@ -240,7 +240,7 @@ def test_the_programs_api_tunnel_goes_through_the_bastion(stack: BastionStack, t
     assert target.bastion.private_key == stack.bastion_key and target.private_key == tb.client_key
 
     def through(tunnel_target: SshTarget, local_port: int) -> bytes:
-        assert ensure_tunnel(tunnel_target, local_port) == "started"
+        assert ensure_tunnel(tunnel_target, local_port, stack="space-harbor/testbed") == "started"
         try:
             return fetch_api(local_port)
         finally:

@@ -300,7 +300,7 @@ def test_api_tunnel_reaches_the_private_api(stack: Stack, tmp_path) -> None:
     def fetch(host_key: str, port: int) -> bytes:
         target = SshTarget(server.address, 22, "root", tb.client_key, host_key)
         # Started and left running, as the program leaves it when it exits.
-        assert ensure_tunnel(target, port) == "started"
+        assert ensure_tunnel(target, port, stack="space-harbor/testbed") == "started"
         try:
             return fetch_api(port)
         finally:

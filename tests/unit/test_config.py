@@ -24,7 +24,7 @@ def test_defaults_follow_the_design_table() -> None:
     assert (str(config.k3s.cluster_cidr), str(config.k3s.service_cidr)) == ("10.42.0.0/16", "10.43.0.0/16")
     assert config.k3s.datastore == "sqlite"
     assert config.k3s.api_access == "ssh-tunnel"
-    assert config.k3s.tunnel_port == 16443
+    assert config.k3s.tunnel_port is None  # unset: each stack's own port (components/access.py)
     assert config.firewall.enabled and config.firewall.public_tcp_ports == [80, 443]
     assert (config.gitops.branch, config.gitops.path, config.gitops.auto_sync) == ("main", "cluster", False)
     enabled = {name for name, comp in config.components if comp.enabled}

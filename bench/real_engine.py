@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.realengine.cli import Pulumi, control_plane_binaries, copy_project  # noqa: E402
-from tests.realengine.conftest import RealStack  # noqa: E402
+from tests.realengine.conftest import RealStack, stop_tunnels  # noqa: E402
 from tests.realengine.test_real_engine import api_nodes, logins, ready  # noqa: E402
 from tests.testbed.nodes import BENCH_K3S_INSTALL_SECONDS, BENCH_K3S_START_SECONDS, Testbed  # noqa: E402
 from tests.testbed.stack import K3S_VERSION, stack_config  # noqa: E402
@@ -59,22 +59,25 @@ def measure(size: int, add: bool, install_s: float, start_s: float) -> dict[str,
         with tempfile.TemporaryDirectory(prefix="harbor-bench-real-") as tmp:
             project = copy_project(Path(tmp) / "project")
             stack = RealStack(tb, Pulumi(project, Path(tmp) / "state", tb.ctl), {}, name="bench")
-            stack.pulumi.stack_init(stack.name)
-            stack.apply_config(stack_config(tb, node_names=names))
-            day1 = timed(stack.pulumi, "up", "--yes", "--skip-preview")
-            nodes = api_nodes(tb)
-            assert set(nodes) == set(names) and all(ready(n) for n in nodes.values()), "not every node is Ready"
-            before = logins(tb)
-            noop = timed(stack.pulumi, "up", "--yes", "--skip-preview")
-            after = logins(tb)
-            # reading the logins is itself one login per node
-            ssh = sum(after[name] - before[name] - 1 for name in names)
-            added = None
-            if add:
-                stack.apply_config(stack_config(tb))
-                added = timed(stack.pulumi, "up", "--yes", "--skip-preview")
-                assert ready(api_nodes(tb)[extra]), f"{extra} did not join"
-            stack.pulumi.run("destroy", "--yes", "--skip-preview")
+            try:
+                stack.pulumi.stack_init(stack.name)
+                stack.apply_config(stack_config(tb, node_names=names))
+                day1 = timed(stack.pulumi, "up", "--yes", "--skip-preview")
+                nodes = api_nodes(tb)
+                assert set(nodes) == set(names) and all(ready(n) for n in nodes.values()), "not every node is Ready"
+                before = logins(tb)
+                noop = timed(stack.pulumi, "up", "--yes", "--skip-preview")
+                after = logins(tb)
+                # reading the logins is itself one login per node
+                ssh = sum(after[name] - before[name] - 1 for name in names)
+                added = None
+                if add:
+                    stack.apply_config(stack_config(tb))
+                    added = timed(stack.pulumi, "up", "--yes", "--skip-preview")
+                    assert ready(api_nodes(tb)[extra]), f"{extra} did not join"
+                stack.pulumi.run("destroy", "--yes", "--skip-preview")
+            finally:
+                stop_tunnels(stack)
     finally:
         tb.close()
     return {"day1": day1, "noop": noop, "ssh": ssh, "add": added}

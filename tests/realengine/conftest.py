@@ -8,6 +8,7 @@ test that finds them missing fails (it never skips into a pass).
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.realengine.cli import Pulumi, control_plane_binaries, copy_project
+from tests.realengine.cli import ROOT, Pulumi, control_plane_binaries, copy_project
 from tests.testbed.nodes import Testbed, missing_requirements
 from tests.testbed.stack import K3S_VERSION, stack_config
 
@@ -54,6 +55,21 @@ class RealStack:
         self.config = config
 
 
+def stop_tunnels(stack: RealStack) -> None:
+    """Stop the API tunnels the program started for this stack (they outlive it, by design): each
+    by the port its record names, through the tunnel's own `stop`, which signals the recorded pid."""
+    home = Path(stack.pulumi.env["HOME"])
+    for record in sorted((home / ".cache" / "space-harbor").glob("tunnel-*.json")):
+        port = record.stem.removeprefix("tunnel-")
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-m", "components.tunnel", "stop", port],
+            cwd=stack.pulumi.project,
+            env={"PATH": stack.pulumi.env["PATH"], "HOME": str(home)},
+            capture_output=True,
+            check=False,
+        )
+
+
 def booted(nodes: list[str]) -> Iterator[Testbed]:
     reason = missing_requirements()
     if reason:
@@ -81,4 +97,8 @@ def real_stack(tb: Testbed, tmp: Path) -> RealStack:
 def cluster4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     """n1 (server) and n2..n4 (agents), a git server, a stack initialised for them (not yet up)."""
     for tb in booted(["n1", "n2", "n3", "n4"]):
-        yield real_stack(tb, tmp_path_factory.mktemp("real"))
+        stack = real_stack(tb, tmp_path_factory.mktemp("real"))
+        try:
+            yield stack
+        finally:
+            stop_tunnels(stack)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.realengine.conftest import RealStack, booted, real_stack
+from tests.realengine.conftest import RealStack, booted, real_stack, stop_tunnels
 from tests.realengine.test_real_engine import NFT_TABLE, api_nodes, change_summary, ready
 from tests.testbed.stack import MESH_INTERFACE
 
@@ -26,8 +26,11 @@ KEPT = "namespace/argocd secret/argocd-secret configmap/argocd-ssh-known-hosts-c
 def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     for tb in booted(["n1", "n2"]):
         stack = real_stack(tb, tmp_path_factory.mktemp("real"))
-        stack.pulumi.run("up", "--yes", "--skip-preview")
-        yield stack
+        try:
+            stack.pulumi.run("up", "--yes", "--skip-preview")
+            yield stack
+        finally:
+            stop_tunnels(stack)
 
 
 def object_uids(stack: RealStack) -> dict[str, str]:

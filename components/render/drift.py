@@ -187,7 +187,8 @@ def _k3s(node: str, artefact: str, want: Mapping[str, Any], facts: Facts) -> lis
     if artefact == "registries.yaml":
         found, ours = facts.get("k3s.registries"), facts.get("k3s.registries", 1, "no")
         path = f"{K3S_DIR}/registries.yaml"
-        if want["sha256"] is None:
+        # The engine keeps no null in a stored map: an unset file's sha256 comes back absent.
+        if want.get("sha256") is None:
             # Unset: only a file that Space Harbor wrote must be gone; anybody else's stays.
             return [f"{node}: {path} written by Space Harbor is back, none applied"] if ours == "yes" else []
         return [] if found == want["sha256"] else [_file(node, path, found, want["sha256"])]

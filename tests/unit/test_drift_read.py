@@ -286,3 +286,35 @@ def test_facts_of_a_mesh_and_firewall_that_are_off_are_not_read(node: FakeNode) 
     for artefact in ("wireguard", "wireguard-unit", "nftables", "firewall-unit"):
         del expected[artefact]
     assert read_parameters(expected) == {"HARBOR_K3S_ROLE": "agent"}
+
+
+def without_nulls(value: object) -> object:
+    """A value as the engine stores it in state: no null is kept in a map."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def test_expectations_as_the_engine_stores_them_without_registries(node: FakeNode) -> None:
+    # No k3s.registries: its sha256 is None, which the real engine drops from the stored map.
+    stored = without_nulls(
+        expectations(
+            node=NODE,
+            role="agent",
+            config_yaml=CONFIG_YAML,
+            registries_yaml=None,
+            version=VERSION,
+            mesh=MeshExpectation("wg-harbor", WG_FILE, OWN_KEY, 51820, PEERS),
+            nft_table="space_harbor",
+            nft_ruleset=RULESET,
+        )
+    )
+    assert isinstance(stored, dict) and "sha256" not in stored["registries.yaml"]
+    _, out = read(node)
+    observed = compare(NODE, stored, parse_facts(out))
+    # the file the fixture left is one Space Harbor wrote, and none is applied now
+    assert (
+        observed["registries.yaml"]
+        == f"{NODE}: /etc/rancher/k3s/registries.yaml written by Space Harbor is back, none applied"
+    )
+    assert observed["config.yaml"] == AS_APPLIED

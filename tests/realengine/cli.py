@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 ENGINE = ROOT / "scripts" / "engine"
 FIXTURE_PINS = ROOT / "tests" / "fixtures" / "upstream"
 STANDIN_INSTALLER = ROOT / "tests" / "testbed" / "standin" / "k3s-install-standin.sh"
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "requirements.txt", "components", "manifests")
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "requirements.txt", "components", "manifests", "scripts")
 PASSPHRASE = "space-harbor-real-engine-tier"  # a test stack's passphrase, not a secret of anyone's
 
 

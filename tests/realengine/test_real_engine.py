@@ -11,10 +11,11 @@ import copy
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.realengine.conftest import RealStack
+from tests.realengine.conftest import RealStack, stop_tunnels
 from tests.testbed.nodes import GIT_REPO, Testbed
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
 from tests.testbed.test_day2 import NEW_VERSION, stage_k3s
@@ -118,6 +119,30 @@ def test_adding_a_node_joins_it(cluster4: RealStack) -> None:
     cluster4.pulumi.run("up", "--yes", "--skip-preview")
     nodes = api_nodes(tb)
     assert set(nodes) == set(tb.nodes) and ready(nodes["n4"])
+
+
+def test_refresh_through_the_tunnel_that_scripts_kubeconfig_opens(cluster4: RealStack, tmp_path: Path) -> None:
+    tb, pulumi = cluster4.tb, cluster4.pulumi
+    stop_tunnels(cluster4)  # as after the tunnel's lifetime, or a reboot of the operator's machine
+    kubeconfig = tmp_path / "config"
+    opened = subprocess.run(
+        ["ip", "netns", "exec", tb.ctl, "./scripts/kubeconfig", cluster4.name, "--kubeconfig", str(kubeconfig)],
+        cwd=pulumi.project,
+        env=pulumi.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    pulumi.run("refresh", "--yes", "--skip-preview")
+    listed = subprocess.run(
+        ["ip", "netns", "exec", tb.ctl, "kubectl", "--kubeconfig", str(kubeconfig), "--context",
+         f"harbor-{cluster4.name}", "get", "nodes", "-o", "name"],
+        env=pulumi.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sorted(listed.stdout.split()) == [f"node/{name}" for name in sorted(tb.nodes)], listed.stderr
+    assert pulumi.run("preview", "--expect-no-changes", check=False).returncode == 0
 
 
 def test_a_version_change_upgrades_the_server_first_then_each_agent(cluster4: RealStack) -> None:

@@ -10,35 +10,15 @@ build cache takes a few minutes; a warm one, seconds.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from tests.helpers import go_test
 
 MODULE = Path(__file__).resolve().parents[2] / "build" / "pulumi" / "language-python"
-GO_TEST_TIMEOUT = 600
 
 
 def test_language_host_go_tests_pass() -> None:
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail(f"go is not on PATH: the language host in {MODULE} cannot be tested")
-    env = {**os.environ, "GOPROXY": "https://proxy.golang.org", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    try:
-        result = subprocess.run(
-            [go, "test", "-v", "./..."],
-            cwd=MODULE,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=GO_TEST_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"go test in {MODULE} took over {GO_TEST_TIMEOUT} s: {exc.stdout!r} {exc.stderr!r}")
-    assert result.returncode == 0, f"go test failed in {MODULE}:\n{result.stdout}\n{result.stderr}"
+    result = go_test(MODULE, "-v", "./...")
     # Each test ran and passed: a package that silently ran nothing would not list them.
     for name in (
         "TestExecArgs",

@@ -45,9 +45,10 @@ NODES = ["n1", "n2"]
 BASTION = "jump"
 # A node's steps that run on the first server; every other step of a node runs on the node itself.
 ON_FIRST_SERVER = ("node-object", "drain", "uncordon", "registered")
-# Its steps that do something on an update: the others are `shipped` (a delete only) and the
-# copies (pulumi-command copies again only for a new file or path, not for a new connection).
-ACTING_ON_UPDATE = ("preflight", "mesh", "firewall", "k3s", "upgrade")
+# Its steps that do something on an update (`shipped` makes its staging directory again, which is
+# idempotent); the copies do not (pulumi-command copies again only for a new file or path, not for
+# a new connection).
+ACTING_ON_UPDATE = ("preflight", "mesh", "firewall", "shipped", "k3s", "upgrade")
 
 
 @dataclasses.dataclass

@@ -344,8 +344,13 @@ def test_k3s_uninstall_removes_what_install_made(stack: Stack) -> None:
     # after the uninstall: the Node object, and the staged copies of what the program shipped
     assert sorted(order[2:]) == [f"{agent}-node-object", f"{agent}-shipped"], order
     assert tb.ssh(SERVER, f"k3s kubectl get node {agent}", check=False).returncode != 0
-    # Then the rest of k3s, as `pulumi destroy` would (mesh and firewall stay).
-    k3s_commands = [n for n in runner.by_name if not n.endswith(("-mesh", "-firewall")) and n not in decommission]
+    # Then the rest of k3s, as `pulumi destroy` would (mesh and firewall stay; the cluster id's guard
+    # is deleted with the cluster id, so a destroy skips its refusing delete).
+    k3s_commands = [
+        n
+        for n in runner.by_name
+        if not n.endswith(("-mesh", "-firewall")) and n not in decommission and n != "cluster-id-guard"
+    ]
     runner.delete_only(k3s_commands)
     for name in NODES:
         left = inventory(tb, name) - stack.before_k3s[name]

@@ -93,12 +93,20 @@ def real_stack(tb: Testbed, tmp: Path) -> RealStack:
     return stack
 
 
-@pytest.fixture(scope="module")
-def cluster4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
-    """n1 (server) and n2..n4 (agents), a git server, a stack initialised for them (not yet up)."""
-    for tb in booted(["n1", "n2", "n3", "n4"]):
-        stack = real_stack(tb, tmp_path_factory.mktemp("real"))
+def stack_on(nodes: list[str], tmp: Path, *, up: bool) -> Iterator[RealStack]:
+    """A module's cluster: booted nodes (the first the server) and a git server, a stack initialised
+    for them and, with `up`, applied; afterwards its tunnels stopped and the nodes torn down."""
+    for tb in booted(nodes):
+        stack = real_stack(tb, tmp)
         try:
+            if up:
+                stack.pulumi.run("up", "--yes", "--skip-preview")
             yield stack
         finally:
             stop_tunnels(stack)
+
+
+@pytest.fixture(scope="module")
+def cluster4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    """n1 (server) and n2..n4 (agents), a git server, a stack initialised for them (not yet up)."""
+    yield from stack_on(["n1", "n2", "n3", "n4"], tmp_path_factory.mktemp("real"), up=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.realengine.conftest import RealStack, booted, real_stack, stop_tunnels
+from tests.realengine.conftest import RealStack, stack_on
 from tests.realengine.test_real_engine import change_summary, logins, sessions_since
 from tests.testbed.nodes import GIT_REPO
 from tests.testbed.stack import MESH_INTERFACE
@@ -24,13 +24,7 @@ NODES = ["n1", "n2", "n3"]
 
 @pytest.fixture(scope="module")
 def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
-    for tb in booted(NODES):
-        stack = real_stack(tb, tmp_path_factory.mktemp("drift"))
-        try:
-            stack.pulumi.run("up", "--yes", "--skip-preview")
-            yield stack
-        finally:
-            stop_tunnels(stack)
+    yield from stack_on(NODES, tmp_path_factory.mktemp("drift"), up=True)
 
 
 def records(stack: RealStack) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.realengine.conftest import RealStack, booted, real_stack, stop_tunnels
+from tests.realengine.conftest import RealStack, stack_on
 from tests.realengine.test_real_engine import NFT_TABLE, api_nodes, change_summary, ready
 from tests.testbed.stack import MESH_INTERFACE
 
@@ -24,13 +24,7 @@ KEPT = "namespace/argocd secret/argocd-secret configmap/argocd-ssh-known-hosts-c
 
 @pytest.fixture(scope="module")
 def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
-    for tb in booted(["n1", "n2"]):
-        stack = real_stack(tb, tmp_path_factory.mktemp("real"))
-        try:
-            stack.pulumi.run("up", "--yes", "--skip-preview")
-            yield stack
-        finally:
-            stop_tunnels(stack)
+    yield from stack_on(["n1", "n2"], tmp_path_factory.mktemp("real"), up=True)
 
 
 def object_uids(stack: RealStack) -> dict[str, str]:

@@ -182,20 +182,9 @@ class User:
 
     def run(self, script: str, *, what: str, timeout: float = 1800) -> str:
         body = self.home.parent / "block.sh"
-        body.write_text(f"set -euo pipefail\ntrap 'pwd >\"$HARBOR_CWD\"' EXIT\n{script}")
-        # root's home in the password database is this HOME, in this command's mount namespace only
-        wrapper = 'mount --bind "$HARBOR_PASSWD" /etc/passwd && cd "$(cat "$HARBOR_CWD")" && exec bash "$0"'
-        argv = ["ip", "netns", "exec", self.tb.ctl, "unshare", "--mount", "--propagation", "private"]
+        body.write_text(f'set -euo pipefail\ncd "$(cat "$HARBOR_CWD")"\ntrap \'pwd >"$HARBOR_CWD"\' EXIT\n{script}')
         started = time.monotonic()
-        done = subprocess.run(
-            [*argv, "bash", "-c", wrapper, str(body)],
-            env={**self.env, "HARBOR_CWD": str(self.cwd_file), "HARBOR_PASSWD": str(self.passwd)},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        done = run_as_user(body, self.passwd, {**self.env, "HARBOR_CWD": str(self.cwd_file)}, self.tb.ctl, timeout)
         output = done.stdout + done.stderr
         self.log.append(f"--- {what} ({time.monotonic() - started:.0f}s, exit {done.returncode})\n{script}\n{output}")
         assert done.returncode == 0, f"{what} exited {done.returncode}:\n{script}\n{output[-6000:]}"
@@ -204,6 +193,53 @@ class User:
     @property
     def cwd(self) -> Path:
         return Path(self.cwd_file.read_text().strip())
+
+
+def user_passwd(home: Path, target: Path) -> Path:
+    """/etc/passwd with `home` as root's home: OpenSSH and Pulumi find "~" there, not in $HOME."""
+    target.write_text(
+        "".join(
+            re.sub(r"^(root:[^:]*:0:0:[^:]*:)[^:]*:", rf"\g<1>{home}:", line)
+            for line in Path("/etc/passwd").read_text().splitlines(keepends=True)
+        )
+    )
+    return target
+
+
+def run_as_user(
+    script: Path, passwd: Path, env: dict[str, str], netns: str | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`bash script` with `passwd` bound over /etc/passwd in a mount namespace of its own (and in
+    `netns`), so that nothing lands in the real root's home."""
+    netns_prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run(
+        [*netns_prefix, "unshare", "--mount", "--propagation", "private",
+         "bash", "-c", 'mount --bind "$1" /etc/passwd && exec bash "$0"', str(script), str(passwd)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+def shell_environment(home: Path, passphrase: Path) -> dict[str, str]:
+    """A user's shell after `eval "$(./scripts/engine env)"`, less the backend and PULUMI_HOME it
+    sets: `pulumi login --local` chooses the backend, under this HOME."""
+    return {
+        "PATH": engine_environment()["PATH"],
+        "HOME": str(home),
+        "USER": "root",
+        "LOGNAME": "root",
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
+        "PULUMI_SKIP_CONFIRMATIONS": "true",
+        # no network here: no update check, no plugin download (the plugins are on PATH)
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    }
 
 
 def make_user(tb: Testbed, tmp: Path, editor_values: dict[str, str]) -> User:
@@ -215,13 +251,7 @@ def make_user(tb: Testbed, tmp: Path, editor_values: dict[str, str]) -> User:
     (home / ".ssh" / "id_ed25519.pub").write_text(tb.client_public_key + "\n")
     (home / ".ssh" / "config").write_text("Host *\n    StrictHostKeyChecking accept-new\n")
     (home / ".gitconfig").write_text("[user]\n\tname = Quick Start\n\temail = quickstart@harbor.test\n")
-    passwd = tmp / "passwd"
-    passwd.write_text(
-        "".join(
-            re.sub(r"^(root:[^:]*:0:0:[^:]*:)[^:]*:", rf"\g<1>{home}:", line)
-            for line in Path("/etc/passwd").read_text().splitlines(keepends=True)
-        )
-    )
+    passwd = user_passwd(home, tmp / "passwd")
     passphrase = tmp / "passphrase"
     passphrase.write_text(PASSPHRASE)
     passphrase.chmod(0o600)
@@ -230,21 +260,7 @@ def make_user(tb: Testbed, tmp: Path, editor_values: dict[str, str]) -> User:
         EDITOR.format(python=ROOT / ".venv" / "bin" / "python", values=json.dumps(editor_values), appended=AIRGAP)
     )
     editor.chmod(0o755)
-    engine = engine_environment()
-    env = {
-        "PATH": engine["PATH"],
-        "HOME": str(home),
-        "USER": "root",
-        "LOGNAME": "root",
-        "LANG": "C.UTF-8",
-        "NO_COLOR": "1",
-        "EDITOR": str(editor),
-        "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
-        "PULUMI_SKIP_CONFIRMATIONS": "true",
-        # no network here: no update check, no plugin download (the plugins are on PATH)
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-    }
+    env = shell_environment(home, passphrase) | {"EDITOR": str(editor)}
     work = tmp / "work"
     work.mkdir()
     cwd_file = tmp / "cwd"
@@ -414,7 +430,9 @@ def test_the_quick_start_gives_three_ready_nodes(quick_start: QuickStart) -> Non
     assert set(nodes) == set(NODES)
     conditions = {name: node["status"].get("conditions") for name, node in nodes.items()}
     assert all(ready(node) for node in nodes.values()), conditions
-    assert quick_start.project.name == "space-harbor"
+    stack_file = yaml.safe_load((quick_start.project / "Pulumi.prod.yaml").read_text())["config"]
+    pins = {node["name"]: node["sshHostKey"] for node in stack_file["space-harbor:nodes"]}
+    assert pins == {name: quick_start.tb.nodes[name].host_key for name in NODES}
 
 
 def test_the_root_and_the_platform_applications_are_in_the_api(quick_start: QuickStart) -> None:
@@ -443,3 +461,29 @@ def test_the_first_app_is_committed_and_accepted_by_the_api(quick_start: QuickSt
     namespace = kubectl_json(quick_start, "get namespace hello")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert re.search(r"^hello\s", quick_start.first_app_output, re.M), quick_start.first_app_output
+
+
+def test_step_6_pins_the_single_node_example_and_adds_no_node(tmp_path: Path) -> None:
+    """ "One VPS only: start from examples/single-node.yaml": steps 5 and 6 as written (the real CLI,
+    ssh-keyscan answering for the one host) pin nodes[0] and make no nodes[1]."""
+    home, project, tools = tmp_path / "home", tmp_path / "space-harbor", tmp_path / "bin"
+    for folder in (home, project, tools):
+        folder.mkdir()
+    shutil.copy2(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    shutil.copy2(ROOT / "examples" / "single-node.yaml", project / "Pulumi.prod.yaml")
+    example_host = yaml.safe_load((project / "Pulumi.prod.yaml").read_text())["config"]["space-harbor:nodes"][0]["host"]
+    pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNpbmdsZS1ub2RlLXRlc3QtaG9zdC1rZXktMDAwMDA"
+    keyscan = tools / "ssh-keyscan"
+    keyscan.write_text(f'#!/bin/sh\nfor host; do :; done\n[ "$host" = {example_host} ] && echo "$host {pin}"\n')
+    keyscan.chmod(0o755)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE)
+    env = shell_environment(home, passphrase)
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    steps = fenced(section("Quick start"), "bash")
+    script = tmp_path / "steps.sh"
+    script.write_text(f"set -euo pipefail\ncd {project}\n{steps[4]}{steps[5]}")
+    done = run_as_user(script, user_passwd(home, tmp_path / "passwd"), env, None, 300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes = yaml.safe_load((project / "Pulumi.prod.yaml").read_text())["config"]["space-harbor:nodes"]
+    assert [(node.get("name"), node.get("sshHostKey")) for node in nodes] == [("harbor-1", pin)]

@@ -284,6 +284,13 @@ def editor_values(tb: Testbed) -> dict[str, str]:
     return values
 
 
+def like_a_fresh_vps(tb: Testbed) -> None:
+    """What step 2 is for: a provider's image names the machine after itself. (Not its swap: a
+    container may not call swapoff, so the nodes' fstab lists none and swapoff -a has nothing to do.)"""
+    for node in tb.nodes.values():
+        tb.ssh(node.name, f"hostnamectl set-hostname vps-{node.index}")
+
+
 def authorize_deploy_keys(tb: Testbed, home: Path) -> None:
     """What GitHub's "Deploy keys" page does: the write key may push, the read key only fetch."""
     write = (home / ".ssh" / "harbor-gitops-write.pub").read_text().strip()
@@ -366,6 +373,7 @@ def follow_the_readme(tb: Testbed, user: User, tmp: Path) -> QuickStart:
     }
     steps = fenced(section("Quick start"), "bash")
     assert len(steps) == 9, f"the quick start has {len(steps)} shell blocks; this test follows 9"
+    like_a_fresh_vps(tb)
     for number, block in enumerate(steps, start=1):
         script = substituted(block, table.get(f"quick start {number}", []))
         if number == 8:
@@ -433,6 +441,11 @@ def test_the_quick_start_gives_three_ready_nodes(quick_start: QuickStart) -> Non
     stack_file = yaml.safe_load((quick_start.project / "Pulumi.prod.yaml").read_text())["config"]
     pins = {node["name"]: node["sshHostKey"] for node in stack_file["space-harbor:nodes"]}
     assert pins == {name: quick_start.tb.nodes[name].host_key for name in NODES}
+
+
+def test_step_2_named_each_node_as_the_stack_does(quick_start: QuickStart) -> None:
+    for name in NODES:
+        assert quick_start.tb.ssh(name, "hostname").stdout.strip() == name
 
 
 def test_the_root_and_the_platform_applications_are_in_the_api(quick_start: QuickStart) -> None:

@@ -139,7 +139,8 @@ def fenced(text: str, language: str) -> list[str]:
 
 def substituted(block: str, entries: list[Substitution]) -> str:
     for entry in entries:
-        assert block.count(entry.old) == 1, f"{entry.old!r} is not exactly once in the README's block:\n{block}"
+        found = block.count(entry.old)
+        assert found == 1, f"{entry.old!r} ({entry.why}) is {found} times, not once, in the README's block:\n{block}"
         block = block.replace(entry.old, entry.new)
     return block
 
@@ -354,7 +355,6 @@ class QuickStart:
     tb: Testbed
     user: User
     project: Path
-    gitops: Path
     applications: list[str]
     seconds: float
     first_app_output: str
@@ -392,7 +392,7 @@ def follow_the_readme(tb: Testbed, user: User, tmp: Path) -> QuickStart:
     clone = re.findall(r"`(git clone [^`]+)`", first_app)
     assert len(clone) == 1, clone
     user.run(substituted(clone[0], table["first app clone"]) + " && cd cluster", what="the GitOps clone")
-    gitops = user.cwd
+    gitops = user.cwd  # the clone of the GitOps repository
     for number, block in enumerate(fenced(first_app, "yaml"), start=1):
         text = substituted(block, table.get(f"first app yaml {number}", []))
         path = re.match(r"# ([\w./-]+): ", text)
@@ -406,7 +406,7 @@ def follow_the_readme(tb: Testbed, user: User, tmp: Path) -> QuickStart:
     user.run(lines[0], what="the first app's commit")
     user.log.append(sync_root_application(tb))  # its automated sync of the new commit
     output = user.run("".join(lines[1:]), what="the first app's check")
-    return QuickStart(tb, user, project, gitops, applications, time.monotonic() - started, output)
+    return QuickStart(tb, user, project, applications, time.monotonic() - started, output)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ stack that opts out of host-key pins is warned about each unpinned node on every
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def example(path: Path) -> dict[str, Any]:
     raw["gitops"]["sshPrivateKey"] = fake_private_key("example-git")
     raw["gitops"]["argocdSshPrivateKey"] = fake_private_key("example-argocd")
     return raw
+
+
+# A value of the examples' world: their domain and organisation, documentation addresses (RFC 5737),
+# the example repository's host (GitHub: its host key follows the repository).
+EXAMPLE_WORLD = re.compile(r"example\.org|example-org|\b(?:192\.0\.2|198\.51\.100|203\.0\.113)\.\d|github\.com")
 
 
 def test_the_minimal_examples_and_the_tour_are_there() -> None:
@@ -69,3 +75,17 @@ def test_each_unpinned_node_is_warned_about_on_every_run(preview: bool, caplog: 
     assert "and so is the API tunnel" in warnings[0]
     assert warnings[1].startswith("nodes[2].sshHostKey is not set: agent-2")
     assert "ssh-keyscan -t ed25519 192.0.2.22" in warnings[1]
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name != "tour.yaml"], ids=lambda p: p.name)
+def test_every_value_a_newcomer_replaces_is_marked_edit(path: Path) -> None:
+    """The quick start's step 4 edits the lines marked EDIT: each value of the example's world is on
+    one. The nodes' host keys are not: step 6 pins them with ssh-keyscan."""
+    for line in path.read_text().splitlines():
+        value = line.split(" #", 1)[0]
+        if not value.strip() or value.lstrip().startswith("#"):
+            continue
+        if EXAMPLE_WORLD.search(value):
+            assert "# EDIT" in line, f"{path.name}: a newcomer must change this line, not marked EDIT: {line}"
+        if "sshHostKey:" in value:
+            assert "# EDIT" not in line and "step 6" in line, f"{path.name}: {line}"

@@ -58,13 +58,17 @@ class RealStack:
 def stop_tunnels(stack: RealStack) -> None:
     """Stop the API tunnels the program started for this stack (they outlive it, by design): each
     by the port its record names, through the tunnel's own `stop`, which signals the recorded pid."""
-    home = Path(stack.pulumi.env["HOME"])
+    stop_tunnels_of(Path(stack.pulumi.env["HOME"]), stack.pulumi.project, stack.pulumi.env["PATH"])
+
+
+def stop_tunnels_of(home: Path, project: Path, path: str) -> None:
+    """Stop the API tunnels recorded under `home` (a user's HOME), from the project folder `project`."""
     for record in sorted((home / ".cache" / "space-harbor").glob("tunnel-*.json")):
         port = record.stem.removeprefix("tunnel-")
         subprocess.run(
             [str(ROOT / ".venv" / "bin" / "python"), "-m", "components.tunnel", "stop", port],
-            cwd=stack.pulumi.project,
-            env={"PATH": stack.pulumi.env["PATH"], "HOME": str(home)},
+            cwd=project,
+            env={"PATH": path, "HOME": str(home)},
             capture_output=True,
             check=False,
         )

@@ -43,9 +43,9 @@ def refusal_message() -> str:
     """The fixed part of the refusal, which Argo CD shows in the sync error: the label and its values."""
     levels = " or ".join(ALLOWED_LEVELS)
     return (
-        f"Namespaces that Argo CD applies must carry the label {ENFORCE_LABEL} set to {levels} "
-        f"(Space Harbor's Pod Security fence); add it to the Namespace's metadata.labels, or to "
-        f"the Application's managedNamespaceMetadata.labels with CreateNamespace=true"
+        f"Argo CD may apply a Namespace only with the label {ENFORCE_LABEL} set to {levels} "
+        f"(Space Harbor's Pod Security fence): set it in the Namespace's metadata.labels, or in the "
+        f"Application's syncPolicy.managedNamespaceMetadata.labels with CreateNamespace=true"
     )
 
 

@@ -44,7 +44,9 @@ def test_policy_and_binding_are_applied_by_the_cluster_provider_and_go_with_the_
 def test_the_root_application_waits_for_the_fence() -> None:
     run = run_program(base_config(agents=1))
     root = run.named("argocd-root-application")
-    for resource in fence_objects(run).values():
+    objects = fence_objects(run)
+    assert len(objects) == 2, objects
+    for resource in objects.values():
         assert run.depends_on(root, resource), resource.type
 
 

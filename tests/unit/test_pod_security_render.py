@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from components.config import ConfigError, load_config
+from components.config import load_config
 from components.platform import REGISTRY
 from components.render.argocd import CoreManifestError, application_controller_username, parse_core_manifest
+from components.render.platform import render_platform
 from components.render.pod_security import (
     ENFORCE_LABEL,
     POLICY_NAME,
@@ -20,7 +22,7 @@ from components.render.pod_security import (
     render_binding,
     render_policy,
 )
-from tests.conftest import base_config
+from tests.unit.test_platform_render import full_raw
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "upstream"
 CONTROLLER = "system:serviceaccount:argocd:argocd-application-controller"
@@ -83,16 +85,20 @@ def test_the_binding_denies() -> None:
     assert binding["metadata"]["name"] == render_policy(CONTROLLER)["metadata"]["name"] == POLICY_NAME
 
 
-@pytest.mark.parametrize("version", ["v1.29.9+k3s1", "v1.28.15+k3s1", "v0.31.0+k3s1"])
-def test_a_k3s_release_without_validating_admission_policy_is_refused(version: str) -> None:
-    raw = base_config()
-    raw["k3s"] = {"version": version}
-    with pytest.raises(ConfigError, match=rf"k3s\.version: '{version.replace('+', '[+]')}' is older than v1\.30"):
-        load_config(raw)
-
-
-@pytest.mark.parametrize("version", ["v1.30.0+k3s1", "v1.31.4+k3s1", "v2.0.0+k3s1"])
-def test_k3s_releases_from_1_30_are_accepted(version: str) -> None:
-    raw = base_config()
-    raw["k3s"] = {"version": version}
-    assert load_config(raw).k3s.version == version
+def test_every_namespace_the_platform_s_tree_holds_is_exempt() -> None:
+    """A platform component whose namespace the fence did not exempt would fail its own sync."""
+    tree = render_platform(load_config(full_raw()))
+    namespaces = {
+        document["metadata"]["name"]
+        for text in tree.values()
+        for document in yaml.safe_load_all(text)
+        if isinstance(document, dict) and document.get("kind") == "Namespace"
+    }
+    destinations = {
+        document["spec"]["destination"]["namespace"]
+        for text in tree.values()
+        for document in yaml.safe_load_all(text)
+        if isinstance(document, dict) and document.get("kind") == "Application"
+    }
+    assert namespaces and destinations
+    assert namespaces | destinations <= set(exempt_namespaces())

@@ -92,6 +92,25 @@ PRIVILEGED_HOSTPATH_POD = {
 }
 
 
+def test_the_policy_is_in_force_and_a_second_preview_changes_nothing(server: RealStack) -> None:
+    # Server-side apply of the policy is stable: what the API server stored is what the program declares.
+    server.pulumi.run("preview", "--expect-no-changes")
+    out = kubectl(server, "get validatingadmissionpolicybindings -o json", as_controller=False)
+    assert out.returncode == 0, out.stderr
+    bindings = {item["metadata"]["name"]: item["spec"] for item in json.loads(out.stdout)["items"]}
+    assert bindings[POLICY_NAME]["validationActions"] == ["Deny"], bindings
+    # The controller-manager type-checks every expression against the Namespace schema.
+    wait = (
+        f"for _ in $(seq 60); do k3s kubectl get validatingadmissionpolicy {POLICY_NAME} -o json"
+        " | grep -q typeChecking && exit 0; sleep 1; done; exit 1"
+    )
+    server.tb.ssh("n1", f"bash -c {shlex.quote(wait)}")
+    policy = json.loads(
+        kubectl(server, f"get validatingadmissionpolicy {POLICY_NAME} -o json", as_controller=False).stdout
+    )
+    assert policy["status"]["typeChecking"].get("expressionWarnings", []) == [], policy["status"]
+
+
 def test_a_namespace_without_the_label_is_refused_to_argo_cd(server: RealStack) -> None:
     result = kubectl(server, "create -f -", as_controller=True, manifest=namespace(BARE, None))
     assert refused_by_the_fence(result), (result.returncode, result.stderr)

@@ -35,7 +35,7 @@ def exempt_namespaces() -> list[str]:
 
 
 def _cel(value: str | list[str]) -> str:
-    # JSON's strings and lists are CEL literals too (the names and levels hold no backslash or quote).
+    # A JSON string or list of strings is a CEL literal too: same quotes, same escapes.
     return json.dumps(value)
 
 

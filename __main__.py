@@ -33,8 +33,9 @@ from components.gitops import GitOpsRepository
 from components.k3s import k3s_cluster
 from components.mesh import WireGuardMesh
 from components.node_drift import NodeDrift, RepairInputs, node_expectations
+from components.pod_security import PodSecurityFence
 from components.preflight import NodePreflight
-from components.render.argocd import CoreManifestError
+from components.render.argocd import CoreManifestError, application_controller_username
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
@@ -68,6 +69,7 @@ for warning in unpinned_node_warnings(config):
 try:
     # Read (and checked against its sha256) before any resource exists; never fetched here.
     argocd_core = load_core_manifest(config.argocd.version)
+    argocd_controller = application_controller_username(argocd_core)
 except (UpstreamError, CoreManifestError) as error:
     raise pulumi.RunError(f"argocd.version {config.argocd.version}: {error}") from None
 try:
@@ -238,13 +240,15 @@ for spec in secret_specs(config):
         data=pulumi.Output.secret(dict(spec.data)),
     ).manifest
 
+# Before the root Application, so that no Namespace Argo CD ever applies escapes the fence.
+pod_security = PodSecurityFence("pod-security", argocd_controller, cluster, cluster_lifetime=cluster_id)
 gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
 argocd = ArgoCD(
     "argocd",
     config,
     cluster,
     argocd_core,
-    depends_on=[gitops, *([sealing] if sealing is not None else [])],
+    depends_on=[gitops, pod_security, *([sealing] if sealing is not None else [])],
     cluster_lifetime=cluster_id,
 )
 if config.gitops.sync_on_apply:

@@ -39,6 +39,9 @@ MANAGED_K3S_FLAGS = frozenset(
 )
 
 _K3S_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)$")
+# The Pod Security fence is a ValidatingAdmissionPolicy of admissionregistration.k8s.io/v1, served
+# from Kubernetes 1.30 (components/render/pod_security.py): an older server would refuse it mid-run.
+MINIMUM_K3S_MINOR = (1, 30)
 
 
 class EtcdSnapshots(ConfigModel):
@@ -231,8 +234,16 @@ class K3s(ConfigModel):
     @field_validator("version")
     @classmethod
     def _version(cls, value: str) -> str:
-        if not _K3S_VERSION.match(value):
+        release = _K3S_VERSION.match(value)
+        if not release:
             raise ValueError(f"{value!r} is not a k3s release like v1.31.4+k3s1")
+        if (int(release[1]), int(release[2])) < MINIMUM_K3S_MINOR:
+            major, minor = MINIMUM_K3S_MINOR
+            raise ValueError(
+                f"{value!r} is older than v{major}.{minor}, the first Kubernetes release to serve "
+                f"ValidatingAdmissionPolicy (the Pod Security fence on users' namespaces); choose "
+                f"v{major}.{minor} or later"
+            )
         return value
 
     @field_validator("extra_args")

@@ -150,3 +150,18 @@ def parse_core_manifest(version: str, text: str) -> CoreManifest:
     if defaults is None:
         raise CoreManifestError(f"no ConfigMap {KNOWN_HOSTS_CONFIGMAP}: is this Argo CD's core-install.yaml?")
     return CoreManifest(version, tuple(objects), tuple(defaults))
+
+
+# The StatefulSet of Argo CD's application controller: what applies every synced object.
+APPLICATION_CONTROLLER = "argocd-application-controller"
+
+
+def application_controller_username(core: CoreManifest) -> str:
+    """The API username of the application controller: its StatefulSet's ServiceAccount in `argocd`."""
+    for item in core.objects:
+        if item.kind == "StatefulSet" and item.name == APPLICATION_CONTROLLER:
+            account = item.body["spec"]["template"]["spec"].get("serviceAccountName")
+            if not account:
+                raise CoreManifestError(f"StatefulSet {APPLICATION_CONTROLLER} names no serviceAccountName")
+            return f"system:serviceaccount:{ARGOCD_NAMESPACE}:{account}"
+    raise CoreManifestError(f"no StatefulSet {APPLICATION_CONTROLLER}: is this Argo CD's core-install.yaml?")

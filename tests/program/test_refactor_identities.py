@@ -61,6 +61,14 @@ ADDED = {
     ),
     # issue 19.4: the step that stops an up replacing the cluster's id (its delete fails)
     "command:remote:Command::cluster-id-guard": re.compile(r"::command:remote:Command::cluster-id-guard$"),
+    # issue 22.4: the Pod Security fence on the Namespaces Argo CD applies (component, policy, binding)
+    "space-harbor:index:PodSecurityFence::pod-security": re.compile(
+        r"::space-harbor:index:PodSecurityFence::pod-security$"
+    ),
+    "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy*::pod-security-*": re.compile(
+        r"PodSecurityFence\$kubernetes:admissionregistration\.k8s\.io/v1:"
+        r"(ValidatingAdmissionPolicy::pod-security-policy|ValidatingAdmissionPolicyBinding::pod-security-binding)$"
+    ),
 }
 
 

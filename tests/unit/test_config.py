@@ -231,3 +231,18 @@ def test_a_component_section_of_the_wrong_shape_names_its_section() -> None:
     raw = base_config()
     raw["components"]["longhorm"] = {"enabled": True}
     assert _refused(raw) == ["components.longhorm: is not a known key"]
+
+
+@pytest.mark.parametrize("version", ["v1.29.9+k3s1", "v1.28.15+k3s1", "v0.31.0+k3s1"])
+def test_a_k3s_release_without_validating_admission_policy_is_refused(version: str) -> None:
+    raw = base_config()
+    raw["k3s"] = {"version": version}
+    with pytest.raises(ConfigError, match=rf"k3s\.version: '{version.replace('+', '[+]')}' is older than v1\.30"):
+        load_config(raw)
+
+
+@pytest.mark.parametrize("version", ["v1.30.0+k3s1", "v1.31.4+k3s1", "v2.0.0+k3s1"])
+def test_k3s_releases_from_1_30_are_accepted(version: str) -> None:
+    raw = base_config()
+    raw["k3s"] = {"version": version}
+    assert load_config(raw).k3s.version == version

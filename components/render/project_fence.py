@@ -9,6 +9,7 @@ judge exactly that user's CREATEs and UPDATEs:
 
 - an Application is one of this stack's platform Applications or the root, exactly as Space Harbor
   renders them (same name and same spec), or it names a project meant for users;
+- an Application's operation deploys its spec: no sources or manifests of the operation's own;
 - an AppProject is one of the platform's, exactly as rendered; no other.
 
 Exactly, not by name alone: when two manifests under `<path>/apps` name the same object, Argo CD
@@ -16,10 +17,10 @@ applies the last one, and `apps/user/` comes after `apps/platform/`. A copy of `
 `apps/user/` with other sources would otherwise take the platform's place, and its project.
 
 The names are this stack's: a disabled component's name is free for a user's Application, which then
-gets a user's project like any other. An UPDATE that changes neither an object's spec nor (for an
-Application) its operation passes: the controller records status and removes finalizers that way,
-and it must still finish deleting the Application of a component just disabled, or a platform
-Application whose rendering changed in this run, until the root has synced the new commit.
+gets a user's project like any other. An UPDATE that keeps the spec passes the first and last rules:
+the controller records status, syncs and removes finalizers that way, and it must do so for the
+Application of a component just disabled (which it deletes once the root has synced the commit), for
+a platform Application whose rendering this run changed, and for one an admin made with kubectl.
 """
 
 from __future__ import annotations
@@ -151,14 +152,39 @@ def _rendered_variables(objects: Mapping[str, Mapping[str, Any]]) -> list[dict[s
     ]
 
 
-def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
-    """Applications by the controller: the platform's as rendered, else in a project meant for users."""
-    assert ROOT_APPLICATION in args.platform_applications, "the root's own status writes must pass"
-    unchanged = (
-        "request.operation == 'UPDATE' && object.spec == oldObject.spec"
-        # Dropping a finished (or never started) operation starts nothing.
-        " && (!has(object.operation) || (has(oldObject.operation) && object.operation == oldObject.operation))"
+def operation_refusal(args: ProjectFenceArgs) -> str:
+    return (
+        "Argo CD may start a sync only of the Application's own spec: no operation.sync.manifests, and "
+        "operation.sync.source or sources only as in the spec (Space Harbor's project fence): remove the "
+        f"operation from its file in {args.user_folder}"
     )
+
+
+# The spec is what an Application deploys; an UPDATE that keeps it (status, finalizers, annotations)
+# widens nothing, whatever the Application's project.
+SPEC_KEPT = "request.operation == 'UPDATE' && object.spec == oldObject.spec"
+# An operation deploys the spec unless it names sources or manifests of its own (a rollback does, a
+# manual "sync local manifests" does; a file under apps/user could). The controller's own automated
+# syncs name none, or the spec's own. dyn(): the two sides have different schema types, one shape.
+RUNS_ITS_SPEC = (
+    "!has(object.operation) || !has(object.operation.sync) || ("
+    "!has(object.operation.sync.manifests)"
+    " && (!has(object.operation.sync.source)"
+    " || (has(object.spec.source) && dyn(object.operation.sync.source) == dyn(object.spec.source)))"
+    " && (!has(object.operation.sync.sources)"
+    " || (has(object.spec.sources) && dyn(object.operation.sync.sources) == dyn(object.spec.sources))))"
+)
+# An operation already stored (an admin's rollback, say) while the controller records its progress.
+OPERATION_KEPT = (
+    "request.operation == 'UPDATE' && has(object.operation) && has(oldObject.operation)"
+    " && object.operation == oldObject.operation"
+)
+
+
+def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
+    """Applications by the controller: the platform's as rendered, else in a project meant for users;
+    and no operation that deploys anything but the spec."""
+    assert ROOT_APPLICATION in args.platform_applications, "the root's own status writes must pass"
     return {
         "apiVersion": API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
@@ -169,11 +195,13 @@ def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
             "matchConditions": [_controller_condition(args)],
             "variables": [
                 *_rendered_variables(args.platform_applications),
-                {"name": "unchanged", "expression": unchanged},
+                {"name": "specKept", "expression": SPEC_KEPT},
+                {"name": "runsItsSpec", "expression": RUNS_ITS_SPEC},
+                {"name": "operationKept", "expression": OPERATION_KEPT},
             ],
             "validations": [
                 {
-                    "expression": "variables.unchanged || !variables.platform || variables.asRendered",
+                    "expression": "variables.specKept || !variables.platform || variables.asRendered",
                     "message": f"an Application {platform_copy_refusal(args)}",
                     "messageExpression": (
                         f"'Application ' + object.metadata.name + ' ' + {json.dumps(platform_copy_refusal(args))}"
@@ -182,13 +210,21 @@ def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
                 },
                 {
                     "expression": (
-                        "variables.unchanged || variables.platform"
+                        "variables.specKept || variables.platform"
                         f" || object.spec.project in {json.dumps(list(args.user_projects))}"
                     ),
                     "message": application_refusal(args),
                     "messageExpression": (
                         "'Application ' + object.metadata.name + ' names project ' + object.spec.project"
                         f" + ': ' + {json.dumps(application_refusal(args))}"
+                    ),
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": "variables.operationKept || variables.runsItsSpec",
+                    "message": operation_refusal(args),
+                    "messageExpression": (
+                        f"'Application ' + object.metadata.name + ': ' + {json.dumps(operation_refusal(args))}"
                     ),
                     "reason": "Forbidden",
                 },
@@ -209,11 +245,11 @@ def render_projects_policy(args: ProjectFenceArgs) -> dict[str, Any]:
             "matchConditions": [_controller_condition(args)],
             "variables": [
                 *_rendered_variables(args.platform_projects),
-                {"name": "unchanged", "expression": "request.operation == 'UPDATE' && object.spec == oldObject.spec"},
+                {"name": "specKept", "expression": SPEC_KEPT},
             ],
             "validations": [
                 {
-                    "expression": "variables.unchanged || variables.asRendered",
+                    "expression": "variables.specKept || variables.asRendered",
                     "message": project_refusal(args),
                     "messageExpression": (
                         f"'AppProject ' + object.metadata.name + ': ' + {json.dumps(project_refusal(args))}"

@@ -149,6 +149,7 @@ def _render_user_readme(config: HarborConfig) -> str:
         path=config.gitops.path,
         branch=config.gitops.branch,
         sync_note="Whether it syncs by itself is up to its own `syncPolicy`.",
+        root=ROOT_APPLICATION,
     )
 
 

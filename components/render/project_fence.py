@@ -26,6 +26,7 @@ a platform Application whose rendering this run changed, and for one an admin ma
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from components.config import HarborConfig
 from components.render.gitops import (
     ARGOCD_NAMESPACE,
     ROOT_APPLICATION,
+    USER_README,
     project_objects,
     render_root_application,
     user_projects,
@@ -44,7 +46,8 @@ from components.render.platform import render_application
 API_VERSION = "admissionregistration.k8s.io/v1"
 APPLICATIONS_POLICY = "space-harbor-argocd-applications"
 PROJECTS_POLICY = "space-harbor-argocd-projects"
-USER_FOLDER = "apps/user"
+# The folder of users' Applications: the one of the README Space Harbor writes there once.
+USER_FOLDER = posixpath.dirname(USER_README)
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,13 @@ def pushed_folder(stack: RealStack, relative: str) -> dict[str, str]:
     return {path.removeprefix("cluster/"): pushed(stack, path.removeprefix("cluster/")) for path in listing}
 
 
+def merge_patch(stack: RealStack, name: str, patch: dict) -> SshResult:
+    """A merge patch of Application `name`, as Argo CD's application controller."""
+    return argocd_objects(
+        stack, f"patch application {name} --type merge -p {shlex.quote(json.dumps(patch))}", as_controller=True
+    )
+
+
 def user_application(name: str, project: str) -> dict:
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -261,19 +268,14 @@ def test_an_application_in_project_applications_is_accepted_and_so_are_the_contr
 ) -> None:
     result = apply_as_argocd(server, user_application("hello", "applications"))
     assert result.returncode == 0, result.stderr
-    status = {"status": {"sync": {"status": "Synced"}, "health": {"status": "Healthy"}}}
-    patch = f"patch application hello --type merge -p {shlex.quote(json.dumps(status))}"
-    recorded = argocd_objects(server, patch, as_controller=True)
+    recorded = merge_patch(server, "hello", {"status": {"sync": {"status": "Synced"}, "health": {"status": "Healthy"}}})
     assert recorded.returncode == 0, recorded.stderr
-    operation = {"operation": {"sync": {"revision": "1.2.3"}, "initiatedBy": {"automated": True}}}
-    started = argocd_objects(
-        server, f"patch application hello --type merge -p {shlex.quote(json.dumps(operation))}", as_controller=True
+    started = merge_patch(
+        server, "hello", {"operation": {"sync": {"revision": "1.2.3"}, "initiatedBy": {"automated": True}}}
     )
     assert started.returncode == 0, started.stderr
     # ...but not a move to the platform's project, whoever's write it is in Argo CD.
-    moved = argocd_objects(
-        server, 'patch application hello --type merge -p \'{"spec":{"project":"infrastructure"}}\'', as_controller=True
-    )
+    moved = merge_patch(server, "hello", {"spec": {"project": "infrastructure"}})
     assert refused_by_the_project_fence(moved, APPLICATIONS_POLICY), (moved.returncode, moved.stderr)
     stored = json.loads(argocd_objects(server, "get application hello -o json", as_controller=False).stdout)
     assert stored["spec"]["project"] == "applications"
@@ -327,27 +329,10 @@ def test_the_platform_s_own_objects_of_the_pushed_tree_are_accepted_and_a_change
 
 
 def test_the_root_application_s_status_passes_and_a_change_of_it_does_not(server: RealStack) -> None:
-    status = {"status": {"sync": {"status": "Synced"}}}
-    recorded = argocd_objects(
-        server,
-        f"patch application {ROOT_APPLICATION} --type merge -p {shlex.quote(json.dumps(status))}",
-        as_controller=True,
-    )
+    recorded = merge_patch(server, ROOT_APPLICATION, {"status": {"sync": {"status": "Synced"}}})
     assert recorded.returncode == 0, recorded.stderr
-    path = {"spec": {"source": {"path": "elsewhere"}}}
-    moved = argocd_objects(
-        server,
-        f"patch application {ROOT_APPLICATION} --type merge -p {shlex.quote(json.dumps(path))}",
-        as_controller=True,
-    )
+    moved = merge_patch(server, ROOT_APPLICATION, {"spec": {"source": {"path": "elsewhere"}}})
     assert refused_by_the_project_fence(moved, APPLICATIONS_POLICY), (moved.returncode, moved.stderr)
-
-
-def merge_patch(stack: RealStack, name: str, patch: dict) -> SshResult:
-    """A merge patch of Application `name`, as Argo CD's application controller."""
-    return argocd_objects(
-        stack, f"patch application {name} --type merge -p {shlex.quote(json.dumps(patch))}", as_controller=True
-    )
 
 
 def test_an_application_outside_the_fence_runs_as_stored_and_is_finalized(server: RealStack) -> None:

@@ -35,9 +35,11 @@ from components.mesh import WireGuardMesh
 from components.node_drift import NodeDrift, RepairInputs, node_expectations
 from components.pod_security import PodSecurityFence
 from components.preflight import NodePreflight
+from components.project_fence import ProjectFence
 from components.render.argocd import CoreManifestError, application_controller_username
 from components.render.k3s import API_PORT, kubeconfig_for
 from components.render.platform import secret_specs
+from components.render.project_fence import project_fence_args
 from components.sealed_secrets import SealedSecretManifest, SealedSecretsKey
 from components.shipped import K3S_INSTALLER_KIND, k3s_shipped_files
 from components.tunnel import TunnelError, check_tunnel_port, ensure_tunnel
@@ -242,13 +244,24 @@ for spec in secret_specs(config):
 
 # Before the root Application, so that no Namespace Argo CD ever applies escapes the fence.
 pod_security = PodSecurityFence("pod-security", argocd_controller, cluster, cluster_lifetime=cluster_id)
-gitops = GitOpsRepository("gitops", config, sealed=pulumi.Output.all(**sealed_files) if sealed_files else None)
+project_fence = ProjectFence(
+    "project-fence", project_fence_args(config, argocd_controller), cluster, cluster_lifetime=cluster_id
+)
+# The fence names this run's platform Applications and AppProjects exactly as the commit holds them,
+# so it is in force before the commit: a root that synced the commit first would find them refused,
+# and Argo CD does not retry a failed automated sync of the same commit.
+gitops = GitOpsRepository(
+    "gitops",
+    config,
+    sealed=pulumi.Output.all(**sealed_files) if sealed_files else None,
+    after=[project_fence],
+)
 argocd = ArgoCD(
     "argocd",
     config,
     cluster,
     argocd_core,
-    depends_on=[gitops, pod_security, *([sealing] if sealing is not None else [])],
+    depends_on=[gitops, pod_security, project_fence, *([sealing] if sealing is not None else [])],
     cluster_lifetime=cluster_id,
 )
 if config.gitops.sync_on_apply:

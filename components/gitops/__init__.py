@@ -32,7 +32,7 @@ components/gitops/plan.py, the git workspace and transport components/gitops/wor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -185,8 +185,11 @@ class GitOpsRepository(pulumi.ComponentResource):
         config: HarborConfig,
         sealed: pulumi.Input[Mapping[str, str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        after: Sequence[pulumi.Resource] = (),
     ) -> None:
-        """`sealed`: SealedSecret YAML by repo path, for the paths of `secret_specs(config)`."""
+        """`sealed`: SealedSecret YAML by repo path, for the paths of `secret_specs(config)`; `after`:
+        what must be in place before the commit is pushed."""
         super().__init__("space-harbor:index:GitOpsRepository", name, None, opts)
         inputs = tree_inputs(config, pulumi.get_stack())
         inputs["credentials"] = pulumi.Output.secret(inputs["credentials"])
@@ -196,7 +199,7 @@ class GitOpsRepository(pulumi.ComponentResource):
         tree = GitTree(
             f"{name}-tree",
             inputs,
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["credentials"]),
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["credentials"], depends_on=list(after)),
         )
         self.tree = tree
         self.commit = tree.commit

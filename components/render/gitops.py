@@ -57,6 +57,8 @@ PROJECTS = {
     "applications": "apps/projects/applications.yaml",
     "backups": "apps/projects/backups.yaml",
 }
+# The projects meant for users' Applications (workloads; ScheduledBackups); `infrastructure` is the platform's.
+USER_PROJECTS = frozenset({"applications", "backups"})
 # Namespaces no user Application may deploy into, beside every platform component's.
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", ARGOCD_NAMESPACE, "default")
 # The component whose namespace gets a project of its own for users' ScheduledBackups.
@@ -105,8 +107,8 @@ def _applications_project() -> dict[str, Any]:
     return project
 
 
-def render_projects(config: HarborConfig) -> dict[str, str]:
-    """The AppProjects under <path>/apps/projects/: the platform's, users' and (with backup) users' backups."""
+def project_objects(config: HarborConfig) -> dict[str, dict[str, Any]]:
+    """The AppProjects under <path>/apps/projects/ by name: the platform's, users' and (with backup) users' backups."""
     projects = {
         "infrastructure": load_template("project-infrastructure.yaml"),
         "applications": _applications_project(),
@@ -116,7 +118,17 @@ def render_projects(config: HarborConfig) -> dict[str, str]:
         project = load_template("project-backups.yaml")
         project["spec"]["destinations"] = [{"server": IN_CLUSTER, "namespace": backup.namespace}]
         projects["backups"] = project
-    return {name: dump(project) for name, project in projects.items()}
+    return projects
+
+
+def render_projects(config: HarborConfig) -> dict[str, str]:
+    """The AppProjects under <path>/apps/projects/, as committed, by name."""
+    return {name: dump(project) for name, project in project_objects(config).items()}
+
+
+def user_projects(config: HarborConfig) -> list[str]:
+    """The projects of this stack that users' Applications may name: those of USER_PROJECTS it renders."""
+    return [name for name in project_objects(config) if name in USER_PROJECTS]
 
 
 def _render_readme(config: HarborConfig, owned: list[str]) -> str:
@@ -137,6 +149,7 @@ def _render_user_readme(config: HarborConfig) -> str:
         path=config.gitops.path,
         branch=config.gitops.branch,
         sync_note="Whether it syncs by itself is up to its own `syncPolicy`.",
+        root=ROOT_APPLICATION,
     )
 
 

@@ -69,6 +69,13 @@ ADDED = {
         r"PodSecurityFence\$kubernetes:admissionregistration\.k8s\.io/v1:"
         r"(ValidatingAdmissionPolicy::pod-security-policy|ValidatingAdmissionPolicyBinding::pod-security-binding)$"
     ),
+    # issue 22.4: the project fence on the Applications and AppProjects Argo CD applies (component,
+    # a policy and a binding for each kind)
+    "space-harbor:index:ProjectFence::project-fence": re.compile(r"::space-harbor:index:ProjectFence::project-fence$"),
+    "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy*::project-fence-*": re.compile(
+        r"ProjectFence\$kubernetes:admissionregistration\.k8s\.io/v1:"
+        r"ValidatingAdmissionPolicy(Binding)?::project-fence-(applications|projects)-(policy|binding)$"
+    ),
 }
 
 

@@ -5,6 +5,9 @@ the tests make its requests themselves: the admin kubeconfig on n1 impersonates 
 ServiceAccount, which is the username the API server's admission sees when Argo CD applies a
 Namespace. Every refusal is checked to be the policy's (its name and message in the error), and the
 one accepted label is shown to fence: PodSecurity then refuses a privileged hostPath pod.
+
+The project fence on the same cluster: which Applications and AppProjects Argo CD may write. The
+platform's own come from the tree the program pushed to the git server, read back from there.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import shlex
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
+from components.render.gitops import ROOT_APPLICATION
 from components.render.pod_security import ENFORCE_LABEL, POLICY_NAME, exempt_namespaces
+from components.render.project_fence import APPLICATIONS_POLICY, PROJECTS_POLICY
 from tests.realengine.conftest import RealStack, stack_on
-from tests.testbed.nodes import SshResult
+from tests.testbed.nodes import GIT_REPO, SshResult
 
 pytestmark = [pytest.mark.realengine, pytest.mark.testbed]
 
@@ -171,3 +177,204 @@ def test_argo_cd_may_not_drop_or_lower_the_label(server: RealStack) -> None:
     relaxed = kubectl(server, f"label --overwrite namespace {FENCED} {ENFORCE_LABEL}=baseline", as_controller=True)
     assert relaxed.returncode == 0, relaxed.stderr
     assert enforce_level(server, FENCED) == "baseline"
+
+
+# --- the project fence -------------------------------------------------------------------------
+
+
+def argocd_objects(stack: RealStack, args: str, *, as_controller: bool, text: str | None = None) -> SshResult:
+    """`k3s kubectl -n argocd ARGS`, as the admin or as Argo CD's application controller."""
+    impersonate = f" --as={CONTROLLER}" if as_controller else ""
+    return stack.tb.ssh("n1", f"k3s kubectl -n argocd {args}{impersonate}", input=text, check=False)
+
+
+def apply_as_argocd(stack: RealStack, document: dict | str) -> SshResult:
+    """What Argo CD's sync does with one manifest: a server-side apply under its own field manager."""
+    text = document if isinstance(document, str) else json.dumps(document)
+    apply = "apply --server-side --field-manager=argocd-controller -f -"
+    return argocd_objects(stack, apply, as_controller=True, text=text)
+
+
+def pushed(stack: RealStack, relative: str) -> str:
+    """A file of the tree the program pushed, from the git server's main."""
+    return stack.tb.ssh("git", f"git -C {GIT_REPO} show main:cluster/{relative}").stdout
+
+
+def pushed_folder(stack: RealStack, relative: str) -> dict[str, str]:
+    listing = stack.tb.ssh("git", f"git -C {GIT_REPO} ls-tree --name-only main cluster/{relative}/").stdout.split()
+    return {path.removeprefix("cluster/"): pushed(stack, path.removeprefix("cluster/")) for path in listing}
+
+
+def merge_patch(stack: RealStack, name: str, patch: dict) -> SshResult:
+    """A merge patch of Application `name`, as Argo CD's application controller."""
+    return argocd_objects(
+        stack, f"patch application {name} --type merge -p {shlex.quote(json.dumps(patch))}", as_controller=True
+    )
+
+
+def user_application(name: str, project: str) -> dict:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name, "namespace": "argocd"},
+        "spec": {
+            "project": project,
+            "source": {"repoURL": "https://charts.example.org", "chart": "hello", "targetRevision": "1.2.3"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": name},
+        },
+    }
+
+
+def application_exists(stack: RealStack, name: str) -> bool:
+    return argocd_objects(stack, f"get application {name}", as_controller=False).returncode == 0
+
+
+def refused_by_the_project_fence(result: SshResult, policy: str) -> bool:
+    return (
+        result.returncode != 0
+        and f"ValidatingAdmissionPolicy '{policy}'" in result.stderr
+        and "project fence" in result.stderr
+    )
+
+
+def test_the_project_fence_is_in_force_and_its_cel_checks_against_argo_cd_s_crds(server: RealStack) -> None:
+    out = kubectl(server, "get validatingadmissionpolicybindings -o json", as_controller=False)
+    bindings = {item["metadata"]["name"]: item["spec"] for item in json.loads(out.stdout)["items"]}
+    for policy in (APPLICATIONS_POLICY, PROJECTS_POLICY):
+        assert bindings[policy] == {"policyName": policy, "validationActions": ["Deny"]}, bindings
+        # The type check resolves `object` through the real Application and AppProject CRDs.
+        wait = (
+            f"for _ in $(seq 60); do k3s kubectl get validatingadmissionpolicy {policy} -o json"
+            " | grep -q typeChecking && exit 0; sleep 1; done; exit 1"
+        )
+        server.tb.ssh("n1", f"bash -c {shlex.quote(wait)}")
+        status = json.loads(
+            kubectl(server, f"get validatingadmissionpolicy {policy} -o json", as_controller=False).stdout
+        )["status"]
+        assert status["typeChecking"].get("expressionWarnings", []) == [], status
+
+
+@pytest.mark.parametrize("name", ["hello", "longhorn"])  # longhorn: a component this stack leaves disabled
+def test_an_application_in_project_infrastructure_is_refused_to_argo_cd(server: RealStack, name: str) -> None:
+    result = apply_as_argocd(server, user_application(name, "infrastructure"))
+    assert refused_by_the_project_fence(result, APPLICATIONS_POLICY), (result.returncode, result.stderr)
+    assert f"Application {name} names project infrastructure" in result.stderr, result.stderr
+    assert "must name project applications" in result.stderr, result.stderr
+    assert not application_exists(server, name)
+
+
+def test_an_application_in_project_applications_is_accepted_and_so_are_the_controller_s_writes(
+    server: RealStack,
+) -> None:
+    result = apply_as_argocd(server, user_application("hello", "applications"))
+    assert result.returncode == 0, result.stderr
+    recorded = merge_patch(server, "hello", {"status": {"sync": {"status": "Synced"}, "health": {"status": "Healthy"}}})
+    assert recorded.returncode == 0, recorded.stderr
+    started = merge_patch(
+        server, "hello", {"operation": {"sync": {"revision": "1.2.3"}, "initiatedBy": {"automated": True}}}
+    )
+    assert started.returncode == 0, started.stderr
+    # ...but not a move to the platform's project, whoever's write it is in Argo CD.
+    moved = merge_patch(server, "hello", {"spec": {"project": "infrastructure"}})
+    assert refused_by_the_project_fence(moved, APPLICATIONS_POLICY), (moved.returncode, moved.stderr)
+    stored = json.loads(argocd_objects(server, "get application hello -o json", as_controller=False).stdout)
+    assert stored["spec"]["project"] == "applications"
+    assert stored["status"]["sync"]["status"] == "Synced"
+
+
+def test_an_app_project_of_a_user_s_own_is_refused(server: RealStack) -> None:
+    mine = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": "mine", "namespace": "argocd"},
+        "spec": {
+            "sourceRepos": ["*"],
+            "destinations": [{"server": "https://kubernetes.default.svc", "namespace": "*"}],
+            "clusterResourceWhitelist": [{"group": "*", "kind": "*"}],
+        },
+    }
+    result = apply_as_argocd(server, mine)
+    assert refused_by_the_project_fence(result, PROJECTS_POLICY), (result.returncode, result.stderr)
+    assert "AppProject mine: Argo CD may apply only the platform's own AppProjects" in result.stderr
+    # A project with the platform's name but wider than rendered (a copy under apps/user) is refused too.
+    applications = yaml.safe_load(pushed(server, "apps/projects/applications.yaml"))
+    applications["spec"]["clusterResourceWhitelist"] = [{"group": "*", "kind": "*"}]
+    widened = apply_as_argocd(server, applications)
+    assert refused_by_the_project_fence(widened, PROJECTS_POLICY), (widened.returncode, widened.stderr)
+
+
+def test_the_platform_s_own_objects_of_the_pushed_tree_are_accepted_and_a_changed_copy_is_not(
+    server: RealStack,
+) -> None:
+    projects = pushed_folder(server, "apps/projects")
+    platform = pushed_folder(server, "apps/platform")
+    assert set(projects) >= {"apps/projects/infrastructure.yaml", "apps/projects/applications.yaml"}
+    assert "apps/platform/traefik.yaml" in platform, platform
+    # Projects first, as the root's sync would (an Application's project must exist for Argo CD, not for the API).
+    for path, text in [*sorted(projects.items()), *sorted(platform.items())]:
+        result = apply_as_argocd(server, text)
+        assert result.returncode == 0, (path, result.stderr)
+    # A copy of traefik's Application with other chart values: what a same-named file under apps/user would be.
+    traefik = yaml.safe_load(platform["apps/platform/traefik.yaml"])
+    traefik["spec"]["sources"][0]["helm"]["valuesObject"]["extraObjects"] = [{"kind": "ClusterRoleBinding"}]
+    copied = apply_as_argocd(server, traefik)
+    assert refused_by_the_project_fence(copied, APPLICATIONS_POLICY), (copied.returncode, copied.stderr)
+    assert "Application traefik is the name of one of the platform's own Applications" in copied.stderr
+    # The same spec, with an operation that syncs other sources: the spec is not all that deploys.
+    operated = yaml.safe_load(platform["apps/platform/traefik.yaml"])
+    operated["operation"] = {"sync": {"sources": [{"repoURL": "https://charts.example.org", "chart": "evil"}]}}
+    started = apply_as_argocd(server, operated)
+    assert refused_by_the_project_fence(started, APPLICATIONS_POLICY), (started.returncode, started.stderr)
+    assert "Argo CD may start a sync only of the Application's own spec" in started.stderr
+
+
+def test_the_root_application_s_status_passes_and_a_change_of_it_does_not(server: RealStack) -> None:
+    recorded = merge_patch(server, ROOT_APPLICATION, {"status": {"sync": {"status": "Synced"}}})
+    assert recorded.returncode == 0, recorded.stderr
+    moved = merge_patch(server, ROOT_APPLICATION, {"spec": {"source": {"path": "elsewhere"}}})
+    assert refused_by_the_project_fence(moved, APPLICATIONS_POLICY), (moved.returncode, moved.stderr)
+
+
+def test_an_application_outside_the_fence_runs_as_stored_and_is_finalized(server: RealStack) -> None:
+    """One the fence does not name: a disabled component's, on its way out, or one an admin made with
+    kubectl. Argo CD records its status, syncs its spec, and removes its finalizer once it has deleted
+    what the Application deployed; it may not change what the Application deploys."""
+    kept = user_application("kept", "infrastructure")
+    kept["metadata"]["finalizers"] = ["resources-finalizer.argocd.argoproj.io"]
+    made = argocd_objects(server, "create -f -", as_controller=False, text=json.dumps(kept))
+    assert made.returncode == 0, made.stderr
+    recorded = merge_patch(server, "kept", {"status": {"health": {"status": "Healthy"}}})
+    assert recorded.returncode == 0, recorded.stderr
+    synced = merge_patch(
+        server, "kept", {"operation": {"sync": {"revision": "1.2.3", "source": kept["spec"]["source"]}}}
+    )
+    assert synced.returncode == 0, synced.stderr
+    for patch in (
+        {"spec": {"source": {"chart": "other"}}},
+        {"operation": {"sync": {"source": {"repoURL": "https://charts.example.org", "chart": "other"}}}},
+        {"operation": {"sync": {"manifests": ["kind: ClusterRoleBinding"]}}},
+    ):
+        refused = merge_patch(server, "kept", patch)
+        assert refused_by_the_project_fence(refused, APPLICATIONS_POLICY), (patch, refused.returncode, refused.stderr)
+    deleted = argocd_objects(server, "delete application kept --wait=false", as_controller=False)
+    assert deleted.returncode == 0, deleted.stderr
+    finalized = argocd_objects(
+        server,
+        'patch application kept --type json -p \'[{"op":"remove","path":"/metadata/finalizers"}]\'',
+        as_controller=True,
+    )
+    assert finalized.returncode == 0, finalized.stderr
+    assert not application_exists(server, "kept")
+
+
+def test_the_admin_is_not_fenced(server: RealStack) -> None:
+    own = user_application("by-admin", "infrastructure")
+    project = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AppProject",
+        "metadata": {"name": "by-admin", "namespace": "argocd"},
+        "spec": {"sourceRepos": ["*"]},
+    }
+    for document in (own, project):
+        result = argocd_objects(server, "create -f -", as_controller=False, text=json.dumps(document))
+        assert result.returncode == 0, result.stderr

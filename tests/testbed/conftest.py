@@ -13,9 +13,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from tests.realengine.conftest import stack_on
+from tests.realengine.driver import RealEngine, real_engine_built
+from tests.testbed.engine import Replay, StackEngine
 from tests.testbed.nodes import Node, Testbed, missing_requirements
 from tests.testbed.stack import K3S_VERSION, MESH_BASE, MESH_INTERFACE
 
@@ -113,6 +117,18 @@ def booted_testbed(nodes: list[str], *, git: bool, stage_k3s: bool = True) -> It
         yield tb
     finally:
         tb.close()
+
+
+def engine_cluster(nodes: list[str], tmp: Path, *, git: bool) -> Iterator[StackEngine]:
+    """A module's stack under the real `pulumi` CLI when `./scripts/engine status` says the tools
+    are built (the nodes then boot with the real control plane, and a git server), else under the
+    replay (a fresh machine, where the real tier does not run either). Nothing is applied yet."""
+    if real_engine_built():
+        for stack in stack_on(nodes, tmp, up=False):
+            yield RealEngine(stack)
+    else:
+        for tb in booted_testbed(nodes, git=git):
+            yield Replay(tb)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,16 @@ after the run for what it created or updated, before it for what it deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.realengine.cli import ENGINE
 from tests.realengine.conftest import RealStack, stop_tunnels
-from tests.testbed.engine import EngineFailed, Report
+from tests.testbed.engine import EngineFailed, ProgramPatch, Report
 from tests.testbed.runner import COMMAND_TYPE, COPY_TYPE, STEP_TYPES, CommandResult
 
 STEP_OPS = {
@@ -176,12 +178,32 @@ class RealEngine:
         stack.pulumi.env["PULUMI_DEBUG_COMMANDS"] = "true"
 
     # ---- operations ----------------------------------------------------------------------
-    def up(self, config: dict[str, Any]) -> Report:
+    def up(self, config: dict[str, Any], *, patch: ProgramPatch | None = None) -> Report:
         """`pulumi up` of `config`; `self.config` becomes `config` only when the engine succeeded."""
         self.stack.apply_config(config)
-        report = self._operation("up")
+        with self._patched(patch) if patch else contextlib.nullcontext():
+            report = self._operation("up")
         self.config = config
         return report
+
+    @contextlib.contextmanager
+    def _patched(self, patch: ProgramPatch) -> Iterator[None]:
+        """The project copy's program with `patch` swapped in (a module of its own, imported first)."""
+        project = self.stack.pulumi.project
+        module, attribute = patch.target.rsplit(".", 1)
+        (project / "earlier_release_patch.py").write_text(
+            f"{patch.source}\n\nimport {module}\n\n{module}.{attribute} = replacement\n"
+        )
+        main = project / "__main__.py"
+        original = main.read_text()
+        future = "from __future__ import annotations\n"
+        assert future in original
+        main.write_text(original.replace(future, future + "\nimport earlier_release_patch  # noqa: F401\n", 1))
+        try:
+            yield
+        finally:
+            main.write_text(original)
+            (project / "earlier_release_patch.py").unlink()
 
     def destroy(self, *, api_after_exit: bool = False) -> Report:
         """`pulumi destroy`, which runs no program. Without `api_after_exit` the API tunnels the

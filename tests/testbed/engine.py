@@ -8,13 +8,12 @@ What it is still used for, and why the real engine cannot do that here:
   which takes 15 minutes to an hour): the modules on `engine_cluster` (`Replay` below) then run
   their same assertions through this replay, and the suite says so in its last lines. CI on such
   a machine also says that the real tier did not run.
-- Testbed modules not moved yet, each for a reason of its own (its docstring says which):
-  test_migrations.py (the earlier release's program is the mocked renderer swapped in, and its
-  last check reads the k3s stand-in's own token registration, which the real control plane
-  replaces), test_k3s_ops_on_nodes.py (it reads the stand-in's registration records: which URL
-  and which address an agent joined from), test_bastion_on_nodes.py, test_airgap.py (nodes
-  without k3s, shipped by CopyToRemote) and test_argocd_sync_on_node.py (the stand-in API's
-  patch log, which the real API server has no counterpart of).
+- Testbed modules not on `engine_cluster`, each for the reason its docstring gives:
+  test_bastion_on_nodes.py (it checks each SSH dial as our runner records it: how many, at or
+  through the bastion, which the real provider reports only as an error's text),
+  test_argocd_sync_on_node.py (the Argo CD controller stand-in acts on the k3s stand-in's own
+  object store and patch log, which the real API server has no counterpart of) and
+  test_airgap.py (not moved yet: it needs a real-tier testbed booted without k3s).
 - bench/testbed_day1.py: per-step durations to the millisecond (the real engine's event log
   stamps whole seconds, too coarse for a critical path of 5-second steps) and its `--old-graph`,
   a graph the program no longer registers, applied by editing the mocked run. The real engine's
@@ -56,11 +55,13 @@ What it does not model, so a test here proves nothing about it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
+from unittest import mock
 
 from tests.harness import ProgramRun, Registered, resolve_identities, run_program
 from tests.helpers import reachable
@@ -350,6 +351,21 @@ def stored_inputs(engine: Engine, name: str) -> dict[str, Any]:
     return next(r.inputs for r in engine.state.values() if r.name == name)
 
 
+@dataclass(frozen=True)
+class ProgramPatch:
+    """The program as an earlier release had it: `target` (`module.attribute`) replaced by the
+    function `replacement` that `source` (a module's text) defines. The replay swaps it in under
+    mocks; the real engine's driver ships `source` with the project copy and swaps it in there."""
+
+    target: str
+    source: str
+
+    def replacement(self) -> Callable[..., Any]:
+        namespace: dict[str, Any] = {}
+        exec(compile(self.source, f"<patch of {self.target}>", "exec"), namespace)  # noqa: S102 (a test's own text)
+        return namespace["replacement"]
+
+
 class StackEngine(Protocol):
     """What a testbed test may ask of its stack's engine, the replay's or the real one's."""
 
@@ -357,7 +373,7 @@ class StackEngine(Protocol):
     tb: Testbed
     config: dict[str, Any]  # the config of the last `up` that succeeded
 
-    def up(self, config: dict[str, Any]) -> Report: ...
+    def up(self, config: dict[str, Any], *, patch: ProgramPatch | None = None) -> Report: ...
     def destroy(self, *, api_after_exit: bool = False) -> Report: ...
     def names(self) -> set[str]: ...
     def urns(self) -> set[str]: ...
@@ -378,8 +394,9 @@ class Replay:
         self.config: dict[str, Any] = {}
         self.run: ProgramRun | None = None
 
-    def up(self, config: dict[str, Any]) -> Report:
-        run = call_in_netns(self.tb.ctl, run_program, config)
+    def up(self, config: dict[str, Any], *, patch: ProgramPatch | None = None) -> Report:
+        with mock.patch(patch.target, patch.replacement()) if patch else contextlib.nullcontext():
+            run = call_in_netns(self.tb.ctl, run_program, config)
         report = self.engine.up(run)
         self.config, self.run = config, run
         return report

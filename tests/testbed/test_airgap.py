@@ -2,10 +2,12 @@
 
 Two booted nodes with nothing of k3s on them (n1 the server, n2 an agent) and no way to download
 anything. The stack names a k3s binary (the stand-in, built for the version) and an image archive
-on the machine that runs Pulumi; `tests/testbed/engine.py` applies each config change as `pulumi
-up` would, CopyToRemote included (it copies on create, and on update only for a new file or path;
-its delete does nothing). The installer is the pinned one the program always ships (the test pin
-is the stand-in installer).
+on the machine that runs Pulumi; the replay `tests/testbed/engine.py` applies each config change
+(it copies on create, and on update only for a new file or path; its delete does nothing). The
+installer is the pinned one the program always ships (the test pin is the stand-in installer).
+Not moved to the real engine yet: that needs the real tier's testbed booted without k3s
+(`tests/realengine/conftest.py` `booted` always stages it), not done so far. Until then the replay
+here proves nothing about how the engine orders or repeats a copy.
 """
 
 from __future__ import annotations

@@ -64,10 +64,21 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return sorted(events, key=lambda event: event["sequence"])
 
 
-def action_text(resource_type: str, action: str, inputs: dict[str, Any]) -> str:
-    """What the step ran: the command string, or `copy` for a CopyToRemote; "" when it dials nobody."""
+def asset_hash(inputs: dict[str, Any]) -> str | None:
+    source = inputs.get("source")
+    return source.get("hash") if isinstance(source, dict) else None
+
+
+def action_text(resource_type: str, action: str, inputs: dict[str, Any], old: dict[str, Any]) -> str:
+    """What the step ran: the command string, or `copy` for a CopyToRemote; "" when it dials nobody.
+
+    A CopyToRemote has no delete, and its update copies again only for a new file content or
+    remote path (pulumi-command's copy.go), not for a new connection."""
     if resource_type == COPY_TYPE:
-        return "" if action == "delete" else "copy"
+        if action == "delete":
+            return ""
+        same = asset_hash(inputs) == asset_hash(old) and inputs.get("remotePath") == old.get("remotePath")
+        return "" if action == "update" and same else "copy"
     if action == "update":
         return inputs.get("update") or inputs.get("create") or ""
     return inputs.get(action) or ""
@@ -135,7 +146,8 @@ def report_from_events(
         action = ACTION_OF_OP[op]
         side = metadata.get("old") if action == "delete" else metadata.get("new")
         side = side or step["metadata"].get("old" if action == "delete" else "new") or {}
-        command = action_text(resource_type, action, side.get("inputs") or {})
+        before = metadata.get("old") or step["metadata"].get("old") or {}
+        command = action_text(resource_type, action, side.get("inputs") or {}, before.get("inputs") or {})
         if not command:
             continue
         outputs = (metadata.get("new") or {}).get("outputs") or {}

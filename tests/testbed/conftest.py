@@ -139,15 +139,15 @@ def heartbeat(tb: Testbed, name: str) -> float:
     return datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
 
 
-def engine_cluster(nodes: list[str], tmp: Path, *, git: bool) -> Iterator[StackEngine]:
+def engine_cluster(nodes: list[str], tmp: Path, *, git: bool, stage_k3s: bool = True) -> Iterator[StackEngine]:
     """A module's stack under the real `pulumi` CLI when `./scripts/engine status` says the tools
     are built (the nodes then boot with the real control plane, and a git server), else under the
     replay (a fresh machine, where the real tier does not run either). Nothing is applied yet."""
     if real_engine_built():
-        for stack in stack_on(nodes, tmp, up=False):
+        for stack in stack_on(nodes, tmp, up=False, stage_k3s=stage_k3s):
             yield RealEngine(stack)
     else:
-        for tb in booted_testbed(nodes, git=git):
+        for tb in booted_testbed(nodes, git=git, stage_k3s=stage_k3s):
             yield Replay(tb)
 
 

@@ -12,8 +12,7 @@ What it is still used for, and why the real engine cannot do that here:
   test_bastion_on_nodes.py (it checks each SSH dial as our runner records it: how many, at or
   through the bastion, which the real provider reports only as an error's text),
   test_argocd_sync_on_node.py (the Argo CD controller stand-in acts on the k3s stand-in's own
-  object store and patch log, which the real API server has no counterpart of) and
-  test_airgap.py (not moved yet: it needs a real-tier testbed booted without k3s).
+  object store and patch log, which the real API server has no counterpart of).
 - bench/testbed_day1.py: per-step durations to the millisecond (the real engine's event log
   stamps whole seconds, too coarse for a critical path of 5-second steps) and its `--old-graph`,
   a graph the program no longer registers, applied by editing the mocked run. The real engine's

@@ -27,8 +27,8 @@ from typing import Any
 
 from tests.realengine.cli import ENGINE
 from tests.realengine.conftest import RealStack, stop_tunnels
-from tests.testbed.engine import EngineFailed, ProgramPatch, Report
 from tests.testbed.runner import COMMAND_TYPE, COPY_TYPE, STEP_TYPES, CommandResult
+from tests.testbed.stack_engine import EngineFailed, ProgramPatch, Report
 
 STEP_OPS = {
     "create": "creates",

@@ -17,9 +17,9 @@ import pytest
 from tests.realengine.conftest import RealStack, stack_on
 from tests.realengine.driver import RealEngine
 from tests.realengine.test_real_engine import change_summary, logins, sessions_since
-from tests.testbed.engine import Report
 from tests.testbed.nodes import AIRGAP_BINARY, GIT_REPO, STANDIN_K3S, Testbed
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE
+from tests.testbed.stack_engine import Report
 
 pytestmark = [pytest.mark.realengine, pytest.mark.testbed]
 

@@ -21,9 +21,10 @@ import pytest
 
 from tests.realengine.conftest import stack_on
 from tests.realengine.driver import RealEngine, real_engine_built
-from tests.testbed.engine import Replay, StackEngine
+from tests.testbed.engine import Replay
 from tests.testbed.nodes import Node, Testbed, missing_requirements
 from tests.testbed.stack import K3S_VERSION, MESH_BASE, MESH_INTERFACE
+from tests.testbed.stack_engine import StackEngine
 
 SNAPSHOT_SCRIPT = r"""
 find /etc /usr/local /srv /var/lib/rancher /var/lib/space-harbor -xdev -type f \

@@ -57,45 +57,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from unittest import mock
 
 from tests.harness import ProgramRun, Registered, resolve_identities, run_program
 from tests.helpers import reachable
 from tests.testbed.nodes import Testbed, call_in_netns
-from tests.testbed.runner import COPY_TYPE, STEP_TYPES, CommandResult, RunFailed, Runner
+from tests.testbed.runner import COPY_TYPE, STEP_TYPES, RunFailed, Runner
+from tests.testbed.stack_engine import EngineFailed, ProgramPatch, Report
+
+__all__ = ["Engine", "EngineFailed", "Replay", "Report", "stored_inputs"]
 
 # Inputs whose change is an update of a remote Command; `triggers` replaces.
 COMMAND_REPLACE_KEYS = ("triggers",)
-
-
-class EngineFailed(RuntimeError):
-    """A step of the operation failed; `report` holds what ran, what failed and what did not run."""
-
-    def __init__(self, message: str, report: Report) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class Report:
-    creates: list[str] = field(default_factory=list)
-    updates: list[str] = field(default_factory=list)
-    replaces: list[str] = field(default_factory=list)
-    deletes: list[str] = field(default_factory=list)
-    # deletes the engine skips: (name, why)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    results: list[CommandResult] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def result(self, name: str) -> CommandResult:
-        return next(r for r in self.results if r.name == name)
-
-    def ran(self) -> set[str]:
-        """Commands that really dialled their node (an action existed and ran)."""
-        return {r.name for r in self.results if r.command}
 
 
 def _is_k8s(resource: Registered) -> bool:
@@ -348,36 +324,6 @@ class Engine:
 def stored_inputs(engine: Engine, name: str) -> dict[str, Any]:
     """The inputs the state holds for the command `name` (what its delete will use)."""
     return next(r.inputs for r in engine.state.values() if r.name == name)
-
-
-@dataclass(frozen=True)
-class ProgramPatch:
-    """The program as an earlier release had it: `target` (`module.attribute`) replaced by the
-    function `replacement` that `source` (a module's text) defines. The replay swaps it in under
-    mocks; the real engine's driver ships `source` with the project copy and swaps it in there."""
-
-    target: str
-    source: str
-
-    def replacement(self) -> Callable[..., Any]:
-        namespace: dict[str, Any] = {}
-        exec(compile(self.source, f"<patch of {self.target}>", "exec"), namespace)  # noqa: S102 (a test's own text)
-        return namespace["replacement"]
-
-
-class StackEngine(Protocol):
-    """What a testbed test may ask of its stack's engine, the replay's or the real one's."""
-
-    engine_kind: str  # "real" or "replay": tests/conftest.py counts the tests under each
-    tb: Testbed
-    config: dict[str, Any]  # the config of the last `up` that succeeded
-
-    def up(self, config: dict[str, Any], *, patch: ProgramPatch | None = None) -> Report: ...
-    def destroy(self, *, api_after_exit: bool = False) -> Report: ...
-    def names(self) -> set[str]: ...
-    def urns(self) -> set[str]: ...
-    def stored_inputs(self, name: str) -> dict[str, Any]: ...
-    def outputs(self) -> dict[str, Any]: ...
 
 
 class Replay:

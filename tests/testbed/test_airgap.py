@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from tests.testbed.conftest import engine_cluster, inventory
-from tests.testbed.engine import Report, StackEngine
 from tests.testbed.nodes import AIRGAP_BINARY, KEPT_INSTALLER, STANDIN_K3S, Testbed
 from tests.testbed.stack import K3S_VERSION, stack_config
+from tests.testbed.stack_engine import Report, StackEngine
 
 pytestmark = pytest.mark.testbed
 

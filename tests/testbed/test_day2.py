@@ -20,9 +20,9 @@ import pytest
 
 from tests.harness import run_program
 from tests.testbed.conftest import engine_cluster
-from tests.testbed.engine import EngineFailed, Report, StackEngine
 from tests.testbed.nodes import AIRGAP_BINARY, STANDIN_K3S, Testbed, call_in_netns
 from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, stack_config
+from tests.testbed.stack_engine import EngineFailed, Report, StackEngine
 
 pytestmark = pytest.mark.testbed
 

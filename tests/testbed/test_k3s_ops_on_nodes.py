@@ -24,9 +24,9 @@ import yaml
 from tests.harness import ProgramRun, run_program
 from tests.helpers import command_env
 from tests.testbed.conftest import engine_cluster, heartbeat
-from tests.testbed.engine import StackEngine
 from tests.testbed.nodes import Testbed, call_in_netns
 from tests.testbed.stack import MESH_BASE, stack_config
+from tests.testbed.stack_engine import StackEngine
 
 pytestmark = pytest.mark.testbed
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from tests.testbed.conftest import engine_cluster, heartbeat, standin_server
-from tests.testbed.engine import ProgramPatch, StackEngine
 from tests.testbed.nodes import Testbed
 from tests.testbed.stack import stack_config
+from tests.testbed.stack_engine import ProgramPatch, StackEngine
 
 pytestmark = pytest.mark.testbed
 

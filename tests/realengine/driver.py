@@ -95,18 +95,22 @@ def plain(value: Any) -> Any:
     return value
 
 
-def hosts(resources: list[dict[str, Any]]) -> dict[str, str]:
-    """Each step's host, by name, from exported state (secrets shown)."""
+def hosts(resources: list[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
+    """Each step's host and the bastion it is dialled through (None: directly), by name, from
+    exported state (secrets shown)."""
     found = {}
     for resource in resources:
         if resource.get("type") in STEP_TYPES:
             connection = plain((resource.get("inputs") or {}).get("connection")) or {}
-            found[name_of(resource["urn"])] = connection.get("host", "")
+            proxy = connection.get("proxy") or {}
+            found[name_of(resource["urn"])] = (connection.get("host", ""), proxy.get("host"))
     return found
 
 
 def report_from_events(
-    events: list[dict[str, Any]], hosts_before: dict[str, str], hosts_after: dict[str, str]
+    events: list[dict[str, Any]],
+    hosts_before: dict[str, tuple[str, str | None]],
+    hosts_after: dict[str, tuple[str, str | None]],
 ) -> tuple[Report, list[str]]:
     """The engine's report of one operation, and its error messages, from its event log."""
     report = Report()
@@ -154,13 +158,19 @@ def report_from_events(
         lines = "".join(logged.pop(urn, []))
         failed = kind == "resOpFailedEvent"
         stored = action != "delete" and not failed
+        # A delete dials the stored connection; a create or update the one it stores.
+        host, bastion = (
+            (hosts_before if action == "delete" else hosts_after).get(name)
+            or hosts_before.get(name)
+            or hosts_after.get(name)
+            or ("", None)
+        )
+        step_errors = errors_of.get(urn, [])
         report.results.append(
             CommandResult(
                 name=name,
                 action=action,
-                host=(hosts_before if action == "delete" else hosts_after).get(name)
-                or hosts_before.get(name)
-                or hosts_after.get(name, ""),
+                host=host,
                 command=command,
                 returncode=1 if failed else 0,
                 stdout=outputs.get("stdout", "") if stored else "",
@@ -168,7 +178,11 @@ def report_from_events(
                 seconds=0.0,
                 started=step["started"],
                 finished=sequence,
-                dial_failed=failed and any(DIAL_FAILED in e for e in errors_of.get(urn, [])),
+                dial_failed=failed and any(DIAL_FAILED in e for e in step_errors),
+                bastion=bastion,
+                # pulumi-command's `proxy: ...` error names the address it could not dial: the
+                # bastion's when the dial to the bastion itself failed
+                bastion_failed=bool(failed and bastion and any(f"dial tcp {bastion}:" in e for e in step_errors)),
             )
         )
         if failed:
@@ -252,6 +266,10 @@ class RealEngine:
         found = [r for r in self.resources() if r["type"] == COMMAND_TYPE and name_of(r["urn"]) == name]
         assert len(found) == 1, (name, [r["urn"] for r in found])
         return {key: plain(value) for key, value in (found[0].get("inputs") or {}).items()}
+
+    def stop_tunnels(self) -> None:
+        """Stop the API tunnels the program left running (they outlive it, by design)."""
+        stop_tunnels(self.stack)
 
     def outputs(self) -> dict[str, Any]:
         """The stack's outputs, secrets shown."""

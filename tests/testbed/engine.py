@@ -8,11 +8,9 @@ What it is still used for, and why the real engine cannot do that here:
   which takes 15 minutes to an hour): the modules on `engine_cluster` (`Replay` below) then run
   their same assertions through this replay, and the suite says so in its last lines. CI on such
   a machine also says that the real tier did not run.
-- Testbed modules not on `engine_cluster`, each for the reason its docstring gives:
-  test_bastion_on_nodes.py (it checks each SSH dial as our runner records it: how many, at or
-  through the bastion, which the real provider reports only as an error's text),
-  test_argocd_sync_on_node.py (the Argo CD controller stand-in acts on the k3s stand-in's own
-  object store and patch log, which the real API server has no counterpart of).
+- test_argocd_sync_on_node.py, the one testbed module not on `engine_cluster`: the Argo CD
+  controller stand-in acts on the k3s stand-in's own object store and its patch log, which the
+  real API server that the real engine's testbed runs has no counterpart of.
 - bench/testbed_day1.py: per-step durations to the millisecond (the real engine's event log
   stamps whole seconds, too coarse for a critical path of 5-second steps) and its `--old-graph`,
   a graph the program no longer registers, applied by editing the mocked run. The real engine's
@@ -361,3 +359,6 @@ class Replay:
     def outputs(self) -> dict[str, Any]:
         assert self.run is not None, "no up yet"
         return self.run.outputs
+
+    def stop_tunnels(self) -> None:
+        """Nothing to stop: the program ran under mocks, which open no tunnel."""

@@ -482,6 +482,9 @@ def stop_tunnel(local_port: int) -> bool:
 
 def _port_in_use(local_port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the tunnel's own listener binds (create_server): a connection it or `ssh -L` closed
+        # a moment ago lingers in TIME_WAIT and does not hold the port; only a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((LISTEN_ADDRESS, local_port))
         except OSError as error:

@@ -45,6 +45,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # test that skips there hides a missing install step, so it fails with the skip's reason.
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        # Which engine drove the test's stack (tests/testbed/engine.py StackEngine), for the summary.
+        kinds = {getattr(value, "engine_kind", None) for value in getattr(item, "funcargs", {}).values()}
+        for kind in sorted(k for k in kinds if isinstance(k, str)):
+            report.user_properties.append(("engine", kind))
     if report.skipped and os.geteuid() == 0 and item.get_closest_marker("testbed") is not None:
         report.outcome = "failed"
         report.longrepr = f"a testbed test skipped as root: {report.longrepr}"
@@ -58,11 +63,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             counted = report.when == "call" or (report.when == "setup" and report.outcome != "passed")
             if counted and "realengine" in getattr(report, "keywords", {}):
                 outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
+    engines: dict[str, int] = {}
+    for kind in ("passed", "failed"):
+        for report in terminalreporter.stats.get(kind, []):
+            for key, value in getattr(report, "user_properties", []):
+                if key == "engine" and report.when == "call":
+                    engines[value] = engines.get(value, 0) + 1
     if outcomes:
         counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
         terminalreporter.write_line(f"real-engine tier ran: {counts} (the real pulumi CLI of ./scripts/engine)")
     elif terminalreporter.config.getoption("markexpr", "") != "not realengine":
         terminalreporter.write_line("real-engine tier: no test of it ran in this session")
+    if engines:
+        terminalreporter.write_line(
+            f"testbed tests on either engine: {engines.get('real', 0)} under the real engine, "
+            f"{engines.get('replay', 0)} under the replay (tests/testbed/engine.py)"
+        )
 
 
 # Unique markers: a leak test searches for them anywhere they must not be.

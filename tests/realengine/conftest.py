@@ -74,14 +74,14 @@ def stop_tunnels_of(home: Path, project: Path, path: str) -> None:
         )
 
 
-def booted(nodes: list[str]) -> Iterator[Testbed]:
+def booted(nodes: list[str], *, stage_k3s: bool = True) -> Iterator[Testbed]:
     reason = missing_requirements()
     if reason:
         pytest.fail(reason)
     tb = Testbed(k3s_version=K3S_VERSION, control_plane=control_plane_binaries())
     try:
         tb.start()
-        tb.add_nodes(nodes)
+        tb.add_nodes(nodes, stage_k3s=stage_k3s)
         tb.add_git_server()
         yield tb
     finally:
@@ -97,10 +97,11 @@ def real_stack(tb: Testbed, tmp: Path) -> RealStack:
     return stack
 
 
-def stack_on(nodes: list[str], tmp: Path, *, up: bool) -> Iterator[RealStack]:
-    """A module's cluster: booted nodes (the first the server) and a git server, a stack initialised
-    for them and, with `up`, applied; afterwards its tunnels stopped and the nodes torn down."""
-    for tb in booted(nodes):
+def stack_on(nodes: list[str], tmp: Path, *, up: bool, stage_k3s: bool = True) -> Iterator[RealStack]:
+    """A module's cluster: booted nodes (the first the server; the k3s binary placed unless
+    `stage_k3s` is false) and a git server, a stack initialised for them and, with `up`, applied;
+    afterwards its tunnels stopped and the nodes torn down."""
+    for tb in booted(nodes, stage_k3s=stage_k3s):
         stack = real_stack(tb, tmp)
         try:
             if up:

@@ -9,15 +9,22 @@ applying the stack is not, so the tests of a module share nodes and run in file 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
+from tests.realengine.conftest import stack_on
+from tests.realengine.driver import RealEngine, real_engine_built
+from tests.testbed.engine import Replay
 from tests.testbed.nodes import Node, Testbed, missing_requirements
 from tests.testbed.stack import K3S_VERSION, MESH_BASE, MESH_INTERFACE
+from tests.testbed.stack_engine import StackEngine
 
 SNAPSHOT_SCRIPT = r"""
 find /etc /usr/local /srv /var/lib/rancher /var/lib/space-harbor -xdev -type f \
@@ -113,6 +120,36 @@ def booted_testbed(nodes: list[str], *, git: bool, stage_k3s: bool = True) -> It
         yield tb
     finally:
         tb.close()
+
+
+def standin_server(tb: Testbed) -> bool:
+    """Whether n1 runs the k3s stand-in's own server (its node records, its token registration),
+    not the real API server the stand-in runs when the real engine's tools are built."""
+    return "apiVersion" not in tb.ssh("n1", "k3s kubectl get node n1 -o json").stdout
+
+
+def heartbeat(tb: Testbed, name: str) -> float:
+    """When `name`'s kubelet last checked in with the server (epoch seconds): the Ready condition's
+    heartbeat in the real API, else the stand-in server's record of it."""
+    if standin_server(tb):
+        record = json.loads(tb.ssh("n1", f"cat /var/lib/rancher/k3s/standin/nodes/{name}.json").stdout)
+        return float(record["heartbeat"])
+    node = json.loads(tb.ssh("n1", f"k3s kubectl get node {name} -o json").stdout)
+    (ready,) = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True", ready
+    return datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
+
+
+def engine_cluster(nodes: list[str], tmp: Path, *, git: bool, stage_k3s: bool = True) -> Iterator[StackEngine]:
+    """A module's stack under the real `pulumi` CLI when `./scripts/engine status` says the tools
+    are built (the nodes then boot with the real control plane, and a git server), else under the
+    replay (a fresh machine, where the real tier does not run either). Nothing is applied yet."""
+    if real_engine_built():
+        for stack in stack_on(nodes, tmp, up=False, stage_k3s=stage_k3s):
+            yield RealEngine(stack)
+    else:
+        for tb in booted_testbed(nodes, git=git, stage_k3s=stage_k3s):
+            yield Replay(tb)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,25 @@
-"""What the Pulumi engine does with the program's registrations, replayed on the testbed.
+"""A replay of what the Pulumi engine does with the program's registrations, on the testbed. It proves
+nothing about the engine: the real `pulumi` CLI does (tests/realengine, and the testbed modules
+that take their stack from `engine_cluster`, which use tests/realengine/driver.py whenever
+`./scripts/engine status` says the tools are built).
 
-The Runner executes commands; this module decides which, when and with what inputs, by the rules
-of the engine that mocks cannot show:
+What it is still used for, and why the real engine cannot do that here:
+- A machine where the real tools are not built (a fresh clone before `./scripts/engine build`,
+  which takes 15 minutes to an hour): the modules on `engine_cluster` (`Replay` below) then run
+  their same assertions through this replay, and the suite says so in its last lines. CI on such
+  a machine also says that the real tier did not run.
+- test_argocd_sync_on_node.py, the one testbed module not on `engine_cluster`: the Argo CD
+  controller stand-in acts on the k3s stand-in's own object store and its patch log, which the
+  real API server that the real engine's testbed runs has no counterpart of.
+- bench/testbed_day1.py: per-step durations to the millisecond (the real engine's event log
+  stamps whole seconds, too coarse for a critical path of 5-second steps) and its `--old-graph`,
+  a graph the program no longer registers, applied by editing the mocked run. The real engine's
+  day 1, no-op `up` and added node are measured by bench/real_engine.py.
+- Its own tests, tests/testbed/test_engine.py, and `_command_changed` in
+  tests/program/test_bastion_graph.py (pulumi-command's update-or-replace rule, on a mocked run).
+
+The rules it replays: the Runner executes commands; this module decides which, when and with what
+inputs.
 
 - It keeps the state: every resource as last created or updated. A resource registered again is
   matched to the state by URN, then by its aliases (`tests.harness.resolve_identities`); matched
@@ -23,7 +41,8 @@ What it does not model, so a test here proves nothing about it:
   resource, a replaced provider, a provider's own replace rules (a Kubernetes object's immutable
   fields, the GitOps tree's move) and random keepers. Its order, create-before-delete (the old
   delete after the program, with the old stored outputs) unless `delete_before_replace`, is not
-  replayed either: tests/program/test_replacements.py checks the options under mocks, and
+  replayed either: tests/realengine/test_real_replacements.py replaces every node step with the
+  real engine, tests/program/test_replacements.py checks the options under mocks, and
   tests/gitops/test_moves.py and tests/testbed/test_gitops_moves.py drive the GitOps tree's
   provider in that order.
 - Any other custom resource (Kubernetes, the dynamic providers, random, tls) is
@@ -33,45 +52,24 @@ What it does not model, so a test here proves nothing about it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from tests.harness import ProgramRun, Registered, resolve_identities
+from tests.harness import ProgramRun, Registered, resolve_identities, run_program
 from tests.helpers import reachable
-from tests.testbed.runner import COPY_TYPE, STEP_TYPES, CommandResult, RunFailed, Runner
+from tests.testbed.nodes import Testbed, call_in_netns
+from tests.testbed.runner import COPY_TYPE, STEP_TYPES, RunFailed, Runner
+from tests.testbed.stack_engine import EngineFailed, ProgramPatch, Report
+
+__all__ = ["Engine", "EngineFailed", "Replay", "Report", "stored_inputs"]
 
 # Inputs whose change is an update of a remote Command; `triggers` replaces.
 COMMAND_REPLACE_KEYS = ("triggers",)
-
-
-class EngineFailed(RuntimeError):
-    """A step of the operation failed; `report` holds what ran, what failed and what did not run."""
-
-    def __init__(self, message: str, report: Report) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class Report:
-    creates: list[str] = field(default_factory=list)
-    updates: list[str] = field(default_factory=list)
-    replaces: list[str] = field(default_factory=list)
-    deletes: list[str] = field(default_factory=list)
-    # deletes the engine skips: (name, why)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    results: list[CommandResult] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def result(self, name: str) -> CommandResult:
-        return next(r for r in self.results if r.name == name)
-
-    def ran(self) -> set[str]:
-        """Commands that really dialled their node (an action existed and ran)."""
-        return {r.name for r in self.results if r.command}
 
 
 def _is_k8s(resource: Registered) -> bool:
@@ -324,3 +322,43 @@ class Engine:
 def stored_inputs(engine: Engine, name: str) -> dict[str, Any]:
     """The inputs the state holds for the command `name` (what its delete will use)."""
     return next(r.inputs for r in engine.state.values() if r.name == name)
+
+
+class Replay:
+    """The replay behind the interface the real engine's driver has (tests/realengine/driver.py
+    `RealEngine`): `up(config)`, `destroy()`, `stored_inputs`, `names`, `urns`, `outputs`. The
+    program runs under mocks in the controller namespace; this module's `Engine` applies it."""
+
+    engine_kind = "replay"
+
+    def __init__(self, tb: Testbed) -> None:
+        self.tb = tb
+        self.engine = Engine(ssh_prefix=["ip", "netns", "exec", tb.ctl], workdir=tb.workdir)
+        self.config: dict[str, Any] = {}
+        self.run: ProgramRun | None = None
+
+    def up(self, config: dict[str, Any], *, patch: ProgramPatch | None = None) -> Report:
+        with mock.patch(patch.target, patch.replacement()) if patch else contextlib.nullcontext():
+            run = call_in_netns(self.tb.ctl, run_program, config)
+        report = self.engine.up(run)
+        self.config, self.run = config, run
+        return report
+
+    def destroy(self, *, api_after_exit: bool = False) -> Report:
+        return self.engine.destroy(api_after_exit=api_after_exit)
+
+    def names(self) -> set[str]:
+        return {r.name for r in self.engine.state.values() if r.custom}
+
+    def urns(self) -> set[str]:
+        return set(self.engine.state)
+
+    def stored_inputs(self, name: str) -> dict[str, Any]:
+        return stored_inputs(self.engine, name)
+
+    def outputs(self) -> dict[str, Any]:
+        assert self.run is not None, "no up yet"
+        return self.run.outputs
+
+    def stop_tunnels(self) -> None:
+        """Nothing to stop: the program ran under mocks, which open no tunnel."""

@@ -450,7 +450,11 @@ class Testbed:
                 f'STANDIN_VERSION="${{K3S_STANDIN_VERSION:-{self.k3s_version}}}"',
             )
             self._write(merged / AIRGAP_BINARY.lstrip("/"), standin, 0o755)
+        if stage_k3s or self.control_plane is not None:
+            # Where the stand-in looks for the real control plane, also when the stack ships the
+            # k3s binary itself (an air-gapped install under the real engine).
             self._write(merged / CONTROL_PLANE_SCRIPT.lstrip("/"), STANDIN_CONTROL_PLANE.read_text(), 0o755)
+        if stage_k3s:
             for path, variable in STANDIN_TIMING_FILES.items():
                 timing = f"{variable}={round(self.k3s_seconds[variable], 3):g}"
                 self._write(merged / path.lstrip("/"), f"# testbed: timing of the k3s STAND-IN\n{timing}\n")

@@ -2,10 +2,11 @@
 
 Two booted nodes with nothing of k3s on them (n1 the server, n2 an agent) and no way to download
 anything. The stack names a k3s binary (the stand-in, built for the version) and an image archive
-on the machine that runs Pulumi; `tests/testbed/engine.py` applies each config change as `pulumi
-up` would, CopyToRemote included (it copies on create, and on update only for a new file or path;
-its delete does nothing). The installer is the pinned one the program always ships (the test pin
-is the stand-in installer).
+on the machine that runs Pulumi; each config change is applied with `up`: the real `pulumi up`
+when the engine's tools are built, else the replay (tests/testbed/conftest.py `engine_cluster`).
+pulumi-command's CopyToRemote copies on create, and on update only for a new file or path; it has
+no delete. The installer is the pinned one the program always ships (the test pin is the stand-in
+installer).
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import ProgramRun, run_program
-from tests.testbed.conftest import booted_testbed, inventory
-from tests.testbed.engine import Engine, Report
-from tests.testbed.nodes import AIRGAP_BINARY, KEPT_INSTALLER, STANDIN_K3S, Testbed, call_in_netns
+from tests.testbed.conftest import engine_cluster, inventory
+from tests.testbed.nodes import AIRGAP_BINARY, KEPT_INSTALLER, STANDIN_K3S, Testbed
 from tests.testbed.stack import K3S_VERSION, stack_config
+from tests.testbed.stack_engine import Report, StackEngine
 
 pytestmark = pytest.mark.testbed
 
@@ -47,21 +48,27 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass
 class Stack:
-    def __init__(self, tb: Testbed, files: Path) -> None:
-        self.tb = tb
-        self.files = files
-        self.engine = Engine(ssh_prefix=["ip", "netns", "exec", tb.ctl], workdir=tb.workdir)
-        self.config: dict[str, Any] = {}
-        self.run: ProgramRun | None = None
-        # every path an install could write to, on each node before the first up
-        self.before: dict[str, set[str]] = {}
+    cluster: StackEngine
+    files: Path  # the operator's downloads, on the machine that runs Pulumi
+    # every path an install could write to, on each node before the first up
+    before: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def engine_kind(self) -> str:
+        return self.cluster.engine_kind
+
+    @property
+    def tb(self) -> Testbed:
+        return self.cluster.tb
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.cluster.config
 
     def up(self, config: dict[str, Any]) -> Report:
-        run = call_in_netns(self.tb.ctl, run_program, config)
-        report = self.engine.up(run)
-        self.config, self.run = config, run
-        return report
+        return self.cluster.up(config)
 
     def staged(self, node: str) -> list[str]:
         listing = "ls /var/lib/space-harbor/staging /var/tmp 2>/dev/null | grep '^space-harbor-' || true"
@@ -71,8 +78,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Nothing of k3s on the nodes: the stack ships it.
-    for tb in booted_testbed(NODES, git=False, stage_k3s=False):
-        yield Stack(tb, tmp_path_factory.mktemp("airgap-files"))
+    for cluster in engine_cluster(NODES, tmp_path_factory.mktemp("airgap"), git=False, stage_k3s=False):
+        yield Stack(cluster, tmp_path_factory.mktemp("airgap-files"))
 
 
 def airgap_config(stack: Stack, binary: Path, images: Path | None) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Application, the platform's Applications, the controller's StatefulSet) is creat
 stand-in's kubectl, and the Argo CD controller stand-in (tests/testbed/standin/) runs on the node
 as a systemd service. Its "git" head is the commit of the program run being applied: the push has
 landed. Each step below is a `pulumi up` replayed by tests/testbed/engine.py; the stand-in API's
-patch log on the node shows what the `argocd-sync` step wrote, over real SSH.
+patch log on the node shows what the `argocd-sync` step wrote, over real SSH. It stays on the
+replay because the Argo CD controller stand-in acts on the k3s stand-in's own object store and its
+patch log, which the real API server that the real engine's testbed runs has no counterpart of.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ is reachable through the bastion or not at all. Every step the program runs on n
 it runs on the first server for any node, goes through the bastion; n2 starts with
 `bastion: false`, dialled directly.
 
-The tests share one stack and run in file order, replaying the engine (tests/testbed/engine.py):
+The tests share one stack and run in file order; each `up` is the real `pulumi up` when the
+engine's tools are built, else the replay (tests/testbed/conftest.py `engine_cluster`). The steps:
 a wrong pin refused; day 1 through the bastion; the API tunnel through it (the program's own,
 and the `ssh -J` command of the `apiTunnel` output); n2 moved behind the bastion, an update of
 each of its steps that changes nothing; n2 removed from a stack that no longer has a bastion,
@@ -32,12 +33,12 @@ import yaml
 from components.remote import DIAL_ERROR_LIMIT
 from components.tunnel import SshTarget, ensure_tunnel, stop_tunnel
 from tests.harness import ProgramRun
-from tests.testbed.conftest import mesh_pings, snapshot, snapshot_changes
-from tests.testbed.engine import Engine, EngineFailed, stored_inputs
+from tests.testbed.conftest import engine_cluster, mesh_pings, snapshot, snapshot_changes, standin_server
 from tests.testbed.netprobe import fetch_api
-from tests.testbed.nodes import Testbed, call_in_netns, missing_requirements
+from tests.testbed.nodes import Testbed, call_in_netns
 from tests.testbed.runner import CommandFailed
-from tests.testbed.stack import K3S_VERSION, MESH_INTERFACE, program, stack_config
+from tests.testbed.stack import MESH_INTERFACE, program, stack_config
+from tests.testbed.stack_engine import EngineFailed, StackEngine
 
 pytestmark = pytest.mark.testbed
 
@@ -55,8 +56,11 @@ ACTING_ON_UPDATE = ("preflight", "mesh", "firewall", "shipped", "k3s", "upgrade"
 class BastionStack:
     tb: Testbed
     bastion_key: str
-    engine: Engine
-    run: ProgramRun | None = None
+    cluster: StackEngine
+
+    @property
+    def engine_kind(self) -> str:
+        return self.cluster.engine_kind
 
     @property
     def bastion(self) -> Any:
@@ -85,23 +89,25 @@ class BastionStack:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[BastionStack]:
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    tb = Testbed(k3s_version=K3S_VERSION)
-    try:
-        tb.start()
-        tb.add_nodes(NODES)
-        tb.add_nodes([BASTION], stage_k3s=False)
-        key = tb.make_bastion(BASTION)
-        engine = Engine(ssh_prefix=["ip", "netns", "exec", tb.ctl], workdir=tb.workdir)
-        yield BastionStack(tb, key, engine)
-    finally:
-        for name in NODES:
-            if name in tb.nodes:
-                tb.unfence_ssh(name)
-        tb.close()
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BastionStack]:
+    for cluster in engine_cluster(NODES, tmp_path_factory.mktemp("bastion"), git=False):
+        tb = cluster.tb
+        try:
+            tb.add_nodes([BASTION], stage_k3s=False)
+            key = tb.make_bastion(BASTION)
+            yield BastionStack(tb, key, cluster)
+        finally:
+            for name in NODES:
+                if name in tb.nodes:
+                    tb.unfence_ssh(name)
+
+
+def api_answered(tb: Testbed, answer: bytes) -> bool:
+    """Whether `answer` (to a plain `GET /`) came from n1's API server: the stand-in's own answers
+    200; the real kube-apiserver, which speaks only TLS, says so in plain HTTP."""
+    if standin_server(tb):
+        return b"200" in answer.split(b"\r\n", 1)[0] and b"k3s stand-in API server" in answer
+    return b"Client sent an HTTP request to an HTTPS server" in answer
 
 
 def journal_cursor(tb: Testbed, node: str) -> str:
@@ -195,10 +201,9 @@ def test_day_one_runs_every_step_of_the_fenced_node_through_the_bastion(stack: B
     tb = stack.tb
     n1, jump = tb.nodes["n1"], stack.bastion
     mark = journal_cursor(tb, "n1")
-    stack.run = stack.run_of(stack.config())
-    report = stack.engine.up(stack.run)
+    report = stack.cluster.up(stack.config())
     ran = {r.name: r for r in report.results if r.command}
-    hosts = {name: stack.run.named(name).inputs["connection"]["host"] for name in ran}
+    hosts = {name: r.host for name, r in ran.items()}
     through = sorted(name for name, r in ran.items() if r.bastion == jump.address)
     # Every command that dialled n1 (its own steps and the first server's steps for every node)
     # went through the bastion; n2 (bastion: false) was dialled directly.
@@ -230,10 +235,13 @@ def test_day_one_runs_every_step_of_the_fenced_node_through_the_bastion(stack: B
 
 def test_the_programs_api_tunnel_goes_through_the_bastion(stack: BastionStack, tmp_path: Path) -> None:
     tb = stack.tb
-    assert stack.run is not None, "day 1 did not run first"
+    assert stack.cluster.config, "day 1 did not run first"
     n1, jump = tb.nodes["n1"], stack.bastion
     assert not tb.tcp_open_from_ctl(n1.address, 6443)
-    [(target, port)] = stack.run.tunnels
+    # The tunnel the program asks for (under mocks, which open none); the one a real `up` left
+    # listening on the same port is stopped first.
+    [(target, port)] = stack.run_of(stack.cluster.config).tunnels
+    stack.cluster.stop_tunnels()
     assert target.bastion is not None and (target.bastion.host, target.bastion.host_key) == (
         jump.address,
         jump.host_key,
@@ -250,8 +258,7 @@ def test_the_programs_api_tunnel_goes_through_the_bastion(stack: BastionStack, t
     os.environ["XDG_RUNTIME_DIR"] = str(tmp_path)
     try:
         answer = call_in_netns(tb.ctl, through, target, port)
-        assert b"200" in answer.split(b"\r\n", 1)[0], answer
-        assert b"k3s stand-in API server" in answer
+        assert api_answered(tb, answer), answer
         # A wrong pin of the bastion: the tunnel must not go through that host at all.
         wrong = dataclasses.replace(
             target, bastion=dataclasses.replace(target.bastion, host_key=tb.nodes["n2"].host_key)
@@ -264,8 +271,9 @@ def test_the_programs_api_tunnel_goes_through_the_bastion(stack: BastionStack, t
 def test_the_ssh_command_of_the_api_tunnel_output_opens_it_by_hand(stack: BastionStack, tmp_path: Path) -> None:
     """What a user runs from the `apiTunnel` output, with their keys and its knownHosts lines."""
     tb = stack.tb
-    assert stack.run is not None, "day 1 did not run first"
-    output = stack.run.outputs["apiTunnel"]
+    assert stack.cluster.config, "day 1 did not run first"
+    output = stack.cluster.outputs()["apiTunnel"]
+    stack.cluster.stop_tunnels()
     known = tmp_path / "known_hosts"
     known.write_text("\n".join(output["knownHosts"]) + "\n")
     # The user's own ssh config: both keys, the pins from the output, nothing else.
@@ -300,7 +308,7 @@ def test_the_ssh_command_of_the_api_tunnel_output_opens_it_by_hand(stack: Bastio
             except OSError:
                 time.sleep(0.2)
         assert process.poll() is None, f"ssh exited: {process.stderr.read() if process.stderr else ''}"
-        assert b"k3s stand-in API server" in answer, answer
+        assert api_answered(tb, answer), answer
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -316,12 +324,13 @@ def test_a_bastion_added_to_a_running_node_updates_its_steps_and_changes_nothing
     tb.fence_ssh("n2", BASTION)
     # After the fence (the test's own table): what is compared is what the program's steps do.
     before = snapshot(tb, "n2")
-    stack.run = stack.run_of(stack.config(n2_direct=False))
-    report = stack.engine.up(stack.run)
-    on_n2 = {r.name for r in stack.run.resources if r.name.startswith("n2-") and r.type.startswith("command:")}
+    config = stack.config(n2_direct=False)
+    run = stack.run_of(config)  # the program's steps (under mocks), to know which are n2's
+    report = stack.cluster.up(config)
+    on_n2 = {r.name for r in run.resources if r.name.startswith("n2-") and r.type.startswith("command:")}
     own = on_n2 - {f"n2-{step}" for step in ON_FIRST_SERVER}
     assert {"n2-shipped", "n2-k3s"} < own and any(
-        r.type.endswith("CopyToRemote") and r.name in own for r in stack.run.resources
+        r.type.endswith("CopyToRemote") and r.name in own for r in run.resources
     )
     # Only n2's own steps changed (their connection); the first server's steps for n2 did not.
     # (and n2's drift record, whose read goes through the bastion now; it dials nobody on update)
@@ -348,15 +357,16 @@ def test_a_removed_node_is_deleted_through_the_bastion_stored_with_its_steps(sta
     which must still be there. With the bastion down those deletes fail and n2 keeps everything."""
     tb = stack.tb
     tb.unfence_ssh("n1")
-    without = stack.run_of(stack.config(bastion=False, nodes=["n1"]))
-    stored = stored_inputs(stack.engine, "n2-k3s")["connection"]
+    config = stack.config(bastion=False, nodes=["n1"])
+    without = stack.run_of(config)
+    stored = stack.cluster.stored_inputs("n2-k3s")["connection"]
     assert stored["proxy"]["host"] == stack.bastion.address
     assert "proxy" not in without.named("n1-k3s").inputs["connection"]
 
     tb.stop_sshd(BASTION)
     try:
         with pytest.raises(EngineFailed) as failed:
-            stack.engine.up(without)
+            stack.cluster.up(config)
         report = failed.value.report
         dead = [r for r in report.results if r.name in report.failures]
         assert dead and all(r.dial_failed and r.bastion_failed for r in dead), [r.name for r in dead]
@@ -366,7 +376,7 @@ def test_a_removed_node_is_deleted_through_the_bastion_stored_with_its_steps(sta
     finally:
         tb.start_sshd(BASTION)
 
-    report = stack.engine.up(without)
+    report = stack.cluster.up(config)
     deleted = {r.name: r for r in report.results if r.action == "delete" and r.command}
     assert {"n2-k3s", "n2-mesh", "n2-firewall"} <= set(deleted)
     assert all(r.bastion == stack.bastion.address for r in deleted.values())

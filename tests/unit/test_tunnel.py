@@ -188,6 +188,19 @@ def test_a_port_held_by_another_program_is_refused_naming_the_key_and_the_holder
     assert running_tunnel(port) is None
 
 
+def test_a_port_a_closed_tunnel_just_served_is_free_again(runtime: int) -> None:
+    """A tunnel (or `ssh -L`) that closed a connection first leaves that connection in TIME_WAIT on
+    the port for a minute; the next `pulumi up` must still take the port, as its listener can."""
+    port = runtime
+    with socket.create_server(("127.0.0.1", port)) as listener, socket.create_connection(("127.0.0.1", port)) as client:
+        served, _ = listener.accept()
+        served.close()  # the listening side closes first: its end waits in TIME_WAIT
+        client.recv(1)
+    tunnel.check_tunnel_port(TARGET, port, PROD)
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # the tunnel's own listener binds there too
+
+
 def test_an_idle_tunnel_exits_on_its_own(runtime: int) -> None:
     port = runtime
     pid = tunnel.start_tunnel(TARGET, port, PROD, Limits(idle_seconds=1))

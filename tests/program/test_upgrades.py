@@ -289,13 +289,13 @@ def test_a_long_upgrade_chain_does_not_exhaust_the_interpreters_stack() -> None:
 
 def test_moving_agents_to_the_agent_token_touches_only_the_installs_servers_first() -> None:
     """The first `up` after agents stopped holding the server token (tests/testbed/test_migrations.py
-    replays it on nodes): every install's config.yaml changes, nothing else of k3s does."""
+    runs it on nodes): every install's config.yaml changes, nothing else of k3s does."""
     from unittest import mock
 
-    from tests.testbed.test_migrations import render_before_agent_tokens
+    from tests.testbed.test_migrations import BEFORE_AGENT_TOKENS
 
     config = base_config(agents=2)
-    with mock.patch("components.k3s.render_config_yaml", render_before_agent_tokens):
+    with mock.patch(BEFORE_AGENT_TOKENS.target, BEFORE_AGENT_TOKENS.replacement()):
         before = run_program(config)
     after = run_program(config)
     old, new = _inputs(before), _inputs(after)

@@ -234,13 +234,12 @@ class PinnedFiles:
 
         def both_failed(why: str) -> UpstreamError:
             return UpstreamError(
-                f"{pin.label}: could not fetch it from either source: {direct_failure}; "
-                f"Go module {source.repository} at {source.ref}: {why}"
+                f"{pin.label}: could not fetch it from either source: {direct_failure}; Go module proxy: {why}"
             )
 
         go = shutil.which("go")
         if go is None:
-            raise both_failed("`go` is not on PATH (with Go installed, the Go module proxy is tried)")
+            raise both_failed(f"`go` is not on PATH, so {source.repository} at {source.ref} was not asked for")
         failures = []
         with tempfile.TemporaryDirectory(prefix="space-harbor-vendor-") as workdir:
             # An empty module of its own, so that no go.mod around the working directory is read or changed.

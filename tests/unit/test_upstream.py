@@ -315,7 +315,7 @@ def test_without_go_on_path_the_error_names_both_sources(tmp_path: Path, monkeyp
     message = str(problems[0])
     assert "could not fetch it from either source" in message
     assert f"{RAW}/v1.0.0/deploy/one.yaml: <urlopen error [Errno -2] Name or service not known>" in message
-    assert "Go module github.com/example-org/thing at v1.0.0: `go` is not on PATH" in message
+    assert "Go module proxy: `go` is not on PATH, so github.com/example-org/thing at v1.0.0 was not asked" in message
 
 
 def test_a_module_the_proxy_does_not_serve_names_both_sources(

@@ -7,6 +7,13 @@ components.upstream fetch`) downloads each pinned file once into a content-addre
 local copy, and checks its sha256 again on every read: `pulumi preview` and `pulumi up` never touch
 the network for these files, and a file altered after the fetch is refused.
 
+A file pinned at a GitHub URL (`https://raw.githubusercontent.com/<owner>/<repo>/<ref>/<path>`)
+has a second source: when that download fails (a machine that reaches package registries but not
+GitHub), the fetch asks `go mod download` for the repository's Go module at the same ref, if `go` is
+on PATH, and takes `<path>` from it. Only on failure: the direct URL stays the source of record, and
+a machine that reaches GitHub needs no Go. The file from the module gets the same sha256 and size
+check, so the second source can add availability, never a different file.
+
 A URL in a pins file may be relative: it is resolved against the pins file's own location
 (tests point at their own fixtures that way).
 
@@ -17,7 +24,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -37,6 +48,9 @@ VENDOR_COMMAND = "./scripts/vendor"
 # A pinned file is a manifest or a script; anything much bigger is not what was pinned.
 MAX_BYTES = 64 * 1024 * 1024
 FETCH_TIMEOUT_SECONDS = 60
+# A module zip of a big repository (argo-cd's is about 30 MB) on a slow link.
+GO_TIMEOUT_SECONDS = 900
+GITHUB_RAW = re.compile(r"https://raw\.githubusercontent\.com/([^/]+)/([^/]+)/([^/]+)/(.+)")
 
 
 class UpstreamError(RuntimeError):
@@ -54,6 +68,58 @@ class Pin:
     @property
     def label(self) -> str:
         return f"{self.kind} {self.version}"
+
+
+@dataclass(frozen=True)
+class GoModuleFile:
+    """Where a file of a GitHub repository sits in that repository's Go module."""
+
+    repository: str  # github.com/<owner>/<repo>, the module path without a major-version suffix
+    ref: str  # a tag or a commit: `go mod download` takes either as a version query
+    path: str  # inside the repository, which is the module's root
+
+    def module_paths(self) -> list[str]:
+        """Module paths to ask for, likeliest first: a vN tag (N >= 2) names a module path ending in /vN."""
+        major = re.match(r"v(\d+)\.", self.ref)
+        if major and int(major.group(1)) >= 2:
+            return [f"{self.repository}/v{major.group(1)}", self.repository]
+        return [self.repository]
+
+
+def go_module_file(url: str) -> GoModuleFile | None:
+    """The Go module source of a raw.githubusercontent.com URL; None for any other URL."""
+    match = GITHUB_RAW.fullmatch(url)
+    if match is None:
+        return None
+    owner, repo, ref, path = match.groups()
+    return GoModuleFile(f"github.com/{owner}/{repo}", ref, path)
+
+
+def _go_mod_download(go: str, module: str, ref: str, workdir: Path) -> tuple[Path | None, str]:
+    """The extracted module's folder, or None and why not."""
+    # -mod=mod: `go` may not consult a vendor folder or refuse to touch the throwaway go.mod; the
+    # rest of the environment (GOPROXY, GOMODCACHE, GONOSUMDB...) is the user's.
+    environment = os.environ | {"GOFLAGS": "-mod=mod"}
+    try:
+        done = subprocess.run(
+            [go, "mod", "download", "-json", f"{module}@{ref}"],
+            cwd=workdir,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=GO_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, str(error)
+    try:
+        answer = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return None, (done.stderr or done.stdout).strip() or f"go exited {done.returncode}"
+    if not isinstance(answer, dict) or answer.get("Error") or not answer.get("Dir"):
+        error = answer.get("Error") if isinstance(answer, dict) else None
+        return None, str(error or done.stderr.strip() or "no module folder in go's answer")
+    return Path(answer["Dir"]), ""
 
 
 def sha256_of(content: bytes) -> str:
@@ -147,17 +213,62 @@ class PinnedFiles:
         self.read_bytes(kind, version)
         return self.cached_path(self.pin(kind, version))
 
-    def _download(self, pin: Pin) -> bytes:
+    def _download(self, pin: Pin) -> tuple[bytes, str]:
+        """The pinned file's verified content and where it came from."""
         url = self.source_url(pin)
         try:
             with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310 (pinned URL, checked below)
                 content: bytes = response.read(MAX_BYTES + 1)
         except (urllib.error.URLError, OSError) as error:
-            raise UpstreamError(f"{pin.label}: could not fetch {url}: {error}") from None
+            source = go_module_file(url)
+            if source is None:
+                raise UpstreamError(f"{pin.label}: could not fetch {url}: {error}") from None
+            return self._from_go_module(pin, source, f"{url}: {error}")
         problem = self._problem(pin, content)
         if problem is not None:
             raise UpstreamError(f"{pin.label}: {url} served {problem}; refusing it (nothing was written)")
-        return content
+        return content, url
+
+    def _from_go_module(self, pin: Pin, source: GoModuleFile, direct_failure: str) -> tuple[bytes, str]:
+        """The file from the repository's Go module at the pin's ref, checked like a direct download."""
+
+        def both_failed(why: str) -> UpstreamError:
+            return UpstreamError(
+                f"{pin.label}: could not fetch it from either source: {direct_failure}; Go module proxy: {why}"
+            )
+
+        go = shutil.which("go")
+        if go is None:
+            raise both_failed(f"`go` is not on PATH, so {source.repository} at {source.ref} was not asked for")
+        failures = []
+        with tempfile.TemporaryDirectory(prefix="space-harbor-vendor-") as workdir:
+            # An empty module of its own, so that no go.mod around the working directory is read or changed.
+            Path(workdir, "go.mod").write_text("module space-harbor-vendor\n", encoding="utf-8")
+            candidates = source.module_paths()
+            while candidates:
+                module = candidates.pop(0)
+                folder, why = _go_mod_download(go, module, source.ref, Path(workdir))
+                if folder is not None:
+                    break
+                failures.append(" ".join(why.split()))  # go's message names module@ref
+                # At a commit, go names the module path a post-v1 go.mod declares: ask for that one.
+                declared = re.search(rf'"({re.escape(source.repository)}/v\d+)"', why)
+                if declared and declared.group(1) not in candidates and declared.group(1) != module:
+                    candidates.insert(0, declared.group(1))
+            else:
+                raise both_failed("; ".join(failures))
+        where = folder / source.path
+        label = f"{source.path} of Go module {module}@{source.ref}"
+        try:
+            with where.open("rb") as handle:
+                content = handle.read(MAX_BYTES + 1)
+        except OSError as error:
+            # A nested module's files and vendor folders are not in a module zip.
+            raise both_failed(f"{source.path} is not in the module ({error})") from None
+        problem = self._problem(pin, content)
+        if problem is not None:
+            raise UpstreamError(f"{pin.label}: {label} has {problem}; refusing it (nothing was written)")
+        return content, label
 
     def _write_atomically(self, pin: Pin, content: bytes) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -190,11 +301,12 @@ class PinnedFiles:
                         continue
                     report(f"{pin.label}: {path} does not match its pin; fetching it again")
                 try:
-                    self._write_atomically(pin, self._download(pin))
+                    content, source = self._download(pin)
+                    self._write_atomically(pin, content)
                 except UpstreamError as error:
                     problems.append(error)
                     continue
-                report(f"{pin.label}: fetched {self.source_url(pin)}, sha256 {pin.sha256}")
+                report(f"{pin.label}: fetched {source}, sha256 {pin.sha256}")
         return problems
 
 

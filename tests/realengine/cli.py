@@ -6,9 +6,14 @@ inside the testbed's controller namespace (so the program, its plugins and the A
 only the testbed's bridge). Secrets go to `pulumi config set --secret` on stdin, never in argv.
 
 The project is a copy of this repository's program in a temporary folder, so that stack files,
-state and the vendored upstream files never land in the work tree. The copy's pins point at the
-test fixtures (no network here): our own Argo CD Core manifest shaped like upstream's, and the
-testbed's k3s stand-in installer.
+state and the vendored upstream files never land in the work tree. The copy's pins are the real
+ones wherever `./scripts/vendor` can get the file (here: Argo CD's core-install.yaml of each
+release, through the Go module proxy, since GitHub is out of reach), so the API server holds
+upstream's CRDs with their full schemas. The test fixtures stand in only for:
+
+- the k3s installer, always: the testbed's k3s is a stand-in, installed by its own installer;
+- a pin the fetch cannot get, each on its own (here: the backup CRD, which neither GitHub nor the
+  Go module proxy serves), from tests/fixtures/upstream at the same version.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 ENGINE = ROOT / "scripts" / "engine"
 FIXTURE_PINS = ROOT / "tests" / "fixtures" / "upstream"
+# Kinds of pin the testbed always replaces by its own: the k3s installer installs the k3s stand-in.
+TESTBED_KINDS = ("k3s-installer",)
 STANDIN_INSTALLER = ROOT / "tests" / "testbed" / "standin" / "k3s-install-standin.sh"
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "requirements.txt", "components", "manifests", "scripts")
 PASSPHRASE = "space-harbor-real-engine-tier"  # a test stack's passphrase, not a secret of anyone's
@@ -56,7 +65,7 @@ def control_plane_binaries() -> dict[str, Path]:
 
 
 def copy_project(target: Path) -> Path:
-    """This program in `target`, its upstream pins pointing at the test fixtures, vendored there."""
+    """This program in `target`, vendored there: the real upstream files it can fetch, fixtures for the rest."""
     target.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -65,19 +74,32 @@ def copy_project(target: Path) -> Path:
         else:
             shutil.copy2(source, target / name)
     (target / ".venv").symlink_to(ROOT / ".venv")
-    pins = target / "manifests" / "upstream"
-    pins.mkdir()
+    fixtures = target / "manifests" / "upstream"
+    fixtures.mkdir()
     for fixture in FIXTURE_PINS.iterdir():
-        shutil.copy2(fixture, pins / fixture.name)
-    shutil.copy2(STANDIN_INSTALLER, pins / STANDIN_INSTALLER.name)
-    text = (pins / "upstream.yaml").read_text().replace("../../testbed/standin/", "")
-    (target / "manifests" / "upstream.yaml").write_text(text.replace("url: ", "url: upstream/"))
-    subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "components.upstream", "fetch"],
-        cwd=target,
-        check=True,
-        capture_output=True,
-    )
+        shutil.copy2(fixture, fixtures / fixture.name)
+    shutil.copy2(STANDIN_INSTALLER, fixtures / STANDIN_INSTALLER.name)
+    fixture_pins = yaml.safe_load((FIXTURE_PINS / "upstream.yaml").read_text())
+    for versions in fixture_pins.values():
+        for fields in versions.values():
+            fields["url"] = "upstream/" + fields["url"].replace("../../testbed/standin/", "")
+    pins = yaml.safe_load((ROOT / "manifests" / "upstream.yaml").read_text())
+    for kind in TESTBED_KINDS:
+        pins[kind] = fixture_pins[kind]
+    pins_file = target / "manifests" / "upstream.yaml"
+    pins_file.write_text(yaml.safe_dump(pins, sort_keys=False))
+    vendor = [str(target / "scripts" / "vendor")]
+    first = subprocess.run(vendor, cwd=target, capture_output=True, text=True, check=False)
+    if first.returncode != 0:
+        cache = target / ".cache" / "upstream"
+        for kind, versions in pins.items():
+            for version, fields in versions.items():
+                if not (cache / fields["sha256"]).exists():
+                    versions[version] = fixture_pins[kind][version]
+        pins_file.write_text(yaml.safe_dump(pins, sort_keys=False))
+        second = subprocess.run(vendor, cwd=target, capture_output=True, text=True, check=False)
+        if second.returncode != 0:
+            raise AssertionError(f"./scripts/vendor failed with fixtures in place:\n{first.stderr}{second.stderr}")
     return target
 
 

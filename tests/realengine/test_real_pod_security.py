@@ -19,9 +19,11 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from components.config import DEFAULT_ARGOCD_VERSION
 from components.render.gitops import ROOT_APPLICATION
 from components.render.pod_security import ENFORCE_LABEL, POLICY_NAME, exempt_namespaces
 from components.render.project_fence import APPLICATIONS_POLICY, PROJECTS_POLICY
+from components.upstream import PinnedFiles
 from tests.realengine.conftest import RealStack, stack_on
 from tests.testbed.nodes import GIT_REPO, SshResult
 
@@ -115,6 +117,26 @@ def test_the_policy_is_in_force_and_a_second_preview_changes_nothing(server: Rea
         kubectl(server, f"get validatingadmissionpolicy {POLICY_NAME} -o json", as_controller=False).stdout
     )
     assert policy["status"]["typeChecking"].get("expressionWarnings", []) == [], policy["status"]
+
+
+def test_the_api_server_holds_the_argo_cd_crds_the_copy_vendored(server: RealStack) -> None:
+    """The fence's tests meet the CRDs of the manifest the project copy vendored: upstream's, with
+    their full schemas, wherever ./scripts/vendor could fetch it (see copy_project)."""
+    project = server.pulumi.project
+    version = server.config.get("argocd", {}).get("version", DEFAULT_ARGOCD_VERSION)
+    store = PinnedFiles(project / "manifests" / "upstream.yaml", project / ".cache" / "upstream")
+    vendored = {
+        document["metadata"]["name"]: [v["schema"] for v in document["spec"]["versions"]]
+        for document in yaml.safe_load_all(store.read("argocd-core", version))
+        if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition"
+    }
+    out = kubectl(server, f"get crd {' '.join(sorted(vendored))} -o json", as_controller=False)
+    assert out.returncode == 0, out.stderr
+    stored = {
+        item["metadata"]["name"]: [v["schema"] for v in item["spec"]["versions"]]
+        for item in json.loads(out.stdout)["items"]
+    }
+    assert stored == vendored, store.pin("argocd-core", version).url
 
 
 def test_a_namespace_without_the_label_is_refused_to_argo_cd(server: RealStack) -> None:

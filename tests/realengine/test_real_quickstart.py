@@ -12,9 +12,13 @@ The only departures from the text are the table of `substitutions` (each entry m
 block exactly once, so a README edit that breaks one fails here instead of running something else)
 and these, which are the user's world rather than the README's words:
 
-- the clone is a copy of this work tree whose upstream pins point at the test fixtures
-  (`copy_project`), so `./scripts/vendor` runs as written but reads the fixtures: GitHub is out of
-  reach here;
+- the clone is a copy of this work tree, nothing vendored, whose upstream pins are those of
+  `copy_project`: upstream's for Argo CD, the test fixtures for the k3s installer (the testbed's k3s
+  is a stand-in) and for any file the machine could not fetch. `./scripts/vendor` runs as written
+  and takes Argo CD's manifests from the Go module proxy, as it does wherever GitHub is out of
+  reach; the controller's namespace reaches no proxy, so the user's GOPROXY is this machine's Go
+  module download cache (where `copy_project` fetched them) and GOSUMDB is off (the checksum
+  database is out of reach too; the pins' sha256 is checked all the same);
 - the user's SSH identity (~/.ssh/id_ed25519) is the key the testbed's nodes and git server
   authorize, as a VPS provider's console key would be, and ~/.ssh/config accepts a host key on first
   contact (`StrictHostKeyChecking accept-new`) where the user would type "yes"; the user has a git
@@ -240,7 +244,17 @@ def shell_environment(home: Path, passphrase: Path) -> dict[str, str]:
         # no network here: no update check, no plugin download (the plugins are on PATH)
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-    }
+    } | go_module_proxy_of_this_machine()
+
+
+def go_module_proxy_of_this_machine() -> dict[str, str]:
+    """The user's Go module proxy: this machine's download cache, served as files (no network in the
+    controller's namespace). None without Go: `copy_project` then pinned only fixtures."""
+    go = shutil.which("go")
+    if go is None:
+        return {}
+    cache = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    return {"GOPROXY": f"file://{cache}/cache/download", "GOSUMDB": "off"}
 
 
 def make_user(tb: Testbed, tmp: Path, editor_values: dict[str, str]) -> User:
@@ -363,6 +377,8 @@ class QuickStart:
 def follow_the_readme(tb: Testbed, user: User, tmp: Path) -> QuickStart:
     started = time.monotonic()
     project_copy = copy_project(tmp / "clone-source")
+    # A fresh clone has nothing vendored: step 1's ./scripts/vendor fetches every pinned file.
+    shutil.rmtree(project_copy / ".cache")
     for extra in ("README.md", "examples"):
         source = ROOT / extra
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, project_copy / extra)
@@ -441,6 +457,16 @@ def test_the_quick_start_gives_three_ready_nodes(quick_start: QuickStart) -> Non
     stack_file = yaml.safe_load((quick_start.project / "Pulumi.prod.yaml").read_text())["config"]
     pins = {node["name"]: node["sshHostKey"] for node in stack_file["space-harbor:nodes"]}
     assert pins == {name: quick_start.tb.nodes[name].host_key for name in NODES}
+
+
+def test_step_1_vendored_every_pin_and_argo_cd_from_the_go_module(quick_start: QuickStart) -> None:
+    step_1 = next(entry for entry in quick_start.user.log if entry.startswith("--- quick start, step 1 "))
+    pins = yaml.safe_load((quick_start.project / "manifests" / "upstream.yaml").read_text())
+    for kind, versions in pins.items():
+        for version, fields in versions.items():
+            assert f"{kind} {version}: fetched " in step_1, step_1
+            if fields["url"].startswith("https://raw.githubusercontent.com/argoproj/argo-cd/"):
+                assert f"of Go module github.com/argoproj/argo-cd/v2@{version}, sha256 {fields['sha256']}" in step_1
 
 
 def test_step_2_named_each_node_as_the_stack_does(quick_start: QuickStart) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components import upstream
 from components.config import load_config
 from components.platform import REGISTRY
 from components.render.gitops import render_root_application, render_tree
@@ -157,3 +158,67 @@ def test_each_binding_denies_with_its_policy() -> None:
         binding = render_binding(policy)
         assert policy["metadata"]["name"] == binding["metadata"]["name"] == name
         assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+
+
+def schema_problems(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """What the API server would prune or refuse in `value` under a CRD's structural schema: a field
+    the schema does not declare (pruned silently), a value of another type, a null."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if value is None:
+        return [] if schema.get("nullable") else [f"{path}: null"]
+    if schema.get("x-kubernetes-int-or-string"):
+        return [] if isinstance(value, int | str) and not isinstance(value, bool) else [f"{path}: {value!r}"]
+    kind = schema.get("type")
+    if kind == "object" or isinstance(value, dict):
+        if not isinstance(value, dict):
+            return [f"{path}: {value!r} is not an object"]
+        found = []
+        for key, item in value.items():
+            declared = (schema.get("properties") or {}).get(key)
+            extra = schema.get("additionalProperties")
+            if declared is None and isinstance(extra, dict):
+                declared = extra
+            if declared is None and extra is not True:
+                found.append(f"{path}.{key}: not in the schema (pruned)")
+            elif declared is not None:
+                found += schema_problems(item, declared, f"{path}.{key}")
+        return found
+    if kind == "array":
+        if not isinstance(value, list):
+            return [f"{path}: {value!r} is not an array"]
+        return [
+            p for i, item in enumerate(value) for p in schema_problems(item, schema.get("items", {}), f"{path}[{i}]")
+        ]
+    types = {"string": str, "integer": int, "boolean": bool, "number": int | float}
+    if kind in types and (not isinstance(value, types[kind]) or (kind != "boolean" and isinstance(value, bool))):
+        return [f"{path}: {value!r} is not a {kind}"]
+    return []
+
+
+def upstream_spec_schemas(version: str) -> dict[str, dict[str, Any]]:
+    """Kind -> the spec schema of upstream's Argo CD CRD, from the vendored core-install.yaml."""
+    schemas = {}
+    for document in yaml.safe_load_all(upstream.read_pinned("argocd-core", version)):
+        if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+            (served,) = [v for v in document["spec"]["versions"] if v.get("storage")]
+            schemas[document["spec"]["names"]["kind"]] = served["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schemas
+
+
+@pytest.mark.vendored
+@pytest.mark.parametrize("version", upstream.pinned_versions("argocd-core"))
+@pytest.mark.parametrize("raw", CONFIGS.values(), ids=CONFIGS.keys())
+def test_upstream_s_schema_stores_each_platform_spec_as_the_fence_compares_it(raw: Any, version: str) -> None:
+    """The fence compares the stored spec with the rendered one: a field upstream's CRD prunes, or a value
+    it stores as another type, would make the API server refuse the platform's own Applications."""
+    schemas = upstream_spec_schemas(version)
+    args = args_for(raw())
+    for kind, specs in (("Application", args.platform_applications), ("AppProject", args.platform_projects)):
+        for name, spec in specs.items():
+            assert schema_problems(spec, schemas[kind], f"{kind} {name}: spec") == []
+        # The check sees what the API server would prune.
+        name, spec = next(iter(specs.items()))
+        assert schema_problems({**spec, "extra": 1}, schemas[kind], "spec") == [
+            "spec.extra: not in the schema (pruned)"
+        ]

@@ -7,9 +7,11 @@ relative ones, so the same code paths run as against GitHub, without a network.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,140 @@ def test_the_real_pins_cover_the_default_version_and_the_fixtures_mirror_them() 
     assert fixtures.versions("argocd-core") == real.versions("argocd-core")
     for version in real.versions("argocd-core"):
         assert real.pin("argocd-core", version).url.startswith("https://raw.githubusercontent.com/argoproj/argo-cd/")
+
+
+# The second source: a repository's Go module, through a fake `go` that logs how it was called and
+# answers `go mod download -json module@ref` from a table (module@ref -> a folder, or an error).
+FAKE_GO = """#!{python}
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "calls.jsonl"), "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "GOFLAGS": os.environ.get("GOFLAGS"),
+                          "go.mod": open("go.mod").read() if os.path.exists("go.mod") else None}}) + "\\n")
+with open(os.path.join(here, "answers.json")) as table:
+    answers = json.load(table)
+query = sys.argv[-1]
+if query in answers["folders"]:
+    print(json.dumps({{"Path": query.split("@")[0], "Dir": answers["folders"][query]}}))
+    sys.exit(0)
+print(json.dumps({{"Path": query.split("@")[0], "Error": query + ": " + answers["error"]}}))
+sys.exit(1)
+"""
+RAW = "https://raw.githubusercontent.com/example-org/thing"
+
+
+@pytest.fixture
+def unreachable_github(monkeypatch) -> None:
+    """Every direct download fails as it does here (no route to GitHub), without sending anything."""
+
+    def refuse(url: str, timeout: float) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(upstream.urllib.request, "urlopen", refuse)
+
+
+def fake_go(tmp_path: Path, monkeypatch, answers: dict[str, Path], error: str = "403 Forbidden: not available") -> Path:
+    """A `go` alone on PATH answering `answers`; returns its folder (calls.jsonl logs its calls)."""
+    bin_dir = tmp_path / "fake-go"
+    bin_dir.mkdir()
+    go = bin_dir / "go"
+    go.write_text(FAKE_GO.format(python=sys.executable))
+    go.chmod(0o755)
+    folders = {query: str(folder) for query, folder in answers.items()}
+    (bin_dir / "answers.json").write_text(json.dumps({"folders": folders, "error": error}))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def module_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    folder = tmp_path / "modcache" / "thing"
+    for path, content in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(content)
+    return folder
+
+
+def test_when_github_is_out_of_reach_the_file_comes_from_the_go_module_at_the_same_ref(
+    tmp_path: Path, monkeypatch, unreachable_github: None
+) -> None:
+    folder = module_folder(tmp_path, {"deploy/one.yaml": ONE})
+    # A v2+ tag: the module path carries the major version; the path without it is not served.
+    go = fake_go(tmp_path, monkeypatch, {"github.com/example-org/thing/v2@v2.1.0": folder})
+    pins = write_pins(tmp_path, {"v2.1.0": (f"{RAW}/v2.1.0/deploy/one.yaml", ONE)})
+    store = PinnedFiles(pins, tmp_path / "cache")
+    lines: list[str] = []
+    assert store.fetch(report=lines.append) == []
+    assert store.read("thing", "v2.1.0") == ONE.decode()
+    assert lines == [
+        f"thing v2.1.0: fetched deploy/one.yaml of Go module github.com/example-org/thing/v2@v2.1.0, "
+        f"sha256 {hashlib.sha256(ONE).hexdigest()}"
+    ]
+    calls = [json.loads(line) for line in (go / "calls.jsonl").read_text().splitlines()]
+    assert [call["argv"] for call in calls] == [["mod", "download", "-json", "github.com/example-org/thing/v2@v2.1.0"]]
+    # In a throwaway module of its own, never the user's working directory or project.
+    assert calls[0]["GOFLAGS"] == "-mod=mod"
+    assert calls[0]["go.mod"] == "module space-harbor-vendor\n"
+    assert not Path(calls[0]["cwd"]).exists()
+
+
+def test_a_commit_ref_asks_for_the_module_path_go_says_the_repository_declares(
+    tmp_path: Path, monkeypatch, unreachable_github: None
+) -> None:
+    folder = module_folder(tmp_path, {"install.sh": TWO})
+    commit = "0136cf258954a458da1404858396342724b93d24"
+    # What go says when the go.mod at a commit declares a post-v1 module path.
+    declared = 'invalid version: go.mod has post-v1 module path "github.com/example-org/thing/v3" at revision'
+    go = fake_go(tmp_path, monkeypatch, {f"github.com/example-org/thing/v3@{commit}": folder}, error=declared)
+    pins = write_pins(tmp_path, {commit: (f"{RAW}/{commit}/install.sh", TWO)})
+    store = PinnedFiles(pins, tmp_path / "cache")
+    assert store.fetch(report=lambda _: None) == []
+    calls = [json.loads(line)["argv"][-1] for line in (go / "calls.jsonl").read_text().splitlines()]
+    assert calls == [f"github.com/example-org/thing@{commit}", f"github.com/example-org/thing/v3@{commit}"]
+
+
+def test_a_file_from_the_go_module_that_differs_from_its_pin_is_refused(
+    tmp_path: Path, monkeypatch, unreachable_github: None
+) -> None:
+    folder = module_folder(tmp_path, {"deploy/one.yaml": TWO})
+    fake_go(tmp_path, monkeypatch, {"github.com/example-org/thing@v1.0.0": folder})
+    pins = write_pins(tmp_path, {"v1.0.0": (f"{RAW}/v1.0.0/deploy/one.yaml", ONE)})
+    store = PinnedFiles(pins, tmp_path / "cache")
+    problems = store.fetch(report=lambda _: None)
+    assert len(problems) == 1
+    message = str(problems[0])
+    assert "deploy/one.yaml of Go module github.com/example-org/thing@v1.0.0" in message
+    assert f"sha256 {hashlib.sha256(TWO).hexdigest()}" in message and "refusing it" in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_without_go_on_path_the_error_names_both_sources(tmp_path: Path, monkeypatch, unreachable_github: None) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    pins = write_pins(tmp_path, {"v1.0.0": (f"{RAW}/v1.0.0/deploy/one.yaml", ONE)})
+    problems = PinnedFiles(pins, tmp_path / "cache").fetch(report=lambda _: None)
+    assert len(problems) == 1
+    message = str(problems[0])
+    assert "could not fetch it from either source" in message
+    assert f"{RAW}/v1.0.0/deploy/one.yaml: <urlopen error [Errno -2] Name or service not known>" in message
+    assert "Go module proxy: `go` is not on PATH, so github.com/example-org/thing at v1.0.0 was not asked" in message
+
+
+def test_a_module_the_proxy_does_not_serve_names_both_sources(
+    tmp_path: Path, monkeypatch, unreachable_github: None
+) -> None:
+    fake_go(tmp_path, monkeypatch, {})
+    pins = write_pins(tmp_path, {"v2.0.0": (f"{RAW}/v2.0.0/deploy/one.yaml", ONE)})
+    problems = PinnedFiles(pins, tmp_path / "cache").fetch(report=lambda _: None)
+    message = str(problems[0])
+    assert "could not fetch it from either source" in message
+    assert "github.com/example-org/thing/v2@v2.0.0: 403 Forbidden" in message
+    assert "github.com/example-org/thing@v2.0.0: 403 Forbidden" in message
+
+
+def test_a_url_outside_github_has_no_second_source(tmp_path: Path, monkeypatch, unreachable_github: None) -> None:
+    go = fake_go(tmp_path, monkeypatch, {})
+    pins = write_pins(tmp_path, {"v1": ("https://example.org/one.yaml", ONE)})
+    problems = PinnedFiles(pins, tmp_path / "cache").fetch(report=lambda _: None)
+    assert "could not fetch https://example.org/one.yaml" in str(problems[0])
+    assert not (go / "calls.jsonl").exists()

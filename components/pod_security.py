@@ -10,7 +10,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.render.pod_security import render_binding, render_policy
+from components.render.admission import render_binding
+from components.render.pod_security import render_policy
 
 
 class PodSecurityFence(pulumi.ComponentResource):
@@ -32,7 +33,7 @@ class PodSecurityFence(pulumi.ComponentResource):
         self.policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
             f"{name}-policy", metadata=policy["metadata"], spec=policy["spec"], opts=child
         )
-        binding = render_binding()
+        binding = render_binding(policy)
         self.binding = k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
             f"{name}-binding",
             metadata=binding["metadata"],

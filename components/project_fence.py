@@ -9,10 +9,10 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.render.admission import render_binding
 from components.render.project_fence import (
     ProjectFenceArgs,
     render_applications_policy,
-    render_binding,
     render_projects_policy,
 )
 

@@ -20,13 +20,13 @@ import json
 from typing import Any
 
 from components.platform import REGISTRY
+from components.render.admission import API_VERSION, controller_condition
 from components.render.gitops import ARGOCD_NAMESPACE
 
 POLICY_NAME = "space-harbor-namespace-pod-security"
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 # Both refuse privileged containers, hostPath volumes and host namespaces; `privileged` refuses nothing.
 ALLOWED_LEVELS = ("restricted", "baseline")
-API_VERSION = "admissionregistration.k8s.io/v1"
 
 
 def exempt_namespaces() -> list[str]:
@@ -72,10 +72,7 @@ def render_policy(controller_username: str) -> dict[str, Any]:
                 "matchPolicy": "Equivalent",
             },
             "matchConditions": [
-                {
-                    "name": "applied-by-argocd",
-                    "expression": f"request.userInfo.username == {_cel(controller_username)}",
-                },
+                controller_condition(controller_username),
                 {
                     "name": "not-exempt",
                     "expression": f"!(object.metadata.name in {_cel(exempt_namespaces())})",
@@ -103,14 +100,4 @@ def render_policy(controller_username: str) -> dict[str, Any]:
                 }
             ],
         },
-    }
-
-
-def render_binding() -> dict[str, Any]:
-    """The binding that puts the policy in force, cluster-wide, refusing (not only warning or auditing)."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": POLICY_NAME},
-        "spec": {"policyName": POLICY_NAME, "validationActions": ["Deny"]},
     }

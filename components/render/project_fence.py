@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import HarborConfig
+from components.render.admission import API_VERSION, controller_condition
 from components.render.gitops import (
     ARGOCD_NAMESPACE,
     ROOT_APPLICATION,
@@ -43,7 +44,6 @@ from components.render.gitops import (
 from components.render.manifests import repo_path
 from components.render.platform import render_application
 
-API_VERSION = "admissionregistration.k8s.io/v1"
 APPLICATIONS_POLICY = "space-harbor-argocd-applications"
 PROJECTS_POLICY = "space-harbor-argocd-projects"
 # The folder of users' Applications: the one of the README Space Harbor writes there once.
@@ -117,13 +117,6 @@ def project_refusal(args: ProjectFenceArgs) -> str:
     )
 
 
-def _controller_condition(args: ProjectFenceArgs) -> dict[str, str]:
-    return {
-        "name": "applied-by-argocd",
-        "expression": f"request.userInfo.username == {json.dumps(args.controller_username)}",
-    }
-
-
 def _match(resource: str) -> dict[str, Any]:
     return {
         # A PATCH (client- or server-side apply) reaches admission as CREATE or UPDATE. The CRDs have
@@ -195,7 +188,7 @@ def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": _match("applications"),
-            "matchConditions": [_controller_condition(args)],
+            "matchConditions": [controller_condition(args.controller_username)],
             "variables": [
                 *_rendered_variables(args.platform_applications),
                 {"name": "specKept", "expression": SPEC_KEPT},
@@ -245,7 +238,7 @@ def render_projects_policy(args: ProjectFenceArgs) -> dict[str, Any]:
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": _match("appprojects"),
-            "matchConditions": [_controller_condition(args)],
+            "matchConditions": [controller_condition(args.controller_username)],
             "variables": [
                 *_rendered_variables(args.platform_projects),
                 {"name": "specKept", "expression": SPEC_KEPT},
@@ -261,15 +254,4 @@ def render_projects_policy(args: ProjectFenceArgs) -> dict[str, Any]:
                 }
             ],
         },
-    }
-
-
-def render_binding(policy: Mapping[str, Any]) -> dict[str, Any]:
-    """The binding that puts `policy` in force, cluster-wide, refusing (not only warning or auditing)."""
-    name = policy["metadata"]["name"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"]},
     }

@@ -13,13 +13,13 @@ import yaml
 
 from components.config import load_config
 from components.platform import REGISTRY
+from components.render.admission import render_binding
 from components.render.argocd import CoreManifestError, application_controller_username, parse_core_manifest
 from components.render.platform import render_platform
 from components.render.pod_security import (
     ENFORCE_LABEL,
     POLICY_NAME,
     exempt_namespaces,
-    render_binding,
     render_policy,
 )
 from tests.unit.test_platform_render import full_raw
@@ -80,7 +80,7 @@ def test_the_refusal_names_the_label_and_both_levels() -> None:
 
 
 def test_the_binding_denies() -> None:
-    binding = render_binding()
+    binding = render_binding(render_policy(CONTROLLER))
     assert binding["spec"] == {"policyName": POLICY_NAME, "validationActions": ["Deny"]}
     assert binding["metadata"]["name"] == render_policy(CONTROLLER)["metadata"]["name"] == POLICY_NAME
 

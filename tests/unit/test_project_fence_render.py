@@ -16,6 +16,7 @@ import yaml
 from components import upstream
 from components.config import load_config
 from components.platform import REGISTRY
+from components.render.admission import render_binding
 from components.render.gitops import render_root_application, render_tree
 from components.render.project_fence import (
     APPLICATIONS_POLICY,
@@ -24,7 +25,6 @@ from components.render.project_fence import (
     cel_literal,
     project_fence_args,
     render_applications_policy,
-    render_binding,
     render_projects_policy,
 )
 from tests.conftest import base_config

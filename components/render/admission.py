@@ -27,3 +27,38 @@ def render_binding(policy: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"policyName": name, "validationActions": ["Deny"]},
     }
+
+
+def validating_policy(
+    name: str,
+    *,
+    match: dict[str, Any],
+    conditions: list[dict[str, str]],
+    variables: list[dict[str, str]],
+    validations: list[dict[str, str]],
+) -> dict[str, Any]:
+    """A ValidatingAdmissionPolicy that fails closed: an error evaluating it refuses the write
+    rather than letting it through."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": match,
+            "matchConditions": conditions,
+            "variables": variables,
+            "validations": validations,
+        },
+    }
+
+
+def forbidden(expression: str, message: str, message_expression: str) -> dict[str, str]:
+    """A validation refusing with `Forbidden` when `expression` is false; `message` is the fixed
+    text shown when `message_expression` cannot be evaluated."""
+    return {
+        "expression": expression,
+        "message": message,
+        "messageExpression": message_expression,
+        "reason": "Forbidden",
+    }

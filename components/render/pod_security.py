@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from components.platform import REGISTRY
-from components.render.admission import API_VERSION, controller_condition
+from components.render.admission import controller_condition, forbidden, validating_policy
 from components.render.gitops import ARGOCD_NAMESPACE
 
 POLICY_NAME = "space-harbor-namespace-pod-security"
@@ -52,52 +52,40 @@ def refusal_message() -> str:
 def render_policy(controller_username: str) -> dict[str, Any]:
     """The ValidatingAdmissionPolicy: Namespace CREATE and UPDATE by `controller_username`, exempt names aside."""
     label = _cel(ENFORCE_LABEL)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": POLICY_NAME},
-        "spec": {
-            # An error evaluating the policy refuses the write rather than letting it through.
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                # A PATCH (client- or server-side apply) reaches admission as CREATE or UPDATE.
-                "resourceRules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["namespaces"],
-                    }
-                ],
-                "matchPolicy": "Equivalent",
-            },
-            "matchConditions": [
-                controller_condition(controller_username),
+    return validating_policy(
+        POLICY_NAME,
+        match={
+            # A PATCH (client- or server-side apply) reaches admission as CREATE or UPDATE.
+            "resourceRules": [
                 {
-                    "name": "not-exempt",
-                    "expression": f"!(object.metadata.name in {_cel(exempt_namespaces())})",
-                },
-            ],
-            "variables": [
-                {
-                    "name": "level",
-                    "expression": (
-                        f"has(object.metadata.labels) && {label} in object.metadata.labels"
-                        f" ? object.metadata.labels[{label}] : ''"
-                    ),
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["namespaces"],
                 }
             ],
-            # The object as it would be stored: an UPDATE that drops or lowers the label fails too.
-            "validations": [
-                {
-                    "expression": f"variables.level in {_cel(list(ALLOWED_LEVELS))}",
-                    "message": refusal_message(),
-                    "messageExpression": (
-                        f"'Namespace ' + object.metadata.name + ': ' + {_cel(refusal_message())}"
-                        " + (variables.level == '' ? '; it has none' : '; it has ' + variables.level)"
-                    ),
-                    "reason": "Forbidden",
-                }
-            ],
+            "matchPolicy": "Equivalent",
         },
-    }
+        conditions=[
+            controller_condition(controller_username),
+            {"name": "not-exempt", "expression": f"!(object.metadata.name in {_cel(exempt_namespaces())})"},
+        ],
+        variables=[
+            {
+                "name": "level",
+                "expression": (
+                    f"has(object.metadata.labels) && {label} in object.metadata.labels"
+                    f" ? object.metadata.labels[{label}] : ''"
+                ),
+            }
+        ],
+        # The object as it would be stored: an UPDATE that drops or lowers the label fails too.
+        validations=[
+            forbidden(
+                f"variables.level in {_cel(list(ALLOWED_LEVELS))}",
+                refusal_message(),
+                f"'Namespace ' + object.metadata.name + ': ' + {_cel(refusal_message())}"
+                " + (variables.level == '' ? '; it has none' : '; it has ' + variables.level)",
+            )
+        ],
+    )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import HarborConfig
-from components.render.admission import API_VERSION, controller_condition
+from components.render.admission import controller_condition, forbidden, validating_policy
 from components.render.gitops import (
     ARGOCD_NAMESPACE,
     ROOT_APPLICATION,
@@ -181,77 +181,50 @@ def render_applications_policy(args: ProjectFenceArgs) -> dict[str, Any]:
     """Applications by the controller: the platform's as rendered, else in a project meant for users;
     and no operation that deploys anything but the spec."""
     assert ROOT_APPLICATION in args.platform_applications, "the root's own status writes must pass"
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": APPLICATIONS_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": _match("applications"),
-            "matchConditions": [controller_condition(args.controller_username)],
-            "variables": [
-                *_rendered_variables(args.platform_applications),
-                {"name": "specKept", "expression": SPEC_KEPT},
-                {"name": "runsItsSpec", "expression": RUNS_ITS_SPEC},
-                {"name": "operationKept", "expression": OPERATION_KEPT},
-            ],
-            "validations": [
-                {
-                    "expression": "variables.specKept || !variables.platform || variables.asRendered",
-                    "message": f"an Application {platform_copy_refusal(args)}",
-                    "messageExpression": (
-                        f"'Application ' + object.metadata.name + ' ' + {json.dumps(platform_copy_refusal(args))}"
-                    ),
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": (
-                        "variables.specKept || variables.platform"
-                        f" || object.spec.project in {json.dumps(list(args.user_projects))}"
-                    ),
-                    "message": application_refusal(args),
-                    "messageExpression": (
-                        "'Application ' + object.metadata.name + ' names project ' + object.spec.project"
-                        f" + ': ' + {json.dumps(application_refusal(args))}"
-                    ),
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": "variables.operationKept || variables.runsItsSpec",
-                    "message": operation_refusal(args),
-                    "messageExpression": (
-                        f"'Application ' + object.metadata.name + ': ' + {json.dumps(operation_refusal(args))}"
-                    ),
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    }
+    return validating_policy(
+        APPLICATIONS_POLICY,
+        match=_match("applications"),
+        conditions=[controller_condition(args.controller_username)],
+        variables=[
+            *_rendered_variables(args.platform_applications),
+            {"name": "specKept", "expression": SPEC_KEPT},
+            {"name": "runsItsSpec", "expression": RUNS_ITS_SPEC},
+            {"name": "operationKept", "expression": OPERATION_KEPT},
+        ],
+        validations=[
+            forbidden(
+                "variables.specKept || !variables.platform || variables.asRendered",
+                f"an Application {platform_copy_refusal(args)}",
+                f"'Application ' + object.metadata.name + ' ' + {json.dumps(platform_copy_refusal(args))}",
+            ),
+            forbidden(
+                "variables.specKept || variables.platform"
+                f" || object.spec.project in {json.dumps(list(args.user_projects))}",
+                application_refusal(args),
+                "'Application ' + object.metadata.name + ' names project ' + object.spec.project"
+                f" + ': ' + {json.dumps(application_refusal(args))}",
+            ),
+            forbidden(
+                "variables.operationKept || variables.runsItsSpec",
+                operation_refusal(args),
+                f"'Application ' + object.metadata.name + ': ' + {json.dumps(operation_refusal(args))}",
+            ),
+        ],
+    )
 
 
 def render_projects_policy(args: ProjectFenceArgs) -> dict[str, Any]:
     """AppProjects by the controller: the platform's own, as rendered; nothing else."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": PROJECTS_POLICY},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": _match("appprojects"),
-            "matchConditions": [controller_condition(args.controller_username)],
-            "variables": [
-                *_rendered_variables(args.platform_projects),
-                {"name": "specKept", "expression": SPEC_KEPT},
-            ],
-            "validations": [
-                {
-                    "expression": "variables.specKept || variables.asRendered",
-                    "message": project_refusal(args),
-                    "messageExpression": (
-                        f"'AppProject ' + object.metadata.name + ': ' + {json.dumps(project_refusal(args))}"
-                    ),
-                    "reason": "Forbidden",
-                }
-            ],
-        },
-    }
+    return validating_policy(
+        PROJECTS_POLICY,
+        match=_match("appprojects"),
+        conditions=[controller_condition(args.controller_username)],
+        variables=[*_rendered_variables(args.platform_projects), {"name": "specKept", "expression": SPEC_KEPT}],
+        validations=[
+            forbidden(
+                "variables.specKept || variables.asRendered",
+                project_refusal(args),
+                f"'AppProject ' + object.metadata.name + ': ' + {json.dumps(project_refusal(args))}",
+            )
+        ],
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -100,6 +101,17 @@ PRIVILEGED_HOSTPATH_POD = {
 }
 
 
+def type_checked_status(server: RealStack, policy: str) -> dict[str, Any]:
+    """`policy`'s status once the controller-manager has type-checked its expressions (within a minute)."""
+    wait = (
+        f"for _ in $(seq 60); do k3s kubectl get validatingadmissionpolicy {policy} -o json"
+        " | grep -q typeChecking && exit 0; sleep 1; done; exit 1"
+    )
+    server.tb.ssh("n1", f"bash -c {shlex.quote(wait)}")
+    out = kubectl(server, f"get validatingadmissionpolicy {policy} -o json", as_controller=False)
+    return json.loads(out.stdout)["status"]
+
+
 def test_the_policy_is_in_force_and_a_second_preview_changes_nothing(server: RealStack) -> None:
     # Server-side apply of the policy is stable: what the API server stored is what the program declares.
     server.pulumi.run("preview", "--expect-no-changes")
@@ -108,15 +120,8 @@ def test_the_policy_is_in_force_and_a_second_preview_changes_nothing(server: Rea
     bindings = {item["metadata"]["name"]: item["spec"] for item in json.loads(out.stdout)["items"]}
     assert bindings[POLICY_NAME]["validationActions"] == ["Deny"], bindings
     # The controller-manager type-checks every expression against the Namespace schema.
-    wait = (
-        f"for _ in $(seq 60); do k3s kubectl get validatingadmissionpolicy {POLICY_NAME} -o json"
-        " | grep -q typeChecking && exit 0; sleep 1; done; exit 1"
-    )
-    server.tb.ssh("n1", f"bash -c {shlex.quote(wait)}")
-    policy = json.loads(
-        kubectl(server, f"get validatingadmissionpolicy {POLICY_NAME} -o json", as_controller=False).stdout
-    )
-    assert policy["status"]["typeChecking"].get("expressionWarnings", []) == [], policy["status"]
+    status = type_checked_status(server, POLICY_NAME)
+    assert status["typeChecking"].get("expressionWarnings", []) == [], status
 
 
 def test_the_api_server_holds_the_argo_cd_crds_the_copy_vendored(server: RealStack) -> None:
@@ -265,14 +270,7 @@ def test_the_project_fence_is_in_force_and_its_cel_checks_against_argo_cd_s_crds
     for policy in (APPLICATIONS_POLICY, PROJECTS_POLICY):
         assert bindings[policy] == {"policyName": policy, "validationActions": ["Deny"]}, bindings
         # The type check resolves `object` through the real Application and AppProject CRDs.
-        wait = (
-            f"for _ in $(seq 60); do k3s kubectl get validatingadmissionpolicy {policy} -o json"
-            " | grep -q typeChecking && exit 0; sleep 1; done; exit 1"
-        )
-        server.tb.ssh("n1", f"bash -c {shlex.quote(wait)}")
-        status = json.loads(
-            kubectl(server, f"get validatingadmissionpolicy {policy} -o json", as_controller=False).stdout
-        )["status"]
+        status = type_checked_status(server, policy)
         assert status["typeChecking"].get("expressionWarnings", []) == [], status
 
 
